@@ -1,0 +1,96 @@
+"""Benchmark: meta-train a config on Omniglot, meta-test it on 600 tasks, write JSON + a learning-curve PNG.
+
+    python benchmarks/omniglot_mlp.py configs/omniglot/mlp_5w1s_metaticket.yaml --tag NAME [--set k=v ...]
+
+Writes ``benchmarks/results/<tag>.json`` (config overrides, wall time, ms per meta-step, peak RSS,
+validation curve, meta-test accuracy with 95% CI) and ``benchmarks/results/<tag>.png``.
+Data comes from ``$METATICKET_DATA`` as for ``run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def run(cmd: list[str]) -> str:
+    """Run ``cmd`` from the repo root; return its stdout (stderr passes through for progress)."""
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
+    return proc.stdout
+
+
+def curve(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{"step": r["step"], "acc": r["acc"], "ci95": r["ci95"], "sparsity": r.get("sparsity")}
+            for r in rows if r["split"] == "val"]
+
+
+def plot(points: list[dict], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [p["step"] for p in points]
+    acc = [p["acc"] for p in points]
+    ax.errorbar(steps, acc, yerr=[p["ci95"] for p in points], marker="o", capsize=3, label="validation accuracy")
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if any(p["sparsity"] for p in points):
+        ax2 = ax.twinx()
+        ax2.plot(steps, [p["sparsity"] or 0 for p in points], color="tab:red", linestyle="--", label="sparsity")
+        ax2.set_ylabel("sparsity (fraction pruned)", color="tab:red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("--tag", required=True, help="result file name")
+    p.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    p.add_argument("--tasks", type=int, default=600)
+    args = p.parse_args()
+    run_dir = ROOT / "runs" / "bench" / args.tag
+    if run_dir.exists():
+        sys.exit(f"{run_dir} exists; remove it or choose another --tag")
+    sets = [*args.set, "run.out_dir=runs/bench", f"run.name={args.tag}"]
+    set_args = [a for s in sets for a in ("--set", s)]
+    t0 = time.time()
+    run([sys.executable, "run.py", "meta-train", args.config, *set_args])
+    train_minutes = (time.time() - t0) / 60
+    test = json.loads(run([sys.executable, "run.py", "meta-test", str(run_dir), "--tasks", str(args.tasks)])
+                      .strip().splitlines()[-1])
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    points = curve(run_dir)
+    torch_version = run([sys.executable, "-c", "import torch; print(torch.__version__)"]).strip()
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    result = {"tag": args.tag, "config": args.config, "overrides": args.set, "train_minutes": round(train_minutes, 2),
+              "ms_per_meta_step": round(summary["ms_per_step"], 1), "steps": summary["steps"],
+              "best_val_accuracy": summary["best_val_accuracy"], "best_step": summary["best_step"],
+              "peak_rss_mb": round(peak_rss_mb, 1), "test": test, "val_curve": points,
+              "machine": f"{os.cpu_count()} CPU cores, torch {torch_version}"}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(points, f"{args.tag}: test {test['accuracy']:.1f} +- {test['ci95']:.1f}% ({test['tasks']} tasks)",
+         RESULTS / f"{args.tag}.png")
+    print(json.dumps({k: result[k] for k in ("tag", "train_minutes", "ms_per_meta_step", "steps")} | {
+        "accuracy": test["accuracy"], "ci95": test["ci95"]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Command line: the only place that reads argv, the environment and the whole config.
+
+    python run.py meta-train CONFIG [--set section.key=value ...] [--resume] [--test] [--quiet]
+    python run.py meta-test RUN_DIR [--tasks 600] [--checkpoint best|last]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+from metaticket.config import Config, ConfigError, dump_config, load_config
+from metaticket.data import episode_samplers
+from metaticket.errors import MetaticketError
+from metaticket.meta.evaluate import evaluate
+from metaticket.meta.learner import METHODS, MetaLearner
+from metaticket.meta.train import Schedule, meta_train
+from metaticket.models import build_model, list_models
+from metaticket.models.registry import make_layers
+from metaticket.monitor import Monitor
+from metaticket.supermask import sparsity_report
+
+
+def cache_dir() -> Path:
+    """Decoded-dataset cache and download folder: ``$METATICKET_CACHE`` or ``~/.cache/metaticket``."""
+    return Path(os.environ.get("METATICKET_CACHE") or Path.home() / ".cache" / "metaticket")
+
+
+def data_root(config: Config) -> Path:
+    """``data.root``, else ``$METATICKET_DATA``, else the download folder inside the cache."""
+    if config.data.root:
+        return Path(config.data.root).expanduser()
+    env = os.environ.get("METATICKET_DATA")
+    return Path(env).expanduser() if env else cache_dir() / "data"
+
+
+def fresh_run_dir(run_dir: Path) -> Path:
+    """``run_dir``, or ``run_dir-N`` with the first free N when a run already lives there (never overwrite)."""
+    candidate, n = run_dir, 0
+    while (candidate / "config.yaml").exists() or (candidate / "checkpoints").exists():
+        n += 1
+        candidate = run_dir.with_name(f"{run_dir.name}-{n}")
+    if n:
+        print(f"{run_dir} holds an earlier run; writing this one to {candidate}", file=sys.stderr)
+    return candidate
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MetaticketError(f"run.device = {name} but CUDA is not available here; use run.device=auto or cpu")
+    return torch.device(name)
+
+
+def build_learner(config: Config, device: torch.device) -> MetaLearner:
+    """The model (dense or supermask, by method) and its meta-learner, seeded by ``run.seed``."""
+    m, meta = config.model, config.meta
+    if m.name not in list_models():
+        raise MetaticketError(f"model.name = {m.name!r} is unknown; known models: {', '.join(list_models())}")
+    generator = torch.Generator().manual_seed(config.run.seed)
+    layers = make_layers(supermask=METHODS[meta.method].needs_supermask, mask=m.mask, sparsity=m.sparsity,
+                         init=m.init, init_sparsity=m.init_sparsity, dense_head=m.dense_head, generator=generator)
+    kwargs = dict(num_classes=config.data.ways, in_channels=1, image_size=config.data.image_size, width=m.width,
+                  layers=layers)
+    if m.name == "conv4":
+        kwargs["channels"] = m.channels
+    model = build_model(m.name, **kwargs).to(device)
+    return MetaLearner(model, method=meta.method, inner_lr=meta.inner_lr, inner_steps=meta.inner_steps,
+                       inner_steps_test=meta.inner_steps_test, first_order=meta.first_order,
+                       optimizer=meta.optimizer, outer_lr=meta.outer_lr, momentum=meta.momentum,
+                       schedule=meta.schedule, warmup_steps=meta.warmup_steps, steps=meta.steps,
+                       rerand_every=meta.rerand_every, rerand_rate=meta.rerand_rate, vectorize=meta.vectorize,
+                       seed=config.run.seed)
+
+
+def samplers(config: Config, quiet: bool) -> dict:
+    d = config.data
+    return episode_samplers(d.dataset, data_root(config), cache_dir(), ways=d.ways, shots=d.shots,
+                            queries=d.queries, image_size=d.image_size, rotations=d.rotations,
+                            seed=config.run.seed, val_seed=config.eval.task_seed, download=d.download,
+                            workers=d.workers, progress=not quiet)
+
+
+def _setup(config: Config) -> torch.device:
+    if config.run.threads > 0:
+        torch.set_num_threads(config.run.threads)
+    torch.manual_seed(config.run.seed)
+    random.seed(config.run.seed)
+    return resolve_device(config.run.device)
+
+
+def cmd_meta_train(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.set)
+    run_dir = Path(config.run.out_dir) / config.run.name
+    if not args.resume:
+        run_dir = fresh_run_dir(run_dir)
+    else:
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise MetaticketError(f"cannot resume {run_dir}: it has no config.yaml; start a new run instead")
+        if load_config(saved) != config:
+            raise MetaticketError(f"cannot resume {run_dir}: the config differs from its saved config.yaml; "
+                                  f"resume with the same config and --set values")
+    device = _setup(config)
+    sets = samplers(config, args.quiet)
+    learner = build_learner(config, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, run_dir / "config.yaml")
+    monitor = Monitor(run_dir, quiet=args.quiet)
+    e = config.eval
+    plan = Schedule(steps=config.meta.steps, meta_batch=config.meta.meta_batch, val_every=e.val_every,
+                    val_tasks=e.val_tasks, val_seed=e.task_seed, eval_batch=e.batch,
+                    checkpoint_every=config.run.checkpoint_every, log_every=config.run.log_every)
+    try:
+        summary = meta_train(learner, sets["train"], sets["val"], plan, run_dir, monitor, device, resume=args.resume)
+    finally:
+        monitor.close()
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if not args.quiet:
+        print(f"trained {summary['steps']} steps ({summary['ms_per_step']:.0f} ms/step); best val accuracy "
+              f"{summary['best_val_accuracy']:.2f}% at step {summary['best_step']}; run folder {run_dir}",
+              file=sys.stderr)
+    if args.test:
+        return _meta_test(run_dir, tasks=None, checkpoint="best", quiet=args.quiet)
+    return 0
+
+
+def cmd_meta_test(args: argparse.Namespace) -> int:
+    return _meta_test(Path(args.run_dir), tasks=args.tasks, checkpoint=args.checkpoint, quiet=args.quiet)
+
+
+def _meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool) -> int:
+    from metaticket.checkpoint import load_checkpoint
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise MetaticketError(f"{run_dir} is not a run folder (no config.yaml); pass the folder meta-train wrote")
+    config = load_config(saved)
+    device = _setup(config)
+    learner = build_learner(config, device)
+    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=device)
+    try:
+        learner.load_state_dict(state["learner"])
+    except (RuntimeError, KeyError) as e:
+        raise MetaticketError(f"{run_dir}: the checkpoint does not fit the model of its config.yaml "
+                              f"({str(e).splitlines()[0][:120]})") from None
+    test = samplers(config, quiet)["test"]
+    n = tasks or config.eval.test_tasks
+    monitor = Monitor(run_dir, quiet=quiet, tensorboard=False)
+    bar = monitor.progress(n, "meta-test")
+    score = evaluate(learner, test, n, config.eval.batch, device, progress=bar.update)
+    bar.close()
+    monitor.log(learner.step, "test", {"acc": score.accuracy, "ci95": score.ci95, "loss": score.loss})
+    monitor.close()
+    result = {"method": config.meta.method, "dataset": config.data.dataset, "model": config.model.name,
+              "width": config.model.width, "ways": config.data.ways, "shots": config.data.shots,
+              "accuracy": round(score.accuracy, 3), "ci95": round(score.ci95, 3), "tasks": score.tasks,
+              "inner_steps_test": config.meta.inner_steps_test, "checkpoint": checkpoint, "step": learner.step,
+              "sparsity": round(float(sparsity_report(learner.model)["overall"]), 4)}
+    print(json.dumps(result))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py", description="metaticket: sparse tickets in random networks")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("meta-train", help="meta-train a few-shot learner from a YAML config")
+    t.add_argument("config", help="YAML config file (see configs/)")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    t.add_argument("--resume", action="store_true", help="continue the run folder's last checkpoint")
+    t.add_argument("--test", action="store_true", help="meta-test the best checkpoint afterwards")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_meta_train)
+    e = sub.add_parser("meta-test", help="meta-test a run folder on the test split; prints one JSON line")
+    e.add_argument("run_dir")
+    e.add_argument("--tasks", type=int, default=None, help="number of test tasks (default: eval.test_tasks)")
+    e.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_meta_test)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, MetaticketError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130

@@ -1,0 +1,267 @@
+"""Experiment configuration: frozen dataclasses loaded strictly from small YAML files.
+
+A config file may name one ``base:`` file (relative to itself) whose values it overrides; the base may not
+have a base of its own. ``--set section.key=value`` overrides are applied last. Every unknown key, wrong
+type or out-of-range value raises :class:`ConfigError` with one line naming the key and the fix.
+This module imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line naming the key and the fix."""
+
+
+def _check(rule: Callable[[Any], bool], hint: str) -> dict[str, Any]:
+    """Field metadata: a range rule on the (type-checked) value and the fix to show when it fails."""
+    return {"rule": rule, "hint": hint}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["omniglot"] = "omniglot"
+    root: str | None = None  # folder holding omniglot/ (default: $METATICKET_DATA, else the download cache)
+    download: bool = True
+    ways: int = field(default=5, metadata=_check(lambda v: v >= 2, "use at least 2 ways"))
+    shots: int = field(default=1, metadata=_check(lambda v: v >= 1, "use at least 1 shot"))
+    queries: int = field(default=15, metadata=_check(lambda v: v >= 1, "use at least 1 query per class"))
+    image_size: int = field(default=28, metadata=_check(lambda v: v >= 4, "use an image size of at least 4"))
+    rotations: bool = True  # Omniglot: 90/180/270-degree rotations as extra classes (MAML convention)
+    workers: int = field(default=2, metadata=_check(lambda v: v >= 1, "use at least 1 worker"))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mlp"
+    width: float = field(default=1.0, metadata=_check(lambda v: v > 0, "use a positive width factor"))
+    channels: int = field(default=64, metadata=_check(lambda v: v >= 1, "use at least 1 channel"))
+    init: Literal["kaiming_normal", "kaiming_uniform", "signed_constant"] = "kaiming_normal"
+    mask: Literal["threshold", "topk"] = "threshold"
+    sparsity: float = field(default=0.5,
+                            metadata=_check(lambda v: 0 <= v < 1, "sparsity is the fraction pruned, in [0, 1)"))
+    init_sparsity: float = field(default=0.0,
+                                 metadata=_check(lambda v: 0 <= v < 1, "init_sparsity is a fraction pruned, in [0, 1)"))
+    dense_head: bool = True  # supermask models: keep the classifier dense (Meta-ticket does)
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    method: Literal["maml", "metaticket"] = "metaticket"
+    inner_lr: float = field(default=0.4, metadata=_check(lambda v: v > 0, "use a positive inner_lr"))
+    inner_steps: int = field(default=1, metadata=_check(lambda v: v >= 1, "use at least 1 inner step"))
+    inner_steps_test: int = field(default=3, metadata=_check(lambda v: v >= 1, "use at least 1 inner step"))
+    first_order: bool = False
+    meta_batch: int = field(default=32, metadata=_check(lambda v: v >= 1, "use a meta_batch of at least 1 task"))
+    steps: int = field(default=10000, metadata=_check(lambda v: v >= 1, "train for at least 1 step"))
+    optimizer: Literal["auto", "adam", "sgd"] = "auto"  # auto: Adam for MAML, SGD + momentum for Meta-ticket
+    outer_lr: float | None = field(default=None,
+                                   metadata=_check(lambda v: v is None or v > 0, "use a positive outer_lr (or null)"))
+    momentum: float = field(default=0.9, metadata=_check(lambda v: 0 <= v < 1, "momentum lies in [0, 1)"))
+    schedule: Literal["auto", "constant", "cosine"] = "auto"  # auto: constant for MAML, cosine for Meta-ticket
+    warmup_steps: int | None = field(default=None,
+                                     metadata=_check(lambda v: v is None or v >= 0, "use warmup_steps >= 0 (or null)"))
+    rerand_every: int = field(default=0,
+                              metadata=_check(lambda v: v >= 0, "use rerand_every >= 0 (0 disables IteRand)"))
+    rerand_rate: float = field(default=0.1,
+                               metadata=_check(lambda v: 0 <= v <= 1, "rerand_rate is a fraction in [0, 1]"))
+    vectorize: Literal["auto", "loop", "vmap"] = "auto"  # vmap over tasks wins for MLPs, loses for convs on CPU
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    val_every: int = field(default=500, metadata=_check(lambda v: v >= 1, "validate at least every step"))
+    val_tasks: int = field(default=200, metadata=_check(lambda v: v >= 1, "use at least 1 validation task"))
+    test_tasks: int = field(default=600, metadata=_check(lambda v: v >= 1, "use at least 1 test task"))
+    task_seed: int = 1234  # the same validation/test tasks for every run and method
+    batch: int = field(default=50, metadata=_check(lambda v: v >= 1, "evaluate at least 1 task per batch"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = field(default="auto", metadata=_check(lambda v: v in ('auto', 'cpu') or v.startswith('cuda'),
+                                                        "use auto, cpu or cuda[:N]"))
+    threads: int = field(default=0, metadata=_check(lambda v: v >= 0, "use threads >= 0 (0: torch's default)"))
+    checkpoint_every: int = field(default=1000, metadata=_check(lambda v: v >= 1, "use checkpoint_every >= 1"))
+    log_every: int = field(default=50, metadata=_check(lambda v: v >= 1, "use log_every >= 1"))
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------------------------- loading
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that also refuses duplicate keys."""
+
+
+def _mapping_no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}; keep one of them")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_duplicates)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file (see configs/)")
+    try:
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML ({problem}); indent with spaces, not tabs") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (run, data, model, meta, eval)")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load ``path`` (with at most one level of ``base:``), apply ``section.key=value`` overrides, validate."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    base_name = raw.pop("base", None)
+    if base_name is not None:
+        base_path = (path.parent / str(base_name)).resolve()
+        if base_path == path.resolve():
+            raise ConfigError(f"{path}: base: points at the file itself; name another file or remove it")
+        base_raw = _read_yaml(base_path)
+        if "base" in base_raw:
+            raise ConfigError(f"{base_path}: a base file may not have a base of its own (one level only); "
+                              f"copy its values in")
+        raw = _merge(base_raw, raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set {item!r}: write section.key=value, e.g. --set meta.steps=100")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            value = text
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"--set {item!r}: {section} is not a section")
+        raw[section][name] = value
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a nested dict into a :class:`Config`."""
+    _reject_unknown(raw, SECTIONS, "")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{name}: expected a mapping of keys, got {type(values).__name__}")
+        sections[name] = _build(cls, values, name)
+    return Config(**sections)
+
+
+def _reject_unknown(values: dict[str, Any], known: dict[str, Any] | set[str], prefix: str) -> None:
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys: {', '.join(sorted(known))}"
+            raise ConfigError(f"unknown config key {prefix}{key}; {hint}")
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _reject_unknown(values, set(fields), f"{section}.")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in values:
+            continue
+        key = f"{section}.{name}"
+        value = _coerce(values[name], hints[name], key)
+        check = f.metadata.get("rule")
+        if check is not None and not check(value):
+            raise ConfigError(f"{key} = {value!r} is out of range: {f.metadata['hint']}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} = {value!r} is not allowed; choose one of: {', '.join(map(str, args))}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} = {value!r} must be a whole number")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} = {value!r} must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} = {value!r} must be a string")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover (a bug in this file)
+
+
+def dump_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable by :func:`load_config`)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

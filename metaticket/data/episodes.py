@@ -1,0 +1,96 @@
+"""Seeded few-shot episode sampler over a class-indexed uint8 image tensor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from metaticket.errors import MetaticketError
+
+
+@dataclass
+class Tasks:
+    """A batch of B few-shot tasks (``ways`` classes labelled 0..ways-1 in each task).
+
+    support_x: [B, ways*shots, C, H, W] float; support_y: [B, ways*shots] long;
+    query_x: [B, ways*queries, C, H, W] float; query_y: [B, ways*queries] long.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    def to(self, device: torch.device | str) -> Tasks:
+        return Tasks(*(t.to(device, non_blocking=True) for t in (self.support_x, self.support_y, self.query_x,
+                                                                 self.query_y)))
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+    def task(self, i: int) -> Tasks:
+        """The i-th task as a batch of one."""
+        return Tasks(self.support_x[i:i + 1], self.support_y[i:i + 1], self.query_x[i:i + 1], self.query_y[i:i + 1])
+
+
+class EpisodeSampler:
+    """Samples ``ways``-way ``shots``-shot tasks with ``queries`` query images per class.
+
+    ``images``: uint8 [R, M, H, W] or [R, M, C, H, W] (R source rows, M images each);
+    ``rows``: the source rows of this split; with ``rotations`` each row also gives classes rotated by
+    90/180/270 degrees (the MAML Omniglot convention). Classes never leave ``rows``, so splits stay disjoint.
+    ``mean``/``std`` normalize the float images (after scaling to [0, 1]).
+    """
+
+    def __init__(self, images: Tensor, rows: list[int], *, ways: int, shots: int, queries: int,
+                 rotations: bool = False, seed: int = 0, mean: float = 0.0, std: float = 1.0) -> None:
+        per_class = images.shape[1]
+        n_classes = len(rows) * (4 if rotations else 1)
+        if shots + queries > per_class:
+            raise MetaticketError(f"data.shots + data.queries = {shots + queries} but each class has only "
+                                  f"{per_class} images; lower data.shots or data.queries")
+        if ways > n_classes:
+            raise MetaticketError(f"data.ways = {ways} but this split has only {n_classes} classes; "
+                                  f"lower data.ways")
+        self.images = images
+        self.rows = torch.as_tensor(rows, dtype=torch.long)
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.rotations = rotations
+        self.n_classes = n_classes
+        self.mean, self.std = mean, std
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, batch: int) -> Tasks:
+        """``batch`` tasks drawn with this sampler's generator."""
+        g = self.generator
+        ways, per = self.ways, self.shots + self.queries
+        classes = torch.stack([torch.randperm(self.n_classes, generator=g)[:ways] for _ in range(batch)])  # [B, W]
+        rows = self.rows[classes % len(self.rows)]
+        rot = classes // len(self.rows)  # 0..3 quarter turns (always 0 without rotations)
+        picks = torch.rand(batch, ways, self.images.shape[1], generator=g).argsort(-1)[..., :per]  # [B, W, per]
+        x = self.images[rows.unsqueeze(-1), picks]  # [B, W, per, (C,) H, W]
+        if x.dim() == 5:
+            x = x.unsqueeze(3)  # grayscale: add the channel axis
+        if self.rotations:
+            for k in (1, 2, 3):
+                sel = rot == k
+                if sel.any():
+                    x[sel] = torch.rot90(x[sel], k, dims=(-2, -1))
+        x = (x.float() / 255.0 - self.mean) / self.std
+        labels = torch.arange(ways).view(1, ways, 1)
+        s, q = self.shots, self.queries
+        shape = x.shape[-3:]
+        return Tasks(
+            support_x=x[:, :, :s].reshape(batch, ways * s, *shape),
+            support_y=labels.expand(batch, ways, s).reshape(batch, ways * s),
+            query_x=x[:, :, s:].reshape(batch, ways * q, *shape),
+            query_y=labels.expand(batch, ways, q).reshape(batch, ways * q),
+        )
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,186 @@
+"""Omniglot: 1623 handwritten characters x 20 drawings, decoded once into a cached uint8 tensor.
+
+Sources, tried in this order under ``root``: the official zips (``images_background.zip``,
+``images_evaluation.zip``), their extracted folders, or either inside torchvision's ``omniglot-py/``.
+With ``download=True`` and nothing found, torchvision downloads the zips into ``root/omniglot-py``.
+The archives are not checked against torchvision's MD5 (rebuilt copies differ byte-wise); the cache
+is keyed by their SHA-256 instead, so a changed archive is decoded again.
+
+Images are stored inverted (strokes 255, background 0) and resized to ``image_size`` with Lanczos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from metaticket.errors import MetaticketError
+
+PARTS = ("images_background", "images_evaluation")
+DRAWINGS = 20
+NUM_CHARACTERS = 1623
+SPLIT_FILE = Path(__file__).parent / "splits" / "omniglot.json"
+
+
+@dataclass(frozen=True)
+class Omniglot:
+    """images: uint8 [1623, 20, S, S]; characters: ids ``<part>/<alphabet>/<characterNN>`` in row order."""
+
+    images: Tensor
+    characters: list[str]
+
+
+def load_omniglot(root: str | Path, cache_dir: str | Path, image_size: int = 28, download: bool = False,
+                  workers: int = 2, progress: bool = True) -> Omniglot:
+    """Load (decoding once, then from cache) all Omniglot characters at ``image_size``."""
+    sources = find_sources(Path(root))
+    if sources is None and download:
+        _download(Path(root))
+        sources = find_sources(Path(root))
+    if sources is None:
+        raise MetaticketError(
+            f"Omniglot not found under {root}: expected images_background.zip and images_evaluation.zip (or their "
+            f"folders, or torchvision's omniglot-py/); set METATICKET_DATA or data.root to the folder holding "
+            f"omniglot/, or allow the download")
+    key = _fingerprint(sources)
+    cache = Path(cache_dir) / f"omniglot-{key[:16]}-{image_size}px.pt"
+    if cache.exists():
+        blob = torch.load(cache, weights_only=True)
+        return Omniglot(blob["images"], list(blob["characters"]))
+    data = _decode(sources, image_size, workers, progress)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"images": data.images, "characters": data.characters}, tmp)
+    os.replace(tmp, cache)  # atomic: a crash never leaves a half-written cache
+    return data
+
+
+def find_sources(root: Path) -> list[Path] | None:
+    """The two zips or two folders under ``root`` (or ``root/omniglot-py``), or None."""
+    for base in (root, root / "omniglot-py", root / "omniglot"):
+        zips = [base / f"{p}.zip" for p in PARTS]
+        if all(z.is_file() for z in zips):
+            return zips
+        dirs = [base / p for p in PARTS]
+        if all(d.is_dir() for d in dirs):
+            return dirs
+    return None
+
+
+def _fingerprint(sources: list[Path]) -> str:
+    h = hashlib.sha256()
+    for src in sources:
+        if src.is_file():
+            with open(src, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        else:
+            for p in sorted(src.rglob("*.png")):
+                h.update(f"{p.relative_to(src)}:{p.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def _list_pngs(src: Path) -> dict[str, list[str]]:
+    """character id -> sorted drawing names (zip member names or file paths)."""
+    part = src.stem if src.is_file() else src.name
+    chars: dict[str, list[str]] = {}
+    try:
+        if src.is_file():
+            with zipfile.ZipFile(src) as z:
+                names = [n for n in z.namelist() if n.endswith(".png")]
+        else:
+            names = [str(p.relative_to(src.parent)) for p in src.rglob("*.png")]
+    except zipfile.BadZipFile as e:
+        raise MetaticketError(f"{src} is not a readable zip archive ({e}); download it again") from None
+    for n in names:
+        pieces = Path(n).parts
+        if len(pieces) != 4 or pieces[0] != part:
+            continue
+        chars.setdefault("/".join(pieces[:3]), []).append(n)
+    return {c: sorted(v) for c, v in chars.items()}
+
+
+_OPEN_ZIPS: dict[str, zipfile.ZipFile] = {}  # per worker process: parsing a zip's directory is the slow part
+
+
+def _decode_character(args: tuple[str, list[str], int]) -> Tensor:
+    src, names, size = args
+    zf = None
+    if src.endswith(".zip"):
+        zf = _OPEN_ZIPS.get(src) or _OPEN_ZIPS.setdefault(src, zipfile.ZipFile(src))
+    out = torch.empty(len(names), size, size, dtype=torch.uint8)
+    for i, n in enumerate(names):
+        raw = zf.read(n) if zf is not None else (Path(src).parent / n).read_bytes()
+        img = Image.open(io.BytesIO(raw)).convert("L").resize((size, size), Image.LANCZOS)
+        out[i] = 255 - torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size)
+    return out
+
+
+def _decode(sources: list[Path], size: int, workers: int, progress: bool) -> Omniglot:
+    jobs: list[tuple[str, list[str], int]] = []
+    characters: list[str] = []
+    for src in sources:
+        for char, names in sorted(_list_pngs(src).items()):
+            if len(names) != DRAWINGS:
+                raise MetaticketError(f"{src}: character {char} has {len(names)} drawings, expected {DRAWINGS}; "
+                                      f"the archive is incomplete, download it again")
+            characters.append(char)
+            jobs.append((str(src), names, size))
+    if len(characters) != NUM_CHARACTERS:
+        raise MetaticketError(f"found {len(characters)} Omniglot characters in {[str(s) for s in sources]}, "
+                              f"expected {NUM_CHARACTERS}; the archives are incomplete, download them again")
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="decoding Omniglot (once)", unit="char", disable=not progress)
+    rows: list[Tensor] = []
+    try:
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for row in pool.map(_decode_character, jobs, chunksize=16):
+                    rows.append(row)
+                    bar.update()
+        else:
+            for job in jobs:
+                rows.append(_decode_character(job))
+                bar.update()
+    except (OSError, ValueError) as e:  # PIL raises these for files that are not images
+        raise MetaticketError(f"could not decode an Omniglot image ({e}); the archive is damaged, "
+                              f"download it again") from None
+    finally:
+        bar.close()
+    return Omniglot(torch.stack(rows), characters)
+
+
+def _download(root: Path) -> None:
+    try:
+        from torchvision.datasets import Omniglot as TVOmniglot
+
+        for background in (True, False):
+            TVOmniglot(str(root), background=background, download=True)
+    except Exception as e:  # network errors come in many types
+        raise MetaticketError(f"could not download Omniglot into {root} ({type(e).__name__}: {e}); without "
+                              f"internet, set METATICKET_DATA to a folder holding omniglot/images_*.zip") from None
+
+
+def load_split(characters: list[str], split_file: Path = SPLIT_FILE) -> dict[str, list[int]]:
+    """Row indices of the train / val / test characters from the committed split file."""
+    spec = json.loads(split_file.read_text())
+    index = {c: i for i, c in enumerate(characters)}
+    out: dict[str, list[int]] = {}
+    for name in ("train", "val", "test"):
+        missing = [c for c in spec[name] if c not in index]
+        if missing:
+            raise MetaticketError(f"{split_file}: {len(missing)} {name} characters (e.g. {missing[0]}) are not in "
+                                  f"the loaded Omniglot; the archives differ from the official ones")
+        out[name] = [index[c] for c in spec[name]]
+    return out

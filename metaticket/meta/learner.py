@@ -1,0 +1,184 @@
+"""Meta-learners over one model: what the outer loop learns and what the inner loop adapts.
+
+- ``maml``: the outer loop meta-learns every parameter (the initialization); the inner loop adapts all.
+- ``metaticket``: weights are frozen random values; the outer loop meta-learns only the mask scores;
+  the inner loop adapts the masked weights, biases, norms and head of each task, so pruned weights stay zero.
+
+The mask of a meta-step is computed once: the inner loop starts from the masked weights ``w * mask(scores)``
+(the straight-through gradient of the mask reaches the scores through them), updates them with masked
+gradients so pruned weights stay zero, and runs them through a dense twin of the model (plain
+``Linear``/``Conv2d`` kernels, no mask multiply in any inner forward).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from metaticket.data.episodes import Tasks
+from metaticket.meta.inner import Params, adapt
+from metaticket.supermask import IteRandSchedule, dense_like, masks, supermask_layers
+
+
+@dataclass(frozen=True)
+class Method:
+    """Which parameters (by name) the outer loop learns and the inner loop adapts."""
+
+    outer: Callable[[str], bool]
+    inner: Callable[[str], bool]
+    needs_supermask: bool
+
+
+METHODS: dict[str, Method] = {
+    "maml": Method(outer=lambda n: True, inner=lambda n: True, needs_supermask=False),
+    "metaticket": Method(outer=lambda n: n.endswith("scores"), inner=lambda n: True, needs_supermask=True),
+}
+
+
+def cosine_warmup(steps: int, warmup: int) -> Callable[[int], float]:
+    """LR factor: linear warmup over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+
+    def factor(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        progress = (t - warmup) / max(1, steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+class MetaLearner:
+    """Meta-trains ``model`` with ``method`` on batches of :class:`Tasks`.
+
+    ``meta_step(tasks)`` does one outer update; ``adapt(tasks)`` returns adapted parameters per task;
+    ``evaluate(tasks)`` returns per-task query loss and accuracy after ``inner_steps_test`` steps.
+    """
+
+    def __init__(self, model: nn.Module, *, method: str = "metaticket", inner_lr: float = 0.4,
+                 inner_steps: int = 1, inner_steps_test: int = 3, first_order: bool = False,
+                 optimizer: str = "auto", outer_lr: float | None = None, momentum: float = 0.9,
+                 schedule: str = "auto", warmup_steps: int | None = None, steps: int = 10000,
+                 rerand_every: int = 0, rerand_rate: float = 0.1, vectorize: str = "auto", seed: int = 0) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+        self.method = method
+        self.roles = METHODS[method]
+        has_masks = any(True for _ in supermask_layers(model))
+        if self.roles.needs_supermask and not has_masks:
+            raise ValueError(f"method {method!r} needs a supermask model (model.mask set), got a dense one")
+        self.model = model
+        self.twin = dense_like(model)  # the function the parameter dicts are applied to
+        self.twin.requires_grad_(False)
+        self.inner_lr, self.inner_steps, self.inner_steps_test = inner_lr, inner_steps, inner_steps_test
+        self.first_order = first_order
+        twin_names = [n for n, _ in self.twin.named_parameters()]
+        self.inner_names = [n for n in twin_names if self.roles.inner(n)]
+        self.outer_names = [n for n, _ in model.named_parameters() if self.roles.outer(n)]
+        for n, p in model.named_parameters():  # only the outer parameters take part in outer autograd
+            p.requires_grad_(n in self.outer_names)
+        self.vectorize = vectorize
+        if vectorize == "auto":  # vmap over convolutions is slow on CPU; over matmuls it wins
+            has_conv = any(isinstance(m, nn.Conv2d) for m in self.twin.modules())
+            self.vectorize = "loop" if has_conv else "vmap"
+
+        default_opt = "sgd" if method == "metaticket" else "adam"
+        opt_name = default_opt if optimizer == "auto" else optimizer
+        lr = outer_lr if outer_lr is not None else (10.0 if opt_name == "sgd" else 1e-3)
+        params = [p for n, p in model.named_parameters() if n in self.outer_names]
+        if opt_name == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=lr)
+        sched = ("cosine" if method == "metaticket" else "constant") if schedule == "auto" else schedule
+        warmup = warmup_steps if warmup_steps is not None else (min(1000, steps // 10) if sched == "cosine" else 0)
+        factor = cosine_warmup(steps, warmup) if sched == "cosine" else (lambda t: min(1.0, (t + 1) / warmup)
+                                                                          if warmup else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.iterand = IteRandSchedule(rerand_every, rerand_rate, seed + 1) if has_masks else None
+        self.step = 0
+
+    # ------------------------------------------------------------------------------------------- functions
+    def _forward(self, params: Params, x: Tensor) -> Tensor:
+        return functional_call(self.twin, params, (x,))
+
+    def _initial_params(self) -> tuple[Params, dict[str, Tensor]]:
+        """The inner loop's start under the twin's names, and the 0/1 masks of the masked weights.
+
+        Masked weights enter as ``w * mask(scores)``: the mask is computed once per call and its
+        straight-through gradient reaches the scores; the inner loop then keeps pruned weights at zero.
+        """
+        own = dict(self.model.named_parameters())
+        params = {n: own[n] for n, _ in self.twin.named_parameters()}
+        weight_masks = masks(self.model)
+        for k, m in weight_masks.items():
+            params[k] = params[k] * m
+        return params, {k: m.detach() for k, m in weight_masks.items()}
+
+    def _task_losses(self, tasks: Tasks, steps: int, first_order: bool) -> tuple[Tensor, Tensor]:
+        """Per-task query loss and accuracy after adaptation: two [B] tensors."""
+        params, hard = self._initial_params()
+
+        def one_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor]:
+            adapted = adapt(self._forward, params, self.inner_names, xs, ys, lr=self.inner_lr, steps=steps,
+                            first_order=first_order, grad_masks=hard)
+            logits = self._forward(adapted, xq)
+            return F.cross_entropy(logits, yq), (logits.argmax(-1) == yq).float().mean()
+
+        args = (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
+        if self.vectorize == "vmap":
+            return vmap(one_task)(*args)
+        results = [one_task(*(a[i] for a in args)) for i in range(len(tasks))]
+        return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
+
+    # ------------------------------------------------------------------------------------------- public
+    def meta_step(self, tasks: Tasks) -> dict[str, float]:
+        """One outer update on a batch of tasks; returns loss, accuracy, lr (and IteRand's changed fraction)."""
+        self.model.train()
+        losses, accs = self._task_losses(tasks, self.inner_steps, self.first_order)
+        loss = losses.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        out = {"loss": float(loss.detach()), "acc": float(accs.mean()), "outer_lr": lr}
+        if self.iterand is not None:
+            changed = self.iterand(self.model, self.step)
+            if changed is not None:
+                out["rerandomized"] = changed
+        return out
+
+    def adapt(self, tasks: Tasks, steps: int | None = None) -> list[Params]:
+        """Adapted parameter dicts (dense-twin names, pruned weights zero) for each task of the batch."""
+        n_steps = self.inner_steps_test if steps is None else steps
+        params, hard = self._initial_params()
+        params = {k: v.detach() for k, v in params.items()}
+        return [{k: v.detach() for k, v in adapt(self._forward, params, self.inner_names, tasks.support_x[i],
+                                                 tasks.support_y[i], lr=self.inner_lr, steps=n_steps,
+                                                 first_order=True, grad_masks=hard).items()}
+                for i in range(len(tasks))]
+
+    @torch.no_grad()
+    def evaluate(self, tasks: Tasks) -> tuple[Tensor, Tensor]:
+        """Per-task query loss and accuracy ([B] each) after ``inner_steps_test`` inner steps."""
+        return self._task_losses(tasks, self.inner_steps_test, first_order=True)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step,
+                "iterand": self.iterand.state_dict() if self.iterand is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        if self.iterand is not None and state.get("iterand") is not None:
+            self.iterand.load_state_dict(state["iterand"])

@@ -1,0 +1,117 @@
+"""The meta-training loop: outer steps, periodic validation on fixed tasks, atomic checkpoints, resume."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from metaticket.checkpoint import load_checkpoint, save_atomic
+from metaticket.data.episodes import EpisodeSampler
+from metaticket.errors import MetaticketError
+from metaticket.meta.evaluate import Score, evaluate
+from metaticket.meta.learner import MetaLearner
+from metaticket.monitor import Monitor
+from metaticket.supermask import sparsity_report
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long to train and how often to validate, log and checkpoint (all in outer steps)."""
+
+    steps: int
+    meta_batch: int
+    val_every: int
+    val_tasks: int
+    val_seed: int
+    eval_batch: int
+    checkpoint_every: int
+    log_every: int
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+
+
+def validate(learner: MetaLearner, sampler: EpisodeSampler, plan: Schedule, device: torch.device) -> Score:
+    """Score on the same ``val_tasks`` tasks every time (the sampler is re-seeded)."""
+    sampler.generator.manual_seed(plan.val_seed)
+    return evaluate(learner, sampler, plan.val_tasks, plan.eval_batch, device)
+
+
+def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler, plan: Schedule, run_dir: Path,
+               monitor: Monitor, device: torch.device, resume: bool = False) -> dict:
+    """Train until ``plan.steps``; keeps ``checkpoints/last.pt`` and the best-validation ``checkpoints/best.pt``.
+
+    Returns a summary with the best validation accuracy and the mean time per meta-step.
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    best = {"accuracy": -1.0, "step": 0}
+    if resume:
+        last = ckpt_dir / "last.pt"
+        if not last.is_file():
+            raise MetaticketError(f"cannot resume {run_dir}: it has no checkpoints/last.pt; start a new run instead")
+        state = load_checkpoint(last, map_location=device)
+        learner.load_state_dict(state["learner"])
+        train.load_state_dict(state["sampler"])
+        _set_rng_state(state["rng"])
+        best = state["best"]
+        monitor.print(f"resumed {run_dir} at step {learner.step}")
+
+    def save(name: str) -> None:
+        save_atomic({"learner": learner.state_dict(), "sampler": train.state_dict(), "rng": _rng_state(),
+                     "best": best}, ckpt_dir / name)
+
+    window: dict[str, float] = {}
+    window_n = 0
+    step_time = 0.0
+    timed_steps = 0
+    bar = monitor.progress(plan.steps, f"meta-train {learner.method}", initial=learner.step)
+    while learner.step < plan.steps:
+        tasks = train.sample(plan.meta_batch).to(device)
+        t0 = time.perf_counter()
+        out = learner.meta_step(tasks)
+        dt = time.perf_counter() - t0
+        if learner.step > 1:  # the first step pays one-off warm-up costs
+            step_time += dt
+            timed_steps += 1
+        for k, v in out.items():
+            window[k] = window.get(k, 0.0) + v
+        window_n += 1
+        if not all(map(lambda v: v == v and abs(v) != float("inf"), out.values())):
+            raise MetaticketError(f"the meta-loss became {out['loss']} at step {learner.step}; the last good "
+                                  f"checkpoint is {ckpt_dir / 'last.pt'}; lower meta.outer_lr or meta.inner_lr")
+        bar.update(1)
+        step = learner.step
+        if step % plan.log_every == 0 or step == plan.steps:
+            means = {k: v / window_n for k, v in window.items()}
+            means["ms_per_step"] = 1000.0 * step_time / max(timed_steps, 1)
+            means["tasks_per_s"] = plan.meta_batch * timed_steps / max(step_time, 1e-9)
+            monitor.log(step, "train", means)
+            bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{100 * means['acc']:.1f}")
+            window, window_n = {}, 0
+        if step % plan.val_every == 0 or step == plan.steps:
+            score = validate(learner, val, plan, device)
+            report = sparsity_report(learner.model)
+            values = {"acc": score.accuracy, "ci95": score.ci95, "loss": score.loss, "sparsity": report["overall"]}
+            values.update({f"sparsity/{k}": v for k, v in report["layers"].items()})
+            monitor.log(step, "val", values)
+            monitor.print(f"step {step}: val acc {score.accuracy:.2f} +- {score.ci95:.2f}%  "
+                          f"sparsity {report['overall']:.3f}")
+            if score.accuracy > best["accuracy"]:
+                best = {"accuracy": score.accuracy, "step": step}
+                save("best.pt")
+        if step % plan.checkpoint_every == 0 or step == plan.steps:
+            save("last.pt")
+    bar.close()
+    return {"best_val_accuracy": best["accuracy"], "best_step": best["step"],
+            "ms_per_step": 1000.0 * step_time / max(timed_steps, 1), "steps": learner.step}

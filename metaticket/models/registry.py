@@ -1,0 +1,139 @@
+"""Model registry: named builders that take layer factories (one definition, dense or supermask)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from metaticket.supermask import SupermaskConv2d, SupermaskLinear, sample_init
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def _plain_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
+    return nn.Linear(in_features, out_features, bias=bias)
+
+
+def _plain_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                bias: bool = False) -> nn.Module:
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+
+
+class TaskBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm over each task's batch statistics (no running estimates), written with plain tensor ops.
+
+    Why not ``F.batch_norm``: in torch 2.14 its double backward under ``torch.func.vmap`` gives wrong
+    second-order meta-gradients (tests/test_meta.py compares vmap with a per-task loop). x: [N, C] or [N, C, L].
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        mean = x.mean(dims, keepdim=True)
+        var = x.var(dims, unbiased=False, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+
+
+class TaskBatchNorm2d(TaskBatchNorm1d):
+    """:class:`TaskBatchNorm1d` for images: x [N, C, H, W], statistics over N, H, W."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() != 4:
+            raise ValueError(f"expected a 4-D input [N, C, H, W], got {input.dim()}-D")
+
+
+def _meta_bn1d(n: int) -> nn.Module:
+    return TaskBatchNorm1d(n)
+
+
+def _meta_bn2d(n: int) -> nn.Module:
+    return TaskBatchNorm2d(n)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """Factories a builder uses for its layers; swap them to get supermask or other variants.
+
+    ``conv(in, out, k, stride, padding, bias)``, ``linear(in, out, bias)``, ``head(in, out, bias)``,
+    ``norm1d(n)``, ``norm2d(n)``.
+    """
+
+    conv: Callable[..., nn.Module] = _plain_conv
+    linear: Callable[..., nn.Module] = _plain_linear
+    head: Callable[..., nn.Module] = _plain_linear
+    norm1d: Callable[[int], nn.Module] = field(default=_meta_bn1d)
+    norm2d: Callable[[int], nn.Module] = field(default=_meta_bn2d)
+
+
+DENSE = Layers()  # plain layers with meta-model BatchNorm
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: register ``builder`` under ``name``."""
+
+    def wrap(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = builder
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model; an unknown name or argument raises with the known ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    builder = _REGISTRY[name]
+    accepted = inspect.signature(builder).parameters
+    extra = sorted(set(kwargs) - set(accepted))
+    if extra:
+        raise ValueError(f"model {name!r} takes no argument(s) {extra}; it takes: {', '.join(accepted)}")
+    return builder(**kwargs)
+
+
+def make_layers(*, supermask: bool, mask: str = "threshold", sparsity: float = 0.0, init: str = "kaiming_normal",
+                init_sparsity: float = 0.0, dense_head: bool = True, generator: torch.Generator | None = None,
+                ) -> Layers:
+    """Layer factories for a meta-model: every conv/linear drawn from ``init`` with ``generator``.
+
+    With ``supermask=True`` the body (and the head unless ``dense_head``) are supermask layers.
+    """
+    opts = dict(mask=mask, sparsity=sparsity, init=init, init_sparsity=init_sparsity, generator=generator)
+
+    def dense_linear(i: int, o: int, bias: bool = True) -> nn.Module:
+        return _drawn(nn.Linear(i, o, bias=bias), init, generator)
+
+    def dense_conv(i: int, o: int, k: int, stride: int = 1, padding: int = 0, bias: bool = False) -> nn.Module:
+        return _drawn(nn.Conv2d(i, o, k, stride=stride, padding=padding, bias=bias), init, generator)
+
+    if not supermask:
+        return Layers(conv=dense_conv, linear=dense_linear, head=dense_linear)
+
+    def sm_linear(i: int, o: int, bias: bool = True) -> nn.Module:
+        return SupermaskLinear(i, o, bias=bias, **opts)
+
+    def sm_conv(i: int, o: int, k: int, stride: int = 1, padding: int = 0, bias: bool = False) -> nn.Module:
+        return SupermaskConv2d(i, o, k, stride=stride, padding=padding, bias=bias, **opts)
+
+    return Layers(conv=sm_conv, linear=sm_linear, head=dense_linear if dense_head else sm_linear)
+
+
+@torch.no_grad()
+def _drawn(layer: nn.Module, init: str, generator: torch.Generator | None) -> nn.Module:
+    layer.weight.copy_(sample_init(layer.weight.shape, init, generator))
+    if layer.bias is not None:
+        layer.bias.zero_()
+    return layer

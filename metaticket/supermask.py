@@ -1,0 +1,292 @@
+"""Supermasks: frozen random weights times a binary mask learned through scores.
+
+The mask rules are written with plain tensor ops and a straight-through estimator of the form
+``hard + (a - a.detach())`` so that every ``torch.func`` transform (grad, vmap, functional_call) works
+through them, and nothing in a forward pass syncs with the host.
+
+- ``topk`` (edge-popup, IteRand): per layer keep the ``round((1 - sparsity) * n)`` weights with the
+  largest ``|score|``; the gradient reaches the scores through ``|score|`` as in edge-popup.
+- ``threshold`` (Meta-ticket): keep the weights whose score is ``>=`` a per-layer threshold fixed at
+  init as the ``init_sparsity`` quantile of the initial scores; sparsity then emerges from training.
+
+``sparsity`` always means the fraction of weights pruned.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MaskRule = Literal["topk", "threshold"]
+WeightInit = Literal["kaiming_normal", "kaiming_uniform", "signed_constant"]
+MASK_RULES: tuple[str, ...] = ("topk", "threshold")
+WEIGHT_INITS: tuple[str, ...] = ("kaiming_normal", "kaiming_uniform", "signed_constant")
+
+
+# ----------------------------------------------------------------------------------------------- masks
+def topk_mask(scores: Tensor, sparsity: float) -> Tensor:
+    """Binary mask keeping exactly ``round((1 - sparsity) * n)`` entries of largest ``|scores|``.
+
+    Forward value is 0/1 (same shape as ``scores``); backward is the identity onto ``|scores|``.
+    """
+    magnitude = scores.abs()
+    flat = magnitude.flatten()
+    keep = int(round((1.0 - sparsity) * flat.numel()))
+    hard = torch.zeros_like(flat)
+    if keep > 0:
+        hard = hard.scatter(0, flat.detach().topk(keep, sorted=False).indices, 1.0)
+    return hard.view_as(scores) + (magnitude - magnitude.detach())
+
+
+def threshold_mask(scores: Tensor, threshold: Tensor) -> Tensor:
+    """Binary mask ``scores >= threshold`` with a straight-through gradient onto ``scores``."""
+    hard = (scores.detach() >= threshold).to(scores.dtype)
+    return hard + (scores - scores.detach())
+
+
+def quantile_threshold(scores: Tensor, q: float) -> Tensor:
+    """The ``q`` quantile of ``scores`` (an actual element, so ``q = 0`` keeps every entry)."""
+    flat = scores.detach().flatten()
+    k = 1 + int(round(q * (flat.numel() - 1)))
+    return flat.kthvalue(k).values.clone()
+
+
+# ----------------------------------------------------------------------------------------------- inits
+def fan_in(shape: torch.Size) -> int:
+    """Fan-in of a Linear ``[out, in]`` or Conv ``[out, in, *k]`` weight."""
+    return int(math.prod(shape[1:]))
+
+
+def sample_init(shape: torch.Size, init: str, generator: torch.Generator | None = None,
+                device: torch.device | str | None = None) -> Tensor:
+    """Draw a weight tensor from a ReLU-gain Kaiming distribution (fan-in mode).
+
+    ``signed_constant`` is ``sign(w) * gain / sqrt(fan_in)`` with the sign of a normal draw.
+    """
+    std = math.sqrt(2.0) / math.sqrt(fan_in(shape))
+    if init == "kaiming_normal":
+        return torch.randn(shape, generator=generator, device=device) * std
+    if init == "kaiming_uniform":
+        bound = math.sqrt(3.0) * std
+        return (torch.rand(shape, generator=generator, device=device) * 2 - 1) * bound
+    if init == "signed_constant":
+        return torch.randn(shape, generator=generator, device=device).sign() * std
+    raise ValueError(f"unknown weight init {init!r}; known: {', '.join(WEIGHT_INITS)}")
+
+
+# ----------------------------------------------------------------------------------------------- layers
+class SupermaskMixin:
+    """Shared state of supermask layers: frozen ``weight``, learned ``scores``, a mask rule.
+
+    ``weight`` stays an ``nn.Parameter`` (with ``requires_grad=False``) so it is visible to
+    state_dicts and to the meta inner loop; optimizers choose what they see by parameter name.
+    """
+
+    weight: nn.Parameter
+    scores: nn.Parameter
+    threshold: Tensor
+
+    def _init_supermask(self, mask: str, sparsity: float, init: str, init_sparsity: float,
+                        generator: torch.Generator | None) -> None:
+        if mask not in MASK_RULES:
+            raise ValueError(f"unknown mask rule {mask!r}; known: {', '.join(MASK_RULES)}")
+        if not 0.0 <= sparsity < 1.0 or not 0.0 <= init_sparsity < 1.0:
+            raise ValueError("sparsity and init_sparsity must lie in [0, 1)")
+        self.mask_rule = mask
+        self.sparsity = float(sparsity)
+        self.init = init
+        shape = self.weight.shape
+        with torch.no_grad():
+            self.weight.copy_(sample_init(shape, init, generator))
+        self.weight.requires_grad_(False)
+        # Scores: Kaiming uniform (ReLU gain), as in edge-popup and Meta-ticket.
+        self.scores = nn.Parameter(sample_init(shape, "kaiming_uniform", generator))
+        thr = quantile_threshold(self.scores, init_sparsity) if mask == "threshold" else torch.tensor(0.0)
+        self.register_buffer("threshold", thr)
+
+    def mask(self, scores: Tensor | None = None) -> Tensor:
+        """The 0/1 mask (shape of ``weight``) with a straight-through gradient to the scores."""
+        s = self.scores if scores is None else scores
+        if self.mask_rule == "topk":
+            return topk_mask(s, self.sparsity)
+        return threshold_mask(s, self.threshold)
+
+    def masked_weight(self) -> Tensor:
+        return self.weight * self.mask()
+
+    def extra_repr(self) -> str:  # shown by print(model)
+        rule = f"topk(sparsity={self.sparsity})" if self.mask_rule == "topk" else "threshold"
+        return f"{super().extra_repr()}, mask={rule}, init={self.init}"
+
+
+class SupermaskLinear(SupermaskMixin, nn.Linear):
+    """``y = x @ (weight * mask(scores)).T + bias``; x: [N, in], y: [N, out]."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, mask: str = "topk",
+                 sparsity: float = 0.5, init: str = "kaiming_normal", init_sparsity: float = 0.0,
+                 generator: torch.Generator | None = None) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias=bias)
+        if bias:
+            nn.init.zeros_(self.bias)
+        self._init_supermask(mask, sparsity, init, init_sparsity, generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.masked_weight(), self.bias)
+
+
+class SupermaskConv2d(SupermaskMixin, nn.Conv2d):
+    """2-D convolution with weight ``weight * mask(scores)``; x: [N, C_in, H, W]."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int = 1, padding: int = 0, bias: bool = False, *, mask: str = "topk",
+                 sparsity: float = 0.5, init: str = "kaiming_normal", init_sparsity: float = 0.0,
+                 generator: torch.Generator | None = None, **conv_kwargs) -> None:
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                           bias=bias, **conv_kwargs)
+        if bias:
+            nn.init.zeros_(self.bias)
+        self._init_supermask(mask, sparsity, init, init_sparsity, generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.masked_weight(), self.bias)
+
+
+SUPERMASK_LAYERS = (SupermaskLinear, SupermaskConv2d)
+
+
+def supermask_layers(model: nn.Module) -> Iterator[tuple[str, SupermaskMixin]]:
+    """(qualified name, layer) for every supermask layer of ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, SUPERMASK_LAYERS):
+            yield name, module
+
+
+def masks(model: nn.Module) -> dict[str, Tensor]:
+    """``{"<layer>.weight": mask}`` for every supermask layer, each with its straight-through gradient."""
+    return {(f"{name}.weight" if name else "weight"): layer.mask() for name, layer in supermask_layers(model)}
+
+
+# ----------------------------------------------------------------------------------------------- IteRand
+@torch.no_grad()
+def rerandomize(model: nn.Module, rate: float, generator: torch.Generator | None = None) -> float:
+    """IteRand: re-sample a Bernoulli(``rate``) fraction of the currently pruned weights.
+
+    New values come from each layer's own init distribution; kept weights stay bit-identical.
+    Returns the fraction of all supermask weights that were re-sampled.
+    """
+    changed = 0
+    total = 0
+    for _, layer in supermask_layers(model):
+        w = layer.weight
+        pruned = layer.mask().detach() == 0
+        pick = torch.rand(w.shape, generator=generator).to(w.device) < rate
+        fresh = sample_init(w.shape, layer.init, generator).to(device=w.device, dtype=w.dtype)
+        where = pruned & pick
+        w.copy_(torch.where(where, fresh, w))
+        changed += int(where.sum())
+        total += w.numel()
+    return changed / max(total, 1)
+
+
+class IteRandSchedule:
+    """Calls :func:`rerandomize` every ``every`` steps (``every = 0`` disables it)."""
+
+    def __init__(self, every: int, rate: float, seed: int) -> None:
+        self.every = every
+        self.rate = rate
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, model: nn.Module, step: int) -> float | None:
+        """After finishing ``step`` (1-based): re-randomize if due; return the fraction changed."""
+        if self.every <= 0 or self.rate <= 0 or step % self.every != 0:
+            return None
+        return rerandomize(model, self.rate, self.generator)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+# ----------------------------------------------------------------------------------------------- reports
+@torch.no_grad()
+def sparsity_report(model: nn.Module) -> dict[str, float | dict[str, float]]:
+    """Fraction pruned per supermask layer (``layers``) and over all of them (``overall``)."""
+    layers: dict[str, float] = {}
+    pruned = 0
+    total = 0
+    for name, layer in supermask_layers(model):
+        hard = layer.mask().detach()
+        n_pruned = int((hard == 0).sum())
+        layers[name] = n_pruned / hard.numel()
+        pruned += n_pruned
+        total += hard.numel()
+    return {"overall": pruned / total if total else 0.0, "layers": layers}
+
+
+# ----------------------------------------------------------------------------------------------- convert
+def convert(module: nn.Module, *, mask: str = "topk", sparsity: float = 0.5, init: str = "kaiming_normal",
+            init_sparsity: float = 0.0, keep_dense: Iterable[str] = (), generator: torch.Generator | None = None,
+            ) -> nn.Module:
+    """Replace (in place) every ``nn.Linear``/``nn.Conv2d`` of ``module`` by a supermask layer of the same shape.
+
+    Layers whose qualified name is in ``keep_dense`` (e.g. ``"head"``) stay as they are. Weights are re-drawn
+    from ``init``; biases are kept. Returns ``module``.
+    """
+    keep = set(keep_dense)
+    unknown = keep - {name for name, _ in module.named_modules()}
+    if unknown:
+        raise ValueError(f"keep_dense names {sorted(unknown)} are not modules of the model")
+    for name, child in list(module.named_modules()):
+        if name in keep or isinstance(child, SUPERMASK_LAYERS):
+            continue
+        opts = dict(mask=mask, sparsity=sparsity, init=init, init_sparsity=init_sparsity, generator=generator)
+        if type(child) is nn.Linear:
+            new: nn.Module = SupermaskLinear(child.in_features, child.out_features, bias=child.bias is not None,
+                                             **opts)
+        elif type(child) is nn.Conv2d:
+            new = SupermaskConv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+                                  padding=child.padding, bias=child.bias is not None, dilation=child.dilation,
+                                  groups=child.groups, **opts)
+        else:
+            continue
+        if child.bias is not None:
+            with torch.no_grad():
+                new.bias.copy_(child.bias)
+        new.to(device=child.weight.device)
+        _set_submodule(module, name, new)
+    return module
+
+
+def dense_like(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose supermask layers are plain ``nn.Linear``/``nn.Conv2d`` with the same names.
+
+    Used as the function in ``torch.func.functional_call`` once masks are applied to the weights
+    outside the layers, so the mask of a meta-step is computed once, not at every inner step.
+    """
+    twin = copy.deepcopy(model)
+    for name, layer in list(supermask_layers(twin)):
+        if isinstance(layer, nn.Linear):
+            plain: nn.Module = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        else:
+            plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                              padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                              bias=layer.bias is not None)
+        plain.to(device=layer.weight.device)
+        _set_submodule(twin, name, plain)
+    return twin
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    if not name:
+        raise ValueError("cannot replace the root module itself")
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs metaticket with its test tools into it. Safe to re-run.
+# PYTHON selects the interpreter (default python3, >= 3.10).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  "${PYTHON:-python3}" -m venv .venv
+fi
+.venv/bin/python -m pip install -q -e ".[dev]"

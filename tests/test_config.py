@@ -1,0 +1,84 @@
+"""Config loading: strict keys, types and ranges, one level of base:, --set overrides, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metaticket.config import Config, ConfigError, dump_config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_every_shipped_config_loads():
+    files = sorted((REPO / "configs").rglob("*.yaml"))
+    assert files
+    for f in files:
+        assert isinstance(load_config(f), Config)
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    write(tmp_path, "meta:\n  inner_lr: 0.1\n  steps: 50\nmodel:\n  width: 2\n", "base.yaml")
+    child = write(tmp_path, "base: base.yaml\nmeta:\n  steps: 7\n")
+    c = load_config(child, ["meta.meta_batch=3", "model.mask=topk"])
+    assert (c.meta.inner_lr, c.meta.steps, c.meta.meta_batch, c.model.width, c.model.mask) == (0.1, 7, 3, 2.0, "topk")
+
+
+def test_round_trip_through_dump(tmp_path):
+    c = load_config(REPO / "configs/omniglot/quickstart.yaml")
+    dump_config(c, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == c
+
+
+BAD = [
+    ("meta:\n  inner_lrr: 0.1\n", r"unknown config key meta\.inner_lrr; did you mean meta\.inner_lr\?"),
+    ("metaa:\n  steps: 1\n", r"unknown config key metaa; did you mean meta\?"),
+    ("meta:\n  steps: ten\n", r"meta\.steps = 'ten' must be a whole number"),
+    ("meta:\n  steps: 1.5\n", r"meta\.steps = 1\.5 must be a whole number"),
+    ("meta:\n  first_order: 1\n", r"meta\.first_order = 1 must be true or false"),
+    ("model:\n  sparsity: 1.0\n", r"model\.sparsity = 1\.0 is out of range: sparsity is the fraction pruned"),
+    ("model:\n  sparsity: -0.1\n", r"model\.sparsity = -0\.1 is out of range"),
+    ("data:\n  ways: 1\n", r"data\.ways = 1 is out of range: use at least 2 ways"),
+    ("meta:\n  inner_lr: -1\n", r"meta\.inner_lr = -1\.0 is out of range: use a positive inner_lr"),
+    ("meta:\n  outer_lr: 0\n", r"meta\.outer_lr = 0\.0 is out of range"),
+    ("meta:\n  meta_batch: 0\n", r"meta\.meta_batch = 0 is out of range"),
+    ("meta:\n  method: reptile\n", r"meta\.method = 'reptile' is not allowed; choose one of: maml, metaticket"),
+    ("run:\n  device: tpu\n", r"run\.device = 'tpu' is out of range: use auto, cpu or cuda"),
+    ("meta:\n\tsteps: 3\n", r"invalid YAML .*indent with spaces, not tabs"),
+    ("meta:\n  steps: 3\n  steps: 4\n", r"duplicate key 'steps' at line 3"),
+    ("- a\n- b\n", r"the top level must be a mapping"),
+    ("meta: 3\n", r"meta: expected a mapping"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD)
+def test_bad_config_gives_one_line_error(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(write(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+def test_bad_override_syntax(tmp_path):
+    with pytest.raises(ConfigError, match=r"write section\.key=value"):
+        load_config(write(tmp_path, ""), ["steps=3"])
+
+
+def test_base_of_base_is_refused(tmp_path):
+    write(tmp_path, "meta:\n  steps: 1\n", "a.yaml")
+    write(tmp_path, "base: a.yaml\n", "b.yaml")
+    with pytest.raises(ConfigError, match="one level only"):
+        load_config(write(tmp_path, "base: b.yaml\n"))
+
+
+def test_base_cycle_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="points at the file itself"):
+        load_config(write(tmp_path, "base: c.yaml\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")

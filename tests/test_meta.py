@@ -1,0 +1,172 @@
+"""Inner loop, MAML and Meta-ticket learners on small synthetic tasks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from metaticket.data.episodes import Tasks
+from metaticket.meta.evaluate import summarize
+from metaticket.meta.inner import adapt
+from metaticket.meta.learner import MetaLearner
+from metaticket.models import build_model, list_models
+from metaticket.models.registry import make_layers
+from metaticket.supermask import supermask_layers
+
+
+def tasks(batch: int = 3, ways: int = 5, shots: int = 1, queries: int = 3, size: int = 28, seed: int = 0) -> Tasks:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(ways)
+    return Tasks(torch.rand(batch, ways * shots, 1, size, size, generator=g),
+                 labels.repeat_interleave(shots).expand(batch, -1).clone(),
+                 torch.rand(batch, ways * queries, 1, size, size, generator=g),
+                 labels.repeat_interleave(queries).expand(batch, -1).clone())
+
+
+def learner(method: str, model: str = "mlp", seed: int = 0, **kw) -> MetaLearner:
+    g = torch.Generator().manual_seed(seed)
+    layers = make_layers(supermask=method == "metaticket", generator=g, mask=kw.pop("mask", "threshold"),
+                         sparsity=kw.pop("sparsity", 0.5), init_sparsity=kw.pop("init_sparsity", 0.0))
+    net = build_model(model, num_classes=5, width=0.25, layers=layers, **({"channels": 8} if model == "conv4" else {}))
+    return MetaLearner(net, method=method, steps=10, **kw)
+
+
+def test_one_inner_step_equals_hand_written_sgd():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    params = dict(net.named_parameters())
+
+    def forward(p, inp):
+        return functional_call(net, p, (inp,))
+
+    new = adapt(forward, params, list(params), x, y, lr=0.3, steps=1)
+    grads = torch.autograd.grad(F.cross_entropy(net(x), y), list(params.values()))
+    for (name, p), g in zip(params.items(), grads):
+        torch.testing.assert_close(new[name], p - 0.3 * g)
+    only_last = adapt(forward, params, ["2.weight"], x, y, lr=0.3, steps=1)
+    assert only_last["0.weight"] is params["0.weight"]
+
+
+def _state(lrn: MetaLearner) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in lrn.model.state_dict().items()}
+
+
+def test_metaticket_outer_step_changes_scores_and_nothing_else():
+    lrn = learner("metaticket")
+    before = _state(lrn)
+    lrn.meta_step(tasks())
+    after = lrn.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    scores = {k for k in before if k.endswith("scores")}
+    assert changed == scores, f"changed: {sorted(changed - scores)} / unchanged scores: {sorted(scores - changed)}"
+
+
+def test_maml_outer_step_changes_every_parameter():
+    lrn = learner("maml")
+    before = _state(lrn)
+    lrn.meta_step(tasks())
+    after = lrn.model.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_adapted_pruned_weights_stay_zero():
+    lrn = learner("metaticket", init_sparsity=0.5)
+    adapted = lrn.adapt(tasks(batch=2), steps=2)
+    for name, layer in supermask_layers(lrn.model):
+        hard = layer.mask().detach()
+        for params in adapted:
+            w = params[f"{name}.weight"]
+            assert torch.all(w[hard == 0] == 0)
+            assert not torch.equal(w[hard == 1], (layer.weight * hard)[hard == 1])  # kept weights did adapt
+
+
+@pytest.mark.parametrize("method", ["maml", "metaticket"])
+def test_vmap_and_loop_give_the_same_meta_gradient(method):
+    # float64, so that only a wrong gradient (not float32 rounding) can make the two differ
+    b = tasks(batch=4)
+    batch = Tasks(b.support_x.double(), b.support_y, b.query_x.double(), b.query_y)
+    grads = {}
+    for mode in ("loop", "vmap"):
+        lrn = learner(method, vectorize=mode)
+        lrn.model.double()
+        lrn.twin.double()
+        losses, _ = lrn._task_losses(batch, steps=2, first_order=False)
+        losses.mean().backward()
+        grads[mode] = {n: p.grad.clone() for n, p in lrn.model.named_parameters() if p.grad is not None}
+    assert grads["loop"].keys() == grads["vmap"].keys() and grads["loop"]
+    for n in grads["loop"]:
+        torch.testing.assert_close(grads["loop"][n], grads["vmap"][n], rtol=1e-9, atol=1e-12)
+
+
+def test_second_order_differs_from_first_order_and_fo_matches_definition():
+    batch = tasks(batch=1)
+    out = {}
+    for fo in (False, True):
+        lrn = learner("maml", vectorize="loop")
+        losses, _ = lrn._task_losses(batch, steps=1, first_order=fo)
+        losses.mean().backward()
+        out[fo] = {n: p.grad.clone() for n, p in lrn.model.named_parameters()}
+    assert any(not torch.allclose(out[True][n], out[False][n]) for n in out[True])
+    # First-order MAML: the meta-gradient is the query gradient at the adapted parameters.
+    lrn = learner("maml", vectorize="loop")
+    adapted = lrn.adapt(batch, steps=1)[0]
+    adapted = {k: v.clone().requires_grad_(True) for k, v in adapted.items()}
+    loss = F.cross_entropy(functional_call(lrn.twin, adapted, (batch.query_x[0],)), batch.query_y[0])
+    g = torch.autograd.grad(loss, list(adapted.values()))
+    for (name, _), gi in zip(adapted.items(), g):
+        torch.testing.assert_close(out[True][name], gi, rtol=1e-4, atol=1e-6)
+
+
+def test_iterand_in_meta_training_touches_only_pruned_weights():
+    lrn = learner("metaticket", init_sparsity=0.5, rerand_every=2, rerand_rate=0.5)
+    w0 = {n: layer.weight.clone() for n, layer in supermask_layers(lrn.model)}
+    out1 = lrn.meta_step(tasks())
+    assert "rerandomized" not in out1
+    assert all(torch.equal(w0[n], layer.weight) for n, layer in supermask_layers(lrn.model))
+    out2 = lrn.meta_step(tasks(seed=1))  # re-randomizes after its outer update, with the mask of that moment
+    assert 0.1 < out2["rerandomized"] < 0.4
+    for n, layer in supermask_layers(lrn.model):
+        kept = layer.mask().detach() == 1
+        assert torch.equal(layer.weight[kept], w0[n][kept])
+        assert not torch.equal(layer.weight[~kept], w0[n][~kept])
+
+
+def test_evaluate_returns_per_task_scores_and_ci():
+    lrn = learner("metaticket")
+    loss, acc = lrn.evaluate(tasks(batch=6))
+    assert loss.shape == acc.shape == (6,)
+    s = summarize(torch.tensor([0.5, 0.7, 0.9, 0.7]), torch.zeros(4))
+    assert s.accuracy == pytest.approx(70.0)
+    assert s.ci95 == pytest.approx(1.96 * 16.3299 / 2, rel=1e-4)
+
+
+def test_conv4_meta_step_runs_both_methods():
+    for method in ("maml", "metaticket"):
+        lrn = learner(method, model="conv4")
+        out = lrn.meta_step(tasks(batch=2))
+        assert out["loss"] > 0 and lrn.vectorize == "loop"
+
+
+def test_registry_lists_models_and_rejects_unknown():
+    assert {"mlp", "conv4"} <= set(list_models())
+    with pytest.raises(ValueError, match="unknown model 'resnet999'; known models: conv4, mlp"):
+        build_model("resnet999", num_classes=5)
+    with pytest.raises(ValueError, match="takes no argument"):
+        build_model("mlp", num_classes=5, depth=3)
+
+
+def test_metaticket_needs_a_supermask_model():
+    net = build_model("mlp", num_classes=5)
+    with pytest.raises(ValueError, match="needs a supermask model"):
+        MetaLearner(net, method="metaticket")
+
+
+def test_mlp_is_the_omniglot_architecture():
+    net = build_model("mlp", num_classes=5)
+    sizes = [m.out_features for m in net.modules() if isinstance(m, nn.Linear)]
+    assert sizes == [256, 128, 64, 64, 5]
+    assert all(not m.track_running_stats for m in net.modules() if isinstance(m, nn.BatchNorm1d))

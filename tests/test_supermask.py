@@ -1,0 +1,164 @@
+"""Supermask core: masks, straight-through gradients, inits, IteRand, reports, convert."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from metaticket.supermask import (
+    SupermaskConv2d,
+    SupermaskLinear,
+    convert,
+    dense_like,
+    masks,
+    quantile_threshold,
+    rerandomize,
+    sample_init,
+    sparsity_report,
+    threshold_mask,
+    topk_mask,
+)
+
+
+def test_topk_straight_through_gradient_matches_hand_computation():
+    torch.manual_seed(0)
+    scores = torch.randn(6, 5, requires_grad=True)
+    w = torch.randn(6, 5)
+    x = torch.randn(3, 5)
+    m = topk_mask(scores, sparsity=0.4)
+    loss = (x @ (w * m).T).pow(2).sum()
+    loss.backward()
+    # by hand: dL/dW_eff = 2 * y^T x with y = x W_eff^T; STE passes dL/dm = dL/dW_eff * w through |s|.
+    hard = m.detach()
+    y = x @ (w * hard).T
+    d_eff = 2 * y.T @ x
+    expected = d_eff * w * scores.detach().sign()
+    torch.testing.assert_close(scores.grad, expected)
+
+
+def test_threshold_straight_through_gradient_matches_hand_computation():
+    torch.manual_seed(1)
+    scores = torch.randn(4, 7, requires_grad=True)
+    w = torch.randn(4, 7)
+    thr = torch.tensor(0.1)
+    m = threshold_mask(scores, thr)
+    (w * m).sum().backward()
+    torch.testing.assert_close(scores.grad, w)  # d/ds sum(w * m) = w under the identity estimator
+    assert torch.equal(m.detach(), (scores.detach() >= thr).float())
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.9, 0.99])
+@pytest.mark.parametrize("shape", [(10, 3), (64, 32, 3, 3), (7,)])
+def test_topk_keeps_exact_count(sparsity, shape):
+    scores = torch.randn(*shape)
+    n = scores.numel()
+    m = topk_mask(scores, sparsity)
+    assert int(m.sum()) == round((1 - sparsity) * n)
+    kept = scores.abs()[m.bool()]
+    dropped = scores.abs()[~m.bool()]
+    if kept.numel() and dropped.numel():
+        assert kept.min() >= dropped.max()
+
+
+def test_topk_exact_count_with_ties():
+    scores = torch.ones(10, 10)
+    assert int(topk_mask(scores, 0.37).sum()) == 63
+
+
+def test_topk_layers_keep_exact_count_per_layer():
+    linear = SupermaskLinear(30, 20, mask="topk", sparsity=0.7)
+    conv = SupermaskConv2d(3, 8, 3, mask="topk", sparsity=0.25)
+    assert int(linear.mask().sum()) == round(0.3 * 30 * 20)
+    assert int(conv.mask().sum()) == round(0.75 * 8 * 3 * 9)
+
+
+def test_threshold_starts_dense_at_init_sparsity_zero():
+    layer = SupermaskLinear(100, 50, mask="threshold", init_sparsity=0.0)
+    assert layer.mask().min() == 1.0
+    assert sparsity_report(layer)["overall"] == 0.0
+
+
+def test_threshold_init_sparsity_prunes_that_fraction():
+    layer = SupermaskLinear(100, 50, mask="threshold", init_sparsity=0.3)
+    assert abs(sparsity_report(layer)["overall"] - 0.3) < 1e-3
+    assert quantile_threshold(torch.arange(11.0), 0.5) == 5.0
+
+
+@pytest.mark.parametrize("init", ["kaiming_normal", "kaiming_uniform", "signed_constant"])
+def test_inits_have_kaiming_scale(init):
+    g = torch.Generator().manual_seed(0)
+    w = sample_init(torch.Size([400, 100]), init, g)
+    std = math.sqrt(2 / 100)
+    assert abs(float(w.std()) - std) / std < 0.05
+    if init == "signed_constant":
+        assert torch.allclose(w.abs(), torch.full_like(w, std))
+    if init == "kaiming_uniform":
+        assert float(w.abs().max()) <= math.sqrt(3) * std + 1e-6
+
+
+def test_weights_are_frozen_parameters_and_scores_learn():
+    layer = SupermaskLinear(8, 4)
+    names = dict(layer.named_parameters())
+    assert not names["weight"].requires_grad and names["scores"].requires_grad
+
+
+@pytest.mark.parametrize("mask", ["topk", "threshold"])
+def test_iterand_changes_only_pruned_weights_about_rate(mask):
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(SupermaskLinear(200, 300, mask=mask, sparsity=0.5, init_sparsity=0.5, generator=g),
+                          SupermaskConv2d(16, 32, 3, mask=mask, sparsity=0.5, init_sparsity=0.5, generator=g))
+    before = [layer.weight.clone() for layer in (model[0], model[1])]
+    pruned = [layer.mask().detach() == 0 for layer in (model[0], model[1])]
+    rate = 0.3
+    frac = rerandomize(model, rate, torch.Generator().manual_seed(1))
+    changed_total = 0
+    pruned_total = 0
+    for layer, b, p in zip((model[0], model[1]), before, pruned):
+        changed = layer.weight != b
+        assert not changed[~p].any(), "a kept weight changed"
+        assert torch.equal(layer.weight[~p], b[~p])
+        changed_total += int(changed.sum())
+        pruned_total += int(p.sum())
+    assert abs(changed_total / pruned_total - rate) < 0.02
+    n_all = sum(layer.weight.numel() for layer in (model[0], model[1]))
+    assert abs(frac - changed_total / n_all) < 1e-3  # (a redraw equal to the old value is vanishingly rare)
+
+
+def test_sparsity_report_per_layer_and_overall():
+    model = nn.Sequential(SupermaskLinear(10, 10, mask="topk", sparsity=0.2), nn.ReLU(),
+                          SupermaskLinear(10, 30, mask="topk", sparsity=0.6))
+    rep = sparsity_report(model)
+    assert rep["layers"] == {"0": pytest.approx(0.2), "2": pytest.approx(0.6)}
+    assert rep["overall"] == pytest.approx((20 + 180) / 400)
+
+
+def test_convert_keeps_shapes_and_dense_layers():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    x = torch.randn(2, 3, 4, 4)
+    convert(net, mask="topk", sparsity=0.5, keep_dense=["3"])
+    assert isinstance(net[0], SupermaskConv2d) and type(net[3]) is nn.Linear
+    assert net(x).shape == (2, 10)
+    with pytest.raises(ValueError, match="not modules"):
+        convert(net, keep_dense=["nope"])
+
+
+def test_dense_twin_with_masked_weights_matches_supermask_forward():
+    from torch.func import functional_call
+
+    net = nn.Sequential(SupermaskConv2d(1, 4, 3, mask="topk", sparsity=0.5), nn.Flatten(),
+                        SupermaskLinear(4 * 4 * 4, 3, mask="threshold", init_sparsity=0.2))
+    twin = dense_like(net)
+    m = masks(net)
+    params = {n: p * m[n] if n in m else p for n, p in net.named_parameters() if not n.endswith("scores")}
+    x = torch.randn(2, 1, 6, 6)
+    torch.testing.assert_close(functional_call(twin, params, (x,)), net(x))
+
+
+def test_bad_mask_options_raise():
+    with pytest.raises(ValueError, match="unknown mask rule"):
+        SupermaskLinear(3, 3, mask="nope")
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        SupermaskLinear(3, 3, sparsity=1.0)
