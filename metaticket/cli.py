@@ -1,7 +1,8 @@
 """Command line: the only place that reads argv, the environment and the whole config.
 
     python run.py meta-train CONFIG [--set section.key=value ...] [--resume] [--test] [--quiet]
-    python run.py meta-test RUN_DIR [--tasks 600] [--checkpoint best|last]
+    python run.py meta-test RUN_DIR [--tasks 600] [--checkpoint best|last] [--dataset NAME]
+    python run.py sweep CONFIG --seeds 1 2 3 [--set section.key=value ...]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from metaticket.config import Config, ConfigError, dump_config, load_config
-from metaticket.data import episode_samplers
+from metaticket.data import DATASETS, dataset_channels, episode_samplers
 from metaticket.errors import MetaticketError
 from metaticket.meta.evaluate import evaluate
 from metaticket.meta.learner import METHODS, MetaLearner
@@ -67,8 +68,8 @@ def build_learner(config: Config, device: torch.device) -> MetaLearner:
     generator = torch.Generator().manual_seed(config.run.seed)
     layers = make_layers(supermask=METHODS[meta.method].needs_supermask, mask=m.mask, sparsity=m.sparsity,
                          init=m.init, init_sparsity=m.init_sparsity, dense_head=m.dense_head, generator=generator)
-    kwargs = dict(num_classes=config.data.ways, in_channels=1, image_size=config.data.image_size, width=m.width,
-                  layers=layers)
+    kwargs = dict(num_classes=config.data.ways, in_channels=dataset_channels(config.data.dataset),
+                  image_size=image_size(config), width=m.width, layers=layers)
     if m.name == "conv4":
         kwargs["channels"] = m.channels
     model = build_model(m.name, **kwargs).to(device)
@@ -80,10 +81,15 @@ def build_learner(config: Config, device: torch.device) -> MetaLearner:
                        seed=config.run.seed)
 
 
-def samplers(config: Config, quiet: bool) -> dict:
+def image_size(config: Config) -> int:
+    return config.data.image_size or DATASETS[config.data.dataset][1]
+
+
+def samplers(config: Config, quiet: bool, dataset: str | None = None) -> dict:
+    """Episode samplers of the config's dataset (or of ``dataset``, at the config's image size)."""
     d = config.data
-    return episode_samplers(d.dataset, data_root(config), cache_dir(), ways=d.ways, shots=d.shots,
-                            queries=d.queries, image_size=d.image_size, rotations=d.rotations,
+    return episode_samplers(dataset or d.dataset, data_root(config), cache_dir(), ways=d.ways, shots=d.shots,
+                            queries=d.queries, image_size=image_size(config), rotations=d.rotations,
                             seed=config.run.seed, val_seed=config.eval.task_seed, download=d.download,
                             workers=d.workers, progress=not quiet)
 
@@ -96,47 +102,111 @@ def _setup(config: Config) -> torch.device:
     return resolve_device(config.run.device)
 
 
-def cmd_meta_train(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.set)
-    run_dir = Path(config.run.out_dir) / config.run.name
-    if not args.resume:
-        run_dir = fresh_run_dir(run_dir)
-    else:
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            raise MetaticketError(f"cannot resume {run_dir}: it has no config.yaml; start a new run instead")
-        if load_config(saved) != config:
-            raise MetaticketError(f"cannot resume {run_dir}: the config differs from its saved config.yaml; "
-                                  f"resume with the same config and --set values")
+def _check_resumable(run_dir: Path, config: Config) -> None:
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise MetaticketError(f"cannot resume {run_dir}: it has no config.yaml; start a new run instead")
+    if load_config(saved) != config:
+        raise MetaticketError(f"cannot resume {run_dir}: the config differs from its saved config.yaml; "
+                              f"resume with the same config and --set values")
+
+
+def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool) -> dict:
+    """Meta-train ``config`` into ``run_dir`` (continuing its last checkpoint with ``resume``)."""
+    if resume:
+        _check_resumable(run_dir, config)
     device = _setup(config)
-    sets = samplers(config, args.quiet)
+    if "train" not in DATASETS[config.data.dataset][2]:
+        raise MetaticketError(f"data.dataset = {config.data.dataset} offers only test tasks (cross-domain "
+                              f"evaluation); meta-train on omniglot, tinyimagenet or miniimagenet")
+    sets = samplers(config, quiet)
     learner = build_learner(config, device)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / "config.yaml")
-    monitor = Monitor(run_dir, quiet=args.quiet)
+    monitor = Monitor(run_dir, quiet=quiet)
     e = config.eval
     plan = Schedule(steps=config.meta.steps, meta_batch=config.meta.meta_batch, val_every=e.val_every,
                     val_tasks=e.val_tasks, val_seed=e.task_seed, eval_batch=e.batch,
                     checkpoint_every=config.run.checkpoint_every, log_every=config.run.log_every)
     try:
-        summary = meta_train(learner, sets["train"], sets["val"], plan, run_dir, monitor, device, resume=args.resume)
+        summary = meta_train(learner, sets["train"], sets["val"], plan, run_dir, monitor, device, resume=resume)
     finally:
         monitor.close()
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    if not args.quiet:
+    if not quiet:
         print(f"trained {summary['steps']} steps ({summary['ms_per_step']:.0f} ms/step); best val accuracy "
               f"{summary['best_val_accuracy']:.2f}% at step {summary['best_step']}; run folder {run_dir}",
               file=sys.stderr)
+    return summary
+
+
+def cmd_meta_train(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.set)
+    run_dir = Path(config.run.out_dir) / config.run.name
+    if not args.resume:
+        run_dir = fresh_run_dir(run_dir)
+    train_run(config, run_dir, args.resume, args.quiet)
     if args.test:
-        return _meta_test(run_dir, tasks=None, checkpoint="best", quiet=args.quiet)
+        print(json.dumps(meta_test(run_dir, tasks=None, checkpoint="best", quiet=args.quiet)))
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Train and test one run per seed into ``<out_dir>/<name>-sweep/seed<S>/``; write a table over seeds.
+
+    Re-running the same command skips seeds already tested and resumes seeds that were interrupted.
+    """
+    base = load_config(args.config, args.set)
+    sweep_dir = Path(base.run.out_dir) / f"{base.run.name}-sweep"
+    rows = []
+    for seed in args.seeds:
+        config = load_config(args.config, [*args.set, f"run.seed={seed}"])
+        run_dir = sweep_dir / f"seed{seed}"
+        done = run_dir / "test.json"
+        if done.is_file():
+            result = json.loads(done.read_text())
+        else:
+            resume = (run_dir / "checkpoints" / "last.pt").is_file()
+            summary = json.loads((run_dir / "train_summary.json").read_text()) if resume and \
+                (run_dir / "train_summary.json").is_file() else None
+            if summary is None or summary["steps"] < config.meta.steps:
+                train_run(config, run_dir, resume, args.quiet)
+            result = meta_test(run_dir, tasks=None, checkpoint="best", quiet=args.quiet)
+            done.write_text(json.dumps(result))
+        rows.append({"seed": seed, **result})
+    table = seed_table(rows)
+    (sweep_dir / "sweep.json").write_text(json.dumps(table, indent=2))
+    (sweep_dir / "sweep.md").write_text(table["markdown"])
+    print(table["markdown"], file=sys.stderr)
+    print(json.dumps({k: v for k, v in table.items() if k != "markdown"}))
+    return 0
+
+
+def seed_table(rows: list[dict]) -> dict:
+    """Per-seed accuracy +- CI and the mean over seeds +- 1.96 std / sqrt(seeds) (markdown and numbers)."""
+    accs = torch.tensor([r["accuracy"] for r in rows], dtype=torch.float64)
+    n = len(rows)
+    mean = float(accs.mean())
+    ci = 1.96 * float(accs.std(unbiased=True)) / n ** 0.5 if n > 1 else 0.0
+    first = rows[0]
+    title = (f"{first['method']} / {first['model']} / {first['dataset']} {first['ways']}-way {first['shots']}-shot, "
+             f"{first['tasks']} test tasks per seed")
+    lines = [f"### {title}", "", "| seed | accuracy (%) | 95% CI (tasks) | sparsity |", "|---|---|---|---|"]
+    lines += [f"| {r['seed']} | {r['accuracy']:.2f} | +- {r['ci95']:.2f} | {r['sparsity']:.3f} |" for r in rows]
+    lines.append(f"| mean over {n} seeds | **{mean:.2f}** | +- {ci:.2f} (over seeds) | |")
+    return {"title": title, "seeds": rows, "mean": round(mean, 3), "ci95_over_seeds": round(ci, 3),
+            "markdown": "\n".join(lines) + "\n"}
+
+
 def cmd_meta_test(args: argparse.Namespace) -> int:
-    return _meta_test(Path(args.run_dir), tasks=args.tasks, checkpoint=args.checkpoint, quiet=args.quiet)
+    result = meta_test(Path(args.run_dir), tasks=args.tasks, checkpoint=args.checkpoint, quiet=args.quiet,
+                       dataset=args.dataset)
+    print(json.dumps(result))
+    return 0
 
 
-def _meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool) -> int:
+def meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool, dataset: str | None = None) -> dict:
+    """Score a run's checkpoint on test tasks of its dataset, or of ``dataset`` (cross-domain)."""
     from metaticket.checkpoint import load_checkpoint
 
     saved = run_dir / "config.yaml"
@@ -151,7 +221,12 @@ def _meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool) -
     except (RuntimeError, KeyError) as e:
         raise MetaticketError(f"{run_dir}: the checkpoint does not fit the model of its config.yaml "
                               f"({str(e).splitlines()[0][:120]})") from None
-    test = samplers(config, quiet)["test"]
+    target = dataset or config.data.dataset
+    if dataset_channels(target) != dataset_channels(config.data.dataset):
+        raise MetaticketError(f"--dataset {target} has {dataset_channels(target)}-channel images but {run_dir} was "
+                              f"trained on {dataset_channels(config.data.dataset)}-channel "
+                              f"{config.data.dataset}; pick a dataset with the same channels")
+    test = samplers(config, quiet, dataset=target)["test"]
     n = tasks or config.eval.test_tasks
     monitor = Monitor(run_dir, quiet=quiet, tensorboard=False)
     bar = monitor.progress(n, "meta-test")
@@ -159,13 +234,13 @@ def _meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool) -
     bar.close()
     monitor.log(learner.step, "test", {"acc": score.accuracy, "ci95": score.ci95, "loss": score.loss})
     monitor.close()
-    result = {"method": config.meta.method, "dataset": config.data.dataset, "model": config.model.name,
+    result = {"method": config.meta.method, "dataset": target, "trained_on": config.data.dataset,
+              "model": config.model.name,
               "width": config.model.width, "ways": config.data.ways, "shots": config.data.shots,
               "accuracy": round(score.accuracy, 3), "ci95": round(score.ci95, 3), "tasks": score.tasks,
               "inner_steps_test": config.meta.inner_steps_test, "checkpoint": checkpoint, "step": learner.step,
               "sparsity": round(float(sparsity_report(learner.model)["overall"]), 4)}
-    print(json.dumps(result))
-    return 0
+    return result
 
 
 def parser() -> argparse.ArgumentParser:
@@ -182,8 +257,16 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--tasks", type=int, default=None, help="number of test tasks (default: eval.test_tasks)")
     e.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    e.add_argument("--dataset", choices=sorted(DATASETS), default=None,
+                   help="cross-domain: test on this dataset's test classes instead of the run's own")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_meta_test)
+    w = sub.add_parser("sweep", help="meta-train and meta-test one run per seed; writes a table over seeds")
+    w.add_argument("config")
+    w.add_argument("--seeds", type=int, nargs="+", required=True)
+    w.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    w.add_argument("--quiet", action="store_true")
+    w.set_defaults(func=cmd_sweep)
     return p
 
 

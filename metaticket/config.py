@@ -31,13 +31,14 @@ def _check(rule: Callable[[Any], bool], hint: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["omniglot"] = "omniglot"
+    dataset: Literal["omniglot", "tinyimagenet", "miniimagenet", "cifar10"] = "omniglot"
     root: str | None = None  # folder holding omniglot/ (default: $METATICKET_DATA, else the download cache)
     download: bool = True
     ways: int = field(default=5, metadata=_check(lambda v: v >= 2, "use at least 2 ways"))
     shots: int = field(default=1, metadata=_check(lambda v: v >= 1, "use at least 1 shot"))
     queries: int = field(default=15, metadata=_check(lambda v: v >= 1, "use at least 1 query per class"))
-    image_size: int = field(default=28, metadata=_check(lambda v: v >= 4, "use an image size of at least 4"))
+    image_size: int | None = field(default=None,  # null: the dataset's own (28, 64, 84, 32)
+                                   metadata=_check(lambda v: v is None or v >= 4, "use an image size of at least 4"))
     rotations: bool = True  # Omniglot: 90/180/270-degree rotations as extra classes (MAML convention)
     workers: int = field(default=2, metadata=_check(lambda v: v >= 1, "use at least 1 worker"))
 
@@ -58,7 +59,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MetaConfig:
-    method: Literal["maml", "metaticket"] = "metaticket"
+    method: Literal["maml", "anil", "boil", "metaticket", "metaticket_boil"] = "metaticket"
     inner_lr: float = field(default=0.4, metadata=_check(lambda v: v > 0, "use a positive inner_lr"))
     inner_steps: int = field(default=1, metadata=_check(lambda v: v >= 1, "use at least 1 inner step"))
     inner_steps_test: int = field(default=3, metadata=_check(lambda v: v >= 1, "use at least 1 inner step"))

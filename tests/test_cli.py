@@ -67,7 +67,7 @@ def test_resume_continues_to_the_planned_steps(tmp_path, data_root):
     (["meta-train", str(QUICK), "--set", "model.sparsity=1"], "model.sparsity = 1.0 is out of range"),
     (["meta-train", str(QUICK), "--set", "data.ways=1"], "data.ways = 1 is out of range"),
     (["meta-train", str(QUICK), "--set", "data.queries=20"], "data.shots + data.queries = 21"),
-    (["meta-train", str(QUICK), "--set", "model.name=resnet999"], "known models: conv4, mlp"),
+    (["meta-train", str(QUICK), "--set", "model.name=resnet999"], "known models: conv4, mlp, resnet12, wrn28"),
     (["meta-test", "no-such-run"], "is not a run folder"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message, data_root):
@@ -86,3 +86,36 @@ def test_missing_data_root_is_one_line(tmp_path):
             "--set", f"run.out_dir={tmp_path / 'runs'}", "--quiet", cwd=tmp_path)
     assert r.returncode == 2 and "Omniglot not found under" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_tinyimagenet_run_and_cross_domain_test_on_cifar10(tmp_path, data_root):
+    cfg = REPO / "configs" / "tinyimagenet" / "conv4_5w5s_metaticket.yaml"
+    r = run("meta-train", str(cfg), *tiny(tmp_path, "x"), "--set", "data.image_size=16",
+            "--set", "data.queries=2", "--set", "meta.vectorize=loop", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    own = run("meta-test", str(tmp_path / "x"), "--tasks", "4", "--quiet", cwd=tmp_path)
+    cross = run("meta-test", str(tmp_path / "x"), "--tasks", "4", "--dataset", "cifar10", "--quiet", cwd=tmp_path)
+    assert own.returncode == 0 and cross.returncode == 0, own.stderr + cross.stderr
+    a, b = (json.loads(x.stdout.strip().splitlines()[-1]) for x in (own, cross))
+    assert (a["dataset"], b["dataset"], b["trained_on"]) == ("tinyimagenet", "cifar10", "tinyimagenet")
+    assert a["shots"] == b["shots"] == 5 and b["tasks"] == 4
+    wrong = run("meta-test", str(tmp_path / "x"), "--dataset", "omniglot", "--quiet", cwd=tmp_path)
+    assert wrong.returncode == 2 and "channel" in wrong.stderr
+
+
+def test_sweep_writes_a_table_over_seeds_and_resumes(tmp_path, data_root):
+    args = ["sweep", str(QUICK), "--seeds", "1", "2", *tiny(tmp_path, "s")]
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    table = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [s["seed"] for s in table["seeds"]] == [1, 2] and "mean" in table and "ci95_over_seeds" in table
+    md = (tmp_path / "s-sweep" / "sweep.md").read_text()
+    assert "| 1 |" in md and "| 2 |" in md and "mean over 2 seeds" in md
+    # the two seeds train different networks on different tasks
+    assert table["seeds"][0]["accuracy"] != table["seeds"][1]["accuracy"] or \
+        table["seeds"][0]["sparsity"] != table["seeds"][1]["sparsity"]
+    # re-running reuses the finished seeds (no new training)
+    before = (tmp_path / "s-sweep" / "seed1" / "metrics.jsonl").read_text()
+    again = run(*args, cwd=tmp_path)
+    assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1]) == table
+    assert (tmp_path / "s-sweep" / "seed1" / "metrics.jsonl").read_text() == before

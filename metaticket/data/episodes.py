@@ -41,11 +41,12 @@ class EpisodeSampler:
     ``images``: uint8 [R, M, H, W] or [R, M, C, H, W] (R source rows, M images each);
     ``rows``: the source rows of this split; with ``rotations`` each row also gives classes rotated by
     90/180/270 degrees (the MAML Omniglot convention). Classes never leave ``rows``, so splits stay disjoint.
-    ``mean``/``std`` normalize the float images (after scaling to [0, 1]).
+    ``mean``/``std`` (scalars or per channel) normalize the float images after scaling to [0, 1].
     """
 
     def __init__(self, images: Tensor, rows: list[int], *, ways: int, shots: int, queries: int,
-                 rotations: bool = False, seed: int = 0, mean: float = 0.0, std: float = 1.0) -> None:
+                 rotations: bool = False, seed: int = 0, mean: float | tuple[float, ...] = 0.0,
+                 std: float | tuple[float, ...] = 1.0) -> None:
         per_class = images.shape[1]
         n_classes = len(rows) * (4 if rotations else 1)
         if shots + queries > per_class:
@@ -59,7 +60,9 @@ class EpisodeSampler:
         self.ways, self.shots, self.queries = ways, shots, queries
         self.rotations = rotations
         self.n_classes = n_classes
-        self.mean, self.std = mean, std
+        # per-channel statistics broadcast over [..., C, H, W]
+        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
         self.generator = torch.Generator().manual_seed(seed)
 
     def sample(self, batch: int) -> Tasks:

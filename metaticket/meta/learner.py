@@ -1,8 +1,12 @@
 """Meta-learners over one model: what the outer loop learns and what the inner loop adapts.
 
 - ``maml``: the outer loop meta-learns every parameter (the initialization); the inner loop adapts all.
+- ``anil``: as MAML, but the inner loop adapts only the head (Raghu et al. 2020).
+- ``boil``: as MAML, but the inner loop adapts only the body; the head keeps its meta-learned values
+  (Oh et al. 2021).
 - ``metaticket``: weights are frozen random values; the outer loop meta-learns only the mask scores;
   the inner loop adapts the masked weights, biases, norms and head of each task, so pruned weights stay zero.
+- ``metaticket_boil``: Meta-ticket whose inner loop leaves the (random, dense) head as initialized.
 
 The mask of a meta-step is computed once: the inner loop starts from the masked weights ``w * mask(scores)``
 (the straight-through gradient of the mask reaches the scores through them), updates them with masked
@@ -35,9 +39,21 @@ class Method:
     needs_supermask: bool
 
 
+def _is_head(name: str) -> bool:
+    """Every registered model names its classifier ``head``."""
+    return name.startswith("head.")
+
+
+def _is_scores(name: str) -> bool:
+    return name.endswith("scores")
+
+
 METHODS: dict[str, Method] = {
     "maml": Method(outer=lambda n: True, inner=lambda n: True, needs_supermask=False),
-    "metaticket": Method(outer=lambda n: n.endswith("scores"), inner=lambda n: True, needs_supermask=True),
+    "anil": Method(outer=lambda n: True, inner=_is_head, needs_supermask=False),
+    "boil": Method(outer=lambda n: True, inner=lambda n: not _is_head(n), needs_supermask=False),
+    "metaticket": Method(outer=_is_scores, inner=lambda n: True, needs_supermask=True),
+    "metaticket_boil": Method(outer=_is_scores, inner=lambda n: not _is_head(n), needs_supermask=True),
 }
 
 
@@ -87,7 +103,7 @@ class MetaLearner:
             has_conv = any(isinstance(m, nn.Conv2d) for m in self.twin.modules())
             self.vectorize = "loop" if has_conv else "vmap"
 
-        default_opt = "sgd" if method == "metaticket" else "adam"
+        default_opt = "sgd" if self.roles.needs_supermask else "adam"
         opt_name = default_opt if optimizer == "auto" else optimizer
         lr = outer_lr if outer_lr is not None else (10.0 if opt_name == "sgd" else 1e-3)
         params = [p for n, p in model.named_parameters() if n in self.outer_names]
@@ -95,7 +111,7 @@ class MetaLearner:
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
         else:
             self.optimizer = torch.optim.Adam(params, lr=lr)
-        sched = ("cosine" if method == "metaticket" else "constant") if schedule == "auto" else schedule
+        sched = ("cosine" if self.roles.needs_supermask else "constant") if schedule == "auto" else schedule
         warmup = warmup_steps if warmup_steps is not None else (min(1000, steps // 10) if sched == "cosine" else 0)
         factor = cosine_warmup(steps, warmup) if sched == "cosine" else (lambda t: min(1.0, (t + 1) / warmup)
                                                                           if warmup else 1.0)

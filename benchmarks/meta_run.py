@@ -1,6 +1,6 @@
-"""Benchmark: meta-train a config on Omniglot, meta-test it on 600 tasks, write JSON + a learning-curve PNG.
+"""Benchmark: meta-train a config, meta-test it on 600 tasks, write JSON + a learning-curve PNG.
 
-    python benchmarks/omniglot_mlp.py configs/omniglot/mlp_5w1s_metaticket.yaml --tag NAME [--set k=v ...]
+    python benchmarks/meta_run.py configs/omniglot/mlp_5w1s_metaticket.yaml --tag NAME [--set k=v ...]
 
 Writes ``benchmarks/results/<tag>.json`` (config overrides, wall time, ms per meta-step, peak RSS,
 validation curve, meta-test accuracy with 95% CI) and ``benchmarks/results/<tag>.png``.
@@ -58,13 +58,14 @@ def plot(points: list[dict], title: str, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("--tag", required=True, help="result file name")
     p.add_argument("--set", action="append", default=[], help="config override section.key=value")
     p.add_argument("--tasks", type=int, default=600)
-    args = p.parse_args()
+    p.add_argument("--out", default=str(RESULTS), help="folder for the JSON and PNG")
+    args = p.parse_args(argv)
     run_dir = ROOT / "runs" / "bench" / args.tag
     if run_dir.exists():
         sys.exit(f"{run_dir} exists; remove it or choose another --tag")
@@ -84,12 +85,14 @@ def main() -> None:
               "best_val_accuracy": summary["best_val_accuracy"], "best_step": summary["best_step"],
               "peak_rss_mb": round(peak_rss_mb, 1), "test": test, "val_curve": points,
               "machine": f"{os.cpu_count()} CPU cores, torch {torch_version}"}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(points, f"{args.tag}: test {test['accuracy']:.1f} +- {test['ci95']:.1f}% ({test['tasks']} tasks)",
-         RESULTS / f"{args.tag}.png")
+         out / f"{args.tag}.png")
     print(json.dumps({k: result[k] for k in ("tag", "train_minutes", "ms_per_meta_step", "steps")} | {
         "accuracy": test["accuracy"], "ci95": test["ci95"]}))
+    return result
 
 
 if __name__ == "__main__":
