@@ -1,7 +1,7 @@
 """Benchmark: several methods (or configs) at one budget, trained and tested on the same tasks.
 
     python benchmarks/compare_methods.py --name NAME --config configs/tinyimagenet/conv4_5w5s_{method}.yaml \\
-        --methods maml anil boil metaticket metaticket_boil [--set k=v ...] [--tasks 600]
+        --methods maml anil boil metaticket metaticket_boil [--set k=v ...] [--method-set METHOD:k=v ...]
 
 Runs ``benchmarks/meta_run.py`` per method (``{method}`` in --config is replaced), then writes
 ``benchmarks/results/<NAME>.json``, ``<NAME>.md`` (the table) and ``<NAME>.png`` (accuracy with 95% CI).
@@ -51,7 +51,9 @@ def main() -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--config", required=True, help="config path with {method} in it")
     p.add_argument("--methods", nargs="+", required=True)
-    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--set", action="append", default=[], help="override for every method: section.key=value")
+    p.add_argument("--method-set", action="append", default=[], metavar="METHOD:SECTION.KEY=VALUE",
+                   help="override for one method only")
     p.add_argument("--tasks", type=int, default=600)
     args = p.parse_args()
     results = []
@@ -62,11 +64,13 @@ def main() -> None:
             results.append(json.loads(done.read_text()))
             continue
         argv = [args.config.format(method=method), "--tag", tag, "--tasks", str(args.tasks)]
-        argv += [a for s in args.set for a in ("--set", s)]
+        own = [m.split(":", 1)[1] for m in args.method_set if m.split(":", 1)[0] == method]
+        argv += [a for s in [*args.set, *own] for a in ("--set", s)]
         results.append(meta_run.main(argv))
     md = table(args.name, results)
     (RESULTS / f"{args.name}.md").write_text(md)
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"name": args.name, "overrides": args.set,
+                                                           "method_overrides": args.method_set,
                                                            "results": results}, indent=2) + "\n")
     plot(args.name, results, RESULTS / f"{args.name}.png")
     print(md)
