@@ -11,10 +11,8 @@ Images are stored inverted (strokes 255, background 0) and resized to ``image_si
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from metaticket.data.cache import cached, fingerprint
 from metaticket.errors import MetaticketError
 
 PARTS = ("images_background", "images_evaluation")
@@ -52,17 +51,10 @@ def load_omniglot(root: str | Path, cache_dir: str | Path, image_size: int = 28,
             f"Omniglot not found under {root}: expected images_background.zip and images_evaluation.zip (or their "
             f"folders, or torchvision's omniglot-py/); set METATICKET_DATA or data.root to the folder holding "
             f"omniglot/, or allow the download")
-    key = _fingerprint(sources)
-    cache = Path(cache_dir) / f"omniglot-{key[:16]}-{image_size}px.pt"
-    if cache.exists():
-        blob = torch.load(cache, weights_only=True)
-        return Omniglot(blob["images"], list(blob["characters"]))
-    data = _decode(sources, image_size, workers, progress)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"images": data.images, "characters": data.characters}, tmp)
-    os.replace(tmp, cache)  # atomic: a crash never leaves a half-written cache
-    return data
+    key = fingerprint(sources)
+    blob = cached(Path(cache_dir) / f"omniglot-{key[:16]}-{image_size}px.pt",
+                  lambda: _decode(sources, image_size, workers, progress))
+    return Omniglot(blob["images"], list(blob["characters"]))
 
 
 def find_sources(root: Path) -> list[Path] | None:
@@ -75,19 +67,6 @@ def find_sources(root: Path) -> list[Path] | None:
         if all(d.is_dir() for d in dirs):
             return dirs
     return None
-
-
-def _fingerprint(sources: list[Path]) -> str:
-    h = hashlib.sha256()
-    for src in sources:
-        if src.is_file():
-            with open(src, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-        else:
-            for p in sorted(src.rglob("*.png")):
-                h.update(f"{p.relative_to(src)}:{p.stat().st_size}".encode())
-    return h.hexdigest()
 
 
 def _list_pngs(src: Path) -> dict[str, list[str]]:
@@ -126,7 +105,7 @@ def _decode_character(args: tuple[str, list[str], int]) -> Tensor:
     return out
 
 
-def _decode(sources: list[Path], size: int, workers: int, progress: bool) -> Omniglot:
+def _decode(sources: list[Path], size: int, workers: int, progress: bool) -> dict:
     jobs: list[tuple[str, list[str], int]] = []
     characters: list[str] = []
     for src in sources:
@@ -158,7 +137,7 @@ def _decode(sources: list[Path], size: int, workers: int, progress: bool) -> Omn
                               f"download it again") from None
     finally:
         bar.close()
-    return Omniglot(torch.stack(rows), characters)
+    return {"images": torch.stack(rows), "characters": characters}
 
 
 def _download(root: Path) -> None:
