@@ -166,11 +166,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if done.is_file():
             result = json.loads(done.read_text())
         else:
-            resume = (run_dir / "checkpoints" / "last.pt").is_file()
-            summary = json.loads((run_dir / "train_summary.json").read_text()) if resume and \
-                (run_dir / "train_summary.json").is_file() else None
-            if summary is None or summary["steps"] < config.meta.steps:
-                train_run(config, run_dir, resume, args.quiet)
+            summary = run_dir / "train_summary.json"
+            if not summary.is_file() or json.loads(summary.read_text())["steps"] < config.meta.steps:
+                train_run(config, run_dir, (run_dir / "checkpoints" / "last.pt").is_file(), args.quiet)
             result = meta_test(run_dir, tasks=None, checkpoint="best", quiet=args.quiet)
             done.write_text(json.dumps(result))
         rows.append({"seed": seed, **result})
@@ -213,6 +211,11 @@ def meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool, da
     if not saved.is_file():
         raise MetaticketError(f"{run_dir} is not a run folder (no config.yaml); pass the folder meta-train wrote")
     config = load_config(saved)
+    target = dataset or config.data.dataset
+    if dataset_channels(target) != dataset_channels(config.data.dataset):
+        raise MetaticketError(f"--dataset {target} has {dataset_channels(target)}-channel images but {run_dir} was "
+                              f"trained on {dataset_channels(config.data.dataset)}-channel "
+                              f"{config.data.dataset}; pick a dataset with the same channels")
     device = _setup(config)
     learner = build_learner(config, device)
     state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=device)
@@ -221,11 +224,6 @@ def meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool, da
     except (RuntimeError, KeyError) as e:
         raise MetaticketError(f"{run_dir}: the checkpoint does not fit the model of its config.yaml "
                               f"({str(e).splitlines()[0][:120]})") from None
-    target = dataset or config.data.dataset
-    if dataset_channels(target) != dataset_channels(config.data.dataset):
-        raise MetaticketError(f"--dataset {target} has {dataset_channels(target)}-channel images but {run_dir} was "
-                              f"trained on {dataset_channels(config.data.dataset)}-channel "
-                              f"{config.data.dataset}; pick a dataset with the same channels")
     test = samplers(config, quiet, dataset=target)["test"]
     n = tasks or config.eval.test_tasks
     monitor = Monitor(run_dir, quiet=quiet, tensorboard=False)
