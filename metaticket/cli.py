@@ -2,7 +2,9 @@
 
     python run.py meta-train CONFIG [--set section.key=value ...] [--resume] [--test] [--quiet]
     python run.py meta-test RUN_DIR [--tasks 600] [--checkpoint best|last] [--dataset NAME]
-    python run.py sweep CONFIG --seeds 1 2 3 [--set section.key=value ...]
+    python run.py train CONFIG [--set section.key=value ...] [--resume RUN_DIR] [--quiet]
+    python run.py eval RUN_DIR [--quiet]
+    python run.py sweep CONFIG [--seeds 1 2 3] [--methods ...] [--widths ...] [--sparsities ...] [--set ...]
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from pathlib import Path
 
 import torch
 
+from metaticket.baselines.train import Plan, evaluate_classifier, param_counts, train_supervised
 from metaticket.config import Config, ConfigError, dump_config, load_config
 from metaticket.data import DATASETS, dataset_channels, episode_samplers
+from metaticket.data.classification import CLASSIFICATION, classification_data
 from metaticket.errors import MetaticketError
 from metaticket.meta.evaluate import evaluate
 from metaticket.meta.learner import METHODS, MetaLearner
@@ -26,6 +30,7 @@ from metaticket.models import build_model, list_models
 from metaticket.models.registry import make_layers
 from metaticket.monitor import Monitor
 from metaticket.supermask import sparsity_report
+from metaticket.sweep import grid_table, plot_grid, seed_table
 
 
 def cache_dir() -> Path:
@@ -82,7 +87,9 @@ def build_learner(config: Config, device: torch.device) -> MetaLearner:
 
 
 def image_size(config: Config) -> int:
-    return config.data.image_size or DATASETS[config.data.dataset][1]
+    native = DATASETS[config.data.dataset][1] if config.data.dataset in DATASETS else \
+        CLASSIFICATION[config.data.dataset][1]
+    return config.data.image_size or native
 
 
 def samplers(config: Config, quiet: bool, dataset: str | None = None) -> dict:
@@ -113,6 +120,7 @@ def _check_resumable(run_dir: Path, config: Config) -> None:
 
 def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool) -> dict:
     """Meta-train ``config`` into ``run_dir`` (continuing its last checkpoint with ``resume``)."""
+    _expect_task(config, "meta", "meta-train")
     if resume:
         _check_resumable(run_dir, config)
     device = _setup(config)
@@ -142,6 +150,7 @@ def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool) -> dict:
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
+    _expect_task(config, "meta", "meta-train")
     run_dir = Path(config.run.out_dir) / config.run.name
     if not args.resume:
         run_dir = fresh_run_dir(run_dir)
@@ -151,49 +160,190 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    """Train and test one run per seed into ``<out_dir>/<name>-sweep/seed<S>/``; write a table over seeds.
+def _expect_task(config: Config, task: str, command: str) -> None:
+    if config.run.task != task:
+        other = "meta-train" if config.run.task == "meta" else "train"
+        raise MetaticketError(f"this config has run.task = {config.run.task}; run it with `run.py {other}`, "
+                              f"or set run.task = {task} for {command}")
 
-    Re-running the same command skips seeds already tested and resumes seeds that were interrupted.
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Train and test one run per point of methods x widths x sparsities x seeds; write a table (and a plot).
+
+    Runs go to ``<out_dir>/<name>-sweep/<point>/``; re-running the same command skips finished points and
+    resumes interrupted ones. With only ``--seeds`` the table lists the seeds and their mean +- CI.
     """
     base = load_config(args.config, args.set)
     sweep_dir = Path(base.run.out_dir) / f"{base.run.name}-sweep"
+    method_key = "meta.method" if base.run.task == "meta" else "train.method"
+    grid = bool(args.methods or args.widths or args.sparsities)
     rows = []
-    for seed in args.seeds:
-        config = load_config(args.config, [*args.set, f"run.seed={seed}"])
-        run_dir = sweep_dir / f"seed{seed}"
-        done = run_dir / "test.json"
-        if done.is_file():
-            result = json.loads(done.read_text())
-        else:
-            summary = run_dir / "train_summary.json"
-            if not summary.is_file() or json.loads(summary.read_text())["steps"] < config.meta.steps:
-                train_run(config, run_dir, (run_dir / "checkpoints" / "last.pt").is_file(), args.quiet)
-            result = meta_test(run_dir, tasks=None, checkpoint="best", quiet=args.quiet)
-            done.write_text(json.dumps(result))
-        rows.append({"seed": seed, **result})
-    table = seed_table(rows)
+    for method in args.methods or [None]:
+        for width in args.widths or [None]:
+            for sparsity in args.sparsities or [None]:
+                for seed in args.seeds or [base.run.seed]:
+                    sets, parts = list(args.set), []
+                    for key, value, tag in ((method_key, method, ""), ("model.width", width, "w"),
+                                            ("model.sparsity", sparsity, "s")):
+                        if value is not None:
+                            sets.append(f"{key}={value}")
+                            parts.append(f"{tag}{value}")
+                    config = load_config(args.config, [*sets, f"run.seed={seed}"])
+                    run_dir = sweep_dir / "-".join([*parts, f"seed{seed}"])
+                    result = _sweep_point(config, run_dir, args.quiet)
+                    rows.append({"seed": seed, "target_sparsity": config.model.sparsity, **result})
+    table = grid_table(rows) if grid else seed_table(rows)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "sweep.json").write_text(json.dumps(table, indent=2))
     (sweep_dir / "sweep.md").write_text(table["markdown"])
+    if grid:
+        try:
+            plot_grid(table, sweep_dir / "sweep.png")
+        except ImportError:
+            print("matplotlib is not installed: no sweep.png (pip install matplotlib)", file=sys.stderr)
     print(table["markdown"], file=sys.stderr)
     print(json.dumps({k: v for k, v in table.items() if k != "markdown"}))
     return 0
 
 
-def seed_table(rows: list[dict]) -> dict:
-    """Per-seed accuracy +- CI and the mean over seeds +- 1.96 std / sqrt(seeds) (markdown and numbers)."""
-    accs = torch.tensor([r["accuracy"] for r in rows], dtype=torch.float64)
-    n = len(rows)
-    mean = float(accs.mean())
-    ci = 1.96 * float(accs.std(unbiased=True)) / n ** 0.5 if n > 1 else 0.0
-    first = rows[0]
-    title = (f"{first['method']} / {first['model']} / {first['dataset']} {first['ways']}-way {first['shots']}-shot, "
-             f"{first['tasks']} test tasks per seed")
-    lines = [f"### {title}", "", "| seed | accuracy (%) | 95% CI (tasks) | sparsity |", "|---|---|---|---|"]
-    lines += [f"| {r['seed']} | {r['accuracy']:.2f} | +- {r['ci95']:.2f} | {r['sparsity']:.3f} |" for r in rows]
-    lines.append(f"| mean over {n} seeds | **{mean:.2f}** | +- {ci:.2f} (over seeds) | |")
-    return {"title": title, "seeds": rows, "mean": round(mean, 3), "ci95_over_seeds": round(ci, 3),
-            "markdown": "\n".join(lines) + "\n"}
+def _sweep_point(config: Config, run_dir: Path, quiet: bool) -> dict:
+    """Test result of one sweep run, training (or resuming) it first when it is not finished."""
+    done = run_dir / "test.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    if config.run.task == "meta":
+        summary = run_dir / "train_summary.json"
+        if not summary.is_file() or json.loads(summary.read_text())["steps"] < config.meta.steps:
+            train_run(config, run_dir, resume, quiet)
+        result = meta_test(run_dir, tasks=None, checkpoint="best", quiet=quiet)
+    else:
+        if not (run_dir / "train_summary.json").is_file():
+            supervised_run(config, run_dir, resume, quiet)
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+        result = {**eval_run(run_dir, quiet), "ms_per_iter": round(summary["ms_per_iter"], 1),
+                  "train_minutes": round(summary["train_minutes"], 2)}
+    done.write_text(json.dumps(result))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- supervised
+def build_classifier(config: Config, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """Dense model (``dense``) or all-supermask top-k model (``edgepopup``/``iterand``), seeded by ``run.seed``.
+
+    Pruning runs use BatchNorm without affine parameters, as edge-popup and IteRand do.
+    """
+    m, method = config.model, config.train.method
+    if m.name not in list_models():
+        raise MetaticketError(f"model.name = {m.name!r} is unknown; known models: {', '.join(list_models())}")
+    generator = torch.Generator().manual_seed(config.run.seed)
+    layers = make_layers(supermask=method != "dense", mask=m.mask, sparsity=m.sparsity, init=m.init,
+                         init_sparsity=m.init_sparsity, dense_head=m.dense_head, generator=generator, norm="batch",
+                         norm_affine=method == "dense")
+    kwargs = dict(num_classes=num_classes, in_channels=3, image_size=image_size(config), width=m.width,
+                  layers=layers)
+    if m.name in ("conv4",):
+        kwargs["channels"] = m.channels
+    try:
+        return build_model(m.name, **kwargs).to(device)
+    except ValueError as e:
+        raise MetaticketError(f"model.name = {m.name}: {e}") from None
+
+
+def _classification(config: Config, quiet: bool):
+    if config.data.dataset not in CLASSIFICATION:
+        raise MetaticketError(f"data.dataset = {config.data.dataset} is a few-shot dataset; supervised training "
+                              f"takes one of: {', '.join(CLASSIFICATION)}")
+    return classification_data(config.data.dataset, data_root(config), cache_dir(), image_size(config),
+                               augment=config.train.augment, seed=config.run.seed, progress=not quiet)
+
+
+def supervised_run(config: Config, run_dir: Path, resume: bool, quiet: bool) -> dict:
+    """Train ``config`` (run.task: train) into ``run_dir``, continuing its last checkpoint with ``resume``."""
+    _expect_task(config, "train", "train")
+    if resume:
+        _check_resumable(run_dir, config)
+    device = _setup(config)
+    data = _classification(config, quiet)
+    model = build_classifier(config, len(data.classes), device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, run_dir / "config.yaml")
+    t = config.train
+    plan = Plan(method=t.method, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
+                weight_decay=t.weight_decay, schedule=t.schedule, warmup_epochs=t.warmup_epochs,
+                label_smoothing=t.label_smoothing, max_iterations=t.max_iterations, rerand_every=t.rerand_every,
+                rerand_unit=t.rerand_unit, rerand_rate=t.rerand_rate, eval_every=t.eval_every,
+                eval_batch=t.eval_batch, checkpoint_every=config.run.checkpoint_every,
+                log_every=config.run.log_every, workers=config.data.workers, seed=config.run.seed,
+                channels_last=t.channels_last)
+    monitor = Monitor(run_dir, quiet=quiet)
+    try:
+        summary = train_supervised(model, data.train, data.test, data.mean, data.std, plan, run_dir, monitor, device,
+                                   resume=resume)
+    finally:
+        monitor.close()
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if not quiet:
+        print(f"trained {summary['iterations']} iterations ({summary['ms_per_iter']:.0f} ms/iteration); test top-1 "
+              f"{summary['top1']:.2f}%; run folder {run_dir}", file=sys.stderr)
+    return summary
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise MetaticketError(f"--resume {run_dir}: not a run folder (no config.yaml); pass the folder train wrote")
+        config = load_config(run_dir / "config.yaml", args.set) if args.config is None else \
+            load_config(args.config, args.set)
+    else:
+        if args.config is None:
+            raise MetaticketError("train needs a CONFIG file (or --resume RUN_DIR)")
+        config = load_config(args.config, args.set)
+        _expect_task(config, "train", "train")
+        run_dir = fresh_run_dir(Path(config.run.out_dir) / config.run.name)
+    supervised_run(config, run_dir, bool(args.resume), args.quiet)
+    print(json.dumps(eval_run(run_dir, args.quiet)))
+    return 0
+
+
+def eval_run(run_dir: Path, quiet: bool) -> dict:
+    """Test scores of a supervised run's last checkpoint: top-1 (+ top-5 beyond 10 classes), sparsity, params."""
+    from metaticket.checkpoint import load_checkpoint
+
+    if not (run_dir / "config.yaml").is_file():
+        raise MetaticketError(f"{run_dir} is not a run folder (no config.yaml); pass the folder train wrote")
+    config = load_config(run_dir / "config.yaml")
+    _expect_task(config, "train", "eval")
+    device = _setup(config)
+    data = _classification(config, quiet)
+    model = build_classifier(config, len(data.classes), device)
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=device)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        raise MetaticketError(f"{run_dir}: the checkpoint does not fit the model of its config.yaml "
+                              f"({str(e).splitlines()[0][:120]})") from None
+    monitor = Monitor(run_dir, quiet=quiet, tensorboard=False)
+    bar = monitor.progress(len(data.test), "evaluate")
+    score = evaluate_classifier(model, data.test, data.mean, data.std, config.train.eval_batch, device,
+                                config.data.workers, bar.update)
+    bar.close()
+    monitor.close()
+    per_epoch = len(data.train) // config.train.batch_size
+    result = {"method": config.train.method, "dataset": config.data.dataset, "model": config.model.name,
+              "width": config.model.width, "image_size": image_size(config), "top1": round(score["top1"], 3),
+              "ci95": round(score["ci95"], 3), "images": score["images"],
+              "iterations": state["iteration"], "epochs": round(state["iteration"] / per_epoch, 3),
+              "sparsity": round(float(sparsity_report(model)["overall"]), 4), **param_counts(model)}
+    if len(data.classes) > 10:
+        result["top5"] = round(score["top5"], 3)
+    return result
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    print(json.dumps(eval_run(Path(args.run_dir), args.quiet)))
+    return 0
 
 
 def cmd_meta_test(args: argparse.Namespace) -> int:
@@ -259,9 +409,22 @@ def parser() -> argparse.ArgumentParser:
                    help="cross-domain: test on this dataset's test classes instead of the run's own")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_meta_test)
-    w = sub.add_parser("sweep", help="meta-train and meta-test one run per seed; writes a table over seeds")
+    r = sub.add_parser("train", help="supervised training (dense, edge-popup, IteRand); prints one JSON line")
+    r.add_argument("config", nargs="?", default=None, help="YAML config with run.task: train (see configs/)")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    r.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue this run folder's last checkpoint")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_train)
+    v = sub.add_parser("eval", help="test a supervised run folder; prints one JSON line")
+    v.add_argument("run_dir")
+    v.add_argument("--quiet", action="store_true")
+    v.set_defaults(func=cmd_eval)
+    w = sub.add_parser("sweep", help="train and test one run per point of methods x widths x sparsities x seeds")
     w.add_argument("config")
-    w.add_argument("--seeds", type=int, nargs="+", required=True)
+    w.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the config's run.seed")
+    w.add_argument("--methods", nargs="+", default=None, help="values of meta.method or train.method")
+    w.add_argument("--widths", type=float, nargs="+", default=None, help="values of model.width")
+    w.add_argument("--sparsities", type=float, nargs="+", default=None, help="values of model.sparsity")
     w.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(func=cmd_sweep)

@@ -31,8 +31,8 @@ def _check(rule: Callable[[Any], bool], hint: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["omniglot", "tinyimagenet", "miniimagenet", "cifar10"] = "omniglot"
-    root: str | None = None  # folder holding omniglot/ (default: $METATICKET_DATA, else the download cache)
+    dataset: Literal["omniglot", "tinyimagenet", "miniimagenet", "cifar10", "imagenet"] = "omniglot"
+    root: str | None = None  # folder holding the dataset (default: $METATICKET_DATA, else the download cache)
     download: bool = True
     ways: int = field(default=5, metadata=_check(lambda v: v >= 2, "use at least 2 ways"))
     shots: int = field(default=1, metadata=_check(lambda v: v >= 1, "use at least 1 shot"))
@@ -40,7 +40,7 @@ class DataConfig:
     image_size: int | None = field(default=None,  # null: the dataset's own (28, 64, 84, 32)
                                    metadata=_check(lambda v: v is None or v >= 4, "use an image size of at least 4"))
     rotations: bool = True  # Omniglot: 90/180/270-degree rotations as extra classes (MAML convention)
-    workers: int = field(default=2, metadata=_check(lambda v: v >= 1, "use at least 1 worker"))
+    workers: int = field(default=2, metadata=_check(lambda v: v >= 0, "use workers >= 0 (0: load in the main process)"))
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,31 @@ class MetaConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Supervised training (``run.task: train``): dense weights, edge-popup or IteRand on a labelled dataset."""
+
+    method: Literal["dense", "edgepopup", "iterand"] = "edgepopup"
+    epochs: int = field(default=100, metadata=_check(lambda v: v >= 1, "train for at least 1 epoch"))
+    max_iterations: int | None = field(default=None, metadata=_check(lambda v: v is None or v >= 1,
+                                                                     "use max_iterations >= 1 (or null: all epochs)"))
+    batch_size: int = field(default=128, metadata=_check(lambda v: v >= 1, "use a batch_size of at least 1"))
+    lr: float = field(default=0.1, metadata=_check(lambda v: v > 0, "use a positive lr"))
+    momentum: float = field(default=0.9, metadata=_check(lambda v: 0 <= v < 1, "momentum lies in [0, 1)"))
+    weight_decay: float = field(default=1e-4, metadata=_check(lambda v: v >= 0, "use weight_decay >= 0"))
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = field(default=0, metadata=_check(lambda v: v >= 0, "use warmup_epochs >= 0"))
+    label_smoothing: float = field(default=0.0, metadata=_check(lambda v: 0 <= v < 1, "label_smoothing is in [0, 1)"))
+    augment: bool = True  # random crop + horizontal flip
+    channels_last: bool = True  # NHWC memory order for convolutions (faster on CPU and on recent GPUs)
+    rerand_every: int = field(default=300, metadata=_check(lambda v: v >= 1, "use rerand_every >= 1"))
+    rerand_unit: Literal["iterations", "epochs"] = "iterations"
+    rerand_rate: float = field(default=0.1,
+                               metadata=_check(lambda v: 0 < v <= 1, "rerand_rate is a fraction in (0, 1]"))
+    eval_every: int = field(default=1, metadata=_check(lambda v: v >= 1, "evaluate at least every epoch"))
+    eval_batch: int = field(default=500, metadata=_check(lambda v: v >= 1, "use eval_batch >= 1"))
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     val_every: int = field(default=500, metadata=_check(lambda v: v >= 1, "validate at least every step"))
     val_tasks: int = field(default=200, metadata=_check(lambda v: v >= 1, "use at least 1 validation task"))
@@ -91,6 +116,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    task: Literal["meta", "train"] = "meta"  # meta: few-shot meta-learning (meta-train); train: supervised (train)
     name: str = "run"
     out_dir: str = "runs"
     seed: int = 0
@@ -107,6 +133,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -147,7 +174,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (run, data, model, meta, eval)")
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (run, data, model, meta, train, eval)")
     return data
 
 

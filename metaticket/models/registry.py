@@ -106,12 +106,20 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 def make_layers(*, supermask: bool, mask: str = "threshold", sparsity: float = 0.0, init: str = "kaiming_normal",
                 init_sparsity: float = 0.0, dense_head: bool = True, generator: torch.Generator | None = None,
-                ) -> Layers:
-    """Layer factories for a meta-model: every conv/linear drawn from ``init`` with ``generator``.
+                norm: str = "task", norm_affine: bool = True) -> Layers:
+    """Layer factories: every conv/linear drawn from ``init`` with ``generator``.
 
     With ``supermask=True`` the body (and the head unless ``dense_head``) are supermask layers.
+    ``norm="task"``: meta-model BatchNorm (each batch's own statistics); ``norm="batch"``: standard BatchNorm
+    with running statistics for supervised training (``norm_affine=False`` for pruning, as edge-popup does).
     """
     opts = dict(mask=mask, sparsity=sparsity, init=init, init_sparsity=init_sparsity, generator=generator)
+    if norm not in ("task", "batch"):
+        raise ValueError(f"unknown norm {norm!r}; known: task, batch")
+    norms: dict = {}
+    if norm == "batch":
+        norms = dict(norm1d=lambda n: nn.BatchNorm1d(n, affine=norm_affine),
+                     norm2d=lambda n: nn.BatchNorm2d(n, affine=norm_affine))
 
     def dense_linear(i: int, o: int, bias: bool = True) -> nn.Module:
         return _drawn(nn.Linear(i, o, bias=bias), init, generator)
@@ -120,7 +128,7 @@ def make_layers(*, supermask: bool, mask: str = "threshold", sparsity: float = 0
         return _drawn(nn.Conv2d(i, o, k, stride=stride, padding=padding, bias=bias), init, generator)
 
     if not supermask:
-        return Layers(conv=dense_conv, linear=dense_linear, head=dense_linear)
+        return Layers(conv=dense_conv, linear=dense_linear, head=dense_linear, **norms)
 
     def sm_linear(i: int, o: int, bias: bool = True) -> nn.Module:
         return SupermaskLinear(i, o, bias=bias, **opts)
@@ -128,7 +136,7 @@ def make_layers(*, supermask: bool, mask: str = "threshold", sparsity: float = 0
     def sm_conv(i: int, o: int, k: int, stride: int = 1, padding: int = 0, bias: bool = False) -> nn.Module:
         return SupermaskConv2d(i, o, k, stride=stride, padding=padding, bias=bias, **opts)
 
-    return Layers(conv=sm_conv, linear=sm_linear, head=dense_linear if dense_head else sm_linear)
+    return Layers(conv=sm_conv, linear=sm_linear, head=dense_linear if dense_head else sm_linear, **norms)
 
 
 @torch.no_grad()

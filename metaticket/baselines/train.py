@@ -1,0 +1,262 @@
+"""Supervised training of a classifier: ``dense`` (SGD on weights), ``edgepopup`` (top-k supermask, only the
+scores learn) and ``iterand`` (edge-popup that re-samples a fraction of the pruned weights on a schedule).
+
+Runs checkpoint atomically at every epoch end and every ``checkpoint_every`` iterations and resume exactly:
+the batch order of an epoch and each image's augmentation are functions of (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaticket.checkpoint import load_checkpoint, save_atomic
+from metaticket.errors import MetaticketError
+from metaticket.monitor import Monitor
+from metaticket.supermask import IteRandSchedule, sparsity_report, supermask_layers
+
+METHODS = ("dense", "edgepopup", "iterand")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Optimization and bookkeeping of one supervised run (iterations are optimizer steps)."""
+
+    method: str
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    max_iterations: int | None = None
+    rerand_every: int = 300
+    rerand_unit: str = "iterations"
+    rerand_rate: float = 0.1
+    eval_every: int = 1
+    eval_batch: int = 500
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    workers: int = 0
+    seed: int = 0
+    channels_last: bool = True  # NHWC convolutions: about 20% faster for Conv6 on this CPU
+
+
+def trainable(model: nn.Module, method: str) -> list[nn.Parameter]:
+    """Mark what ``method`` learns (requires_grad) and return it: all parameters for ``dense``, else the scores."""
+    if method not in METHODS:
+        raise MetaticketError(f"unknown training method {method!r}; known: {', '.join(METHODS)}")
+    learned = []
+    for name, p in model.named_parameters():
+        learn = method == "dense" or name.endswith("scores")
+        p.requires_grad_(learn)
+        if learn:
+            learned.append(p)
+    if method != "dense" and not any(True for _ in supermask_layers(model)):
+        raise MetaticketError(f"train.method = {method} needs a supermask model; it was built dense")
+    return learned
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Index batches of one epoch: a permutation seeded by (seed, epoch), full batches only, from batch ``start``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if n < batch_size:
+            raise MetaticketError(f"the training set has {n} images, fewer than train.batch_size = {batch_size}; "
+                                  f"lower the batch size")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size - self.start
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)
+        for b in range(self.start, self.n // self.batch_size):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+
+def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = False) -> Tensor:
+    """uint8 [N, C, H, W] -> float [N, C, H, W] standardized per channel (optionally in NHWC memory order)."""
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    out = (x.float().div_(255) - m) / s
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, dataset: torch.utils.data.Dataset, mean: tuple[float, ...],
+                        std: tuple[float, ...], batch: int, device: torch.device, workers: int = 0,
+                        progress=None, channels_last: bool = False) -> dict:
+    """Top-1 / top-5 accuracy (%) and loss over ``dataset`` in eval mode; ``ci95`` is the binomial 95% interval."""
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
+    correct1 = correct5 = 0
+    loss = 0.0
+    n = 0
+    for x, y in loader:
+        x, y = normalize(x.to(device), mean, std, channels_last), y.to(device)
+        logits = model(x)
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += int((top[:, 0] == y).sum())
+        correct5 += int((top == y[:, None]).any(1).sum())
+        n += y.numel()
+        if progress is not None:
+            progress(y.numel())
+    model.train(was_training)
+    p = correct1 / max(n, 1)
+    return {"top1": 100 * p, "top5": 100 * correct5 / max(n, 1), "loss": loss / max(n, 1), "images": n,
+            "ci95": 100 * 1.96 * math.sqrt(p * (1 - p) / max(n, 1))}
+
+
+def param_counts(model: nn.Module) -> dict[str, int]:
+    """``params_total``: every weight, bias and norm parameter; ``params_kept``: minus the pruned weights."""
+    total = sum(p.numel() for name, p in model.named_parameters() if not name.endswith("scores"))
+    pruned = 0
+    with torch.no_grad():
+        for _, layer in supermask_layers(model):
+            pruned += int((layer.mask().detach() == 0).sum())
+    return {"params_total": total, "params_kept": total - pruned}
+
+
+def _lr_factor(plan: Plan, total: int, per_epoch: int):
+    warm = plan.warmup_epochs * per_epoch
+
+    def factor(it: int) -> float:
+        if it < warm:
+            return (it + 1) / warm
+        if plan.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (it - warm) / max(total - warm, 1)))
+
+    return factor
+
+
+def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test_set: torch.utils.data.Dataset,
+                     mean: tuple[float, ...], std: tuple[float, ...], plan: Plan, run_dir: Path, monitor: Monitor,
+                     device: torch.device, resume: bool = False) -> dict:
+    """Train ``model`` by ``plan.method``; evaluate on ``test_set`` every ``eval_every`` epochs and at the end.
+
+    Writes ``checkpoints/last.pt``; returns the final test scores and timing.
+    """
+    params = trainable(model, plan.method)
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(params, lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
+    sampler = EpochBatches(len(train_set), plan.batch_size, plan.seed)
+    per_epoch = len(sampler)
+    total = min(plan.epochs * per_epoch, plan.max_iterations or plan.epochs * per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(plan, total, per_epoch))
+    rerand = IteRandSchedule(plan.rerand_every if plan.method == "iterand" else 0, plan.rerand_rate, plan.seed + 1)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    it = 0
+    history: list[dict] = []
+    if resume:
+        if not ckpt.is_file():
+            raise MetaticketError(f"cannot resume {run_dir}: it has no checkpoints/last.pt; start a new run instead")
+        state = load_checkpoint(ckpt, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rerand.load_state_dict(state["rerand"])
+        torch.set_rng_state(state["rng"])
+        it, history = state["iteration"], state["history"]
+        monitor.print(f"resumed {run_dir} at iteration {it} (epoch {it // per_epoch})")
+
+    def save() -> None:
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "rerand": rerand.state_dict(),
+                     "rng": torch.get_rng_state(), "iteration": it, "history": history}, ckpt)
+
+    def evaluate_now(epoch: int) -> dict:
+        bar = monitor.progress(len(test_set), "evaluate")
+        score = evaluate_classifier(model, test_set, mean, std, plan.eval_batch, device, plan.workers, bar.update,
+                                    plan.channels_last)
+        bar.close()
+        report = sparsity_report(model)
+        values = {**score, "sparsity": report["overall"], **{f"sparsity/{k}": v for k, v in report["layers"].items()}}
+        monitor.log(it, "test", values)
+        monitor.print(f"epoch {epoch}: test top-1 {score['top1']:.2f}% (+- {score['ci95']:.2f}), "
+                      f"sparsity {report['overall']:.3f}")
+        history.append({"epoch": epoch, "iteration": it, "top1": score["top1"], "top5": score["top5"]})
+        return score
+
+    random.seed(plan.seed)
+    started = time.perf_counter()
+    model.train()
+    bar = monitor.progress(total, f"train {plan.method}", initial=it)
+    window = {"loss": 0.0, "acc": 0.0, "n": 0}
+    busy = 0.0
+    timed = 0
+    rerandomized = 0.0
+    while it < total:
+        epoch, start = divmod(it, per_epoch)
+        sampler.set_epoch(epoch, start)
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=plan.workers)
+        for x, y in loader:
+            t0 = time.perf_counter()
+            x = normalize(x.to(device, non_blocking=True), mean, std, plan.channels_last)
+            y = y.to(device, non_blocking=True)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=plan.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            it += 1
+            if plan.rerand_unit == "iterations":
+                changed = rerand(model, it)
+                rerandomized += changed or 0.0
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise MetaticketError(f"the training loss became {value} at iteration {it}; the last good checkpoint "
+                                      f"is {ckpt}; lower train.lr")
+            if it > 1:  # the first iteration pays one-off warm-up costs
+                busy += time.perf_counter() - t0
+                timed += 1
+            window["loss"] += value
+            window["acc"] += float((logits.argmax(1) == y).float().mean())
+            window["n"] += 1
+            bar.update(1)
+            if it % plan.log_every == 0 or it == total:
+                n = window["n"]
+                ms = 1000 * busy / max(timed, 1)
+                monitor.log(it, "train", {"loss": window["loss"] / n, "acc": 100 * window["acc"] / n,
+                                          "lr": optimizer.param_groups[0]["lr"], "ms_per_iter": ms,
+                                          "images_per_s": plan.batch_size * 1000 / ms if ms else 0.0,
+                                          "rerandomized": rerandomized, "epoch": it / per_epoch})
+                bar.set_postfix(loss=f"{window['loss'] / n:.3f}", acc=f"{100 * window['acc'] / n:.1f}")
+                window = {"loss": 0.0, "acc": 0.0, "n": 0}
+                rerandomized = 0.0
+            end_of_epoch = it % per_epoch == 0
+            if end_of_epoch and plan.rerand_unit == "epochs":
+                rerandomized += rerand(model, it // per_epoch) or 0.0
+            if end_of_epoch and (it // per_epoch) % plan.eval_every == 0 and it < total:
+                evaluate_now(it // per_epoch)
+            if it == total:
+                break
+            if end_of_epoch or it % plan.checkpoint_every == 0:
+                save()
+    bar.close()
+    final = evaluate_now(math.ceil(it / per_epoch))
+    save()
+    return {**final, "iterations": it, "epochs": it / per_epoch, "ms_per_iter": 1000 * busy / max(timed, 1),
+            "train_minutes": (time.perf_counter() - started) / 60,
+            **param_counts(model), "sparsity": sparsity_report(model)["overall"]}
