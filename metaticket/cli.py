@@ -173,7 +173,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     Runs go to ``<out_dir>/<name>-sweep/<point>/``; re-running the same command skips finished points and
     resumes interrupted ones. With only ``--seeds`` the table lists the seeds and their mean +- CI.
     """
-    base = load_config(args.config, args.set)
+    per_method = "{method}" in args.config  # one config file per method, e.g. configs/cifar10/conv6_{method}.yaml
+    if per_method and not args.methods:
+        raise MetaticketError(f"{args.config} names a {{method}} placeholder; list the methods with --methods")
+    base = load_config(args.config.format(method=args.methods[0]) if per_method else args.config, args.set)
     sweep_dir = Path(base.run.out_dir) / f"{base.run.name}-sweep"
     method_key = "meta.method" if base.run.task == "meta" else "train.method"
     grid = bool(args.methods or args.widths or args.sparsities)
@@ -188,7 +191,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         if value is not None:
                             sets.append(f"{key}={value}")
                             parts.append(f"{tag}{value}")
-                    config = load_config(args.config, [*sets, f"run.seed={seed}"])
+                    path = args.config.format(method=method) if per_method else args.config
+                    config = load_config(path, [*sets, f"run.seed={seed}"])
                     run_dir = sweep_dir / "-".join([*parts, f"seed{seed}"])
                     result = _sweep_point(config, run_dir, args.quiet)
                     rows.append({"seed": seed, "target_sparsity": config.model.sparsity, **result})
@@ -420,7 +424,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--quiet", action="store_true")
     v.set_defaults(func=cmd_eval)
     w = sub.add_parser("sweep", help="train and test one run per point of methods x widths x sparsities x seeds")
-    w.add_argument("config")
+    w.add_argument("config", help="YAML config; a {method} in the path picks one file per --methods value")
     w.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the config's run.seed")
     w.add_argument("--methods", nargs="+", default=None, help="values of meta.method or train.method")
     w.add_argument("--widths", type=float, nargs="+", default=None, help="values of model.width")

@@ -67,7 +67,7 @@ def test_resume_continues_to_the_planned_steps(tmp_path, data_root):
     (["meta-train", str(QUICK), "--set", "model.sparsity=1"], "model.sparsity = 1.0 is out of range"),
     (["meta-train", str(QUICK), "--set", "data.ways=1"], "data.ways = 1 is out of range"),
     (["meta-train", str(QUICK), "--set", "data.queries=20"], "data.shots + data.queries = 21"),
-    (["meta-train", str(QUICK), "--set", "model.name=resnet999"], "known models: conv4, mlp, resnet12, wrn28"),
+    (["meta-train", str(QUICK), "--set", "model.name=resnet999"], "known models: conv4, conv6, mlp, resnet12"),
     (["meta-test", "no-such-run"], "is not a run folder"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message, data_root):
