@@ -4,6 +4,7 @@
     python run.py meta-test RUN_DIR [--tasks 600] [--checkpoint best|last] [--dataset NAME]
     python run.py train CONFIG [--set section.key=value ...] [--resume RUN_DIR] [--quiet]
     python run.py eval RUN_DIR [--quiet]
+    python run.py plot RUN_DIR [RUN_DIR ...] [-o curves.png]
     python run.py sweep CONFIG [--seeds 1 2 3] [--methods ...] [--widths ...] [--sparsities ...] [--set ...]
 """
 
@@ -345,6 +346,19 @@ def eval_run(run_dir: Path, quiet: bool) -> dict:
     return result
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from metaticket.plots import plot_runs
+
+    dirs = [Path(d) for d in args.run_dirs]
+    out = Path(args.output) if args.output else dirs[0] / "curves.png"
+    try:
+        plot_runs(dirs, out)
+    except ImportError:
+        raise MetaticketError("plot needs matplotlib: pip install matplotlib") from None
+    print(out)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     print(json.dumps(eval_run(Path(args.run_dir), args.quiet)))
     return 0
@@ -423,6 +437,10 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("run_dir")
     v.add_argument("--quiet", action="store_true")
     v.set_defaults(func=cmd_eval)
+    g = sub.add_parser("plot", help="PNG curves (accuracy, loss, sparsity) of one or more run folders")
+    g.add_argument("run_dirs", nargs="+")
+    g.add_argument("-o", "--output", default=None, help="PNG path (default: <first run>/curves.png)")
+    g.set_defaults(func=cmd_plot)
     w = sub.add_parser("sweep", help="train and test one run per point of methods x widths x sparsities x seeds")
     w.add_argument("config", help="YAML config; a {method} in the path picks one file per --methods value")
     w.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the config's run.seed")

@@ -292,3 +292,21 @@ def test_train_config_errors_are_one_line(tmp_path):
     r = run("eval", str(tmp_path / "nothing"), cwd=tmp_path)
     assert r.returncode == 2 and "not a run folder" in r.stderr
     assert not any(p.name != "nothing" for p in tmp_path.iterdir()), "a failed start wrote files"
+
+
+def test_plot_compares_runs_and_names_a_missing_metrics_file(tmp_path):
+    for name, slope in (("a", 1.0), ("b", 2.0)):
+        d = tmp_path / name
+        d.mkdir()
+        lines = [{"step": s, "split": "train", "loss": 2 - s / 10} for s in range(1, 5)]
+        lines += [{"step": s, "split": "test", "top1": slope * s, "sparsity": 0.5} for s in (2, 4)]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    r = run("plot", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "c.png"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    png = (tmp_path / "c.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    from metaticket.plots import curve, read_metrics
+
+    assert curve(read_metrics(tmp_path / "b"), "test", "top1") == ([2, 4], [4.0, 8.0])
+    r = run("plot", str(tmp_path / "missing"), cwd=tmp_path)
+    assert r.returncode == 2 and "no metrics.jsonl" in r.stderr and "Traceback" not in r.stderr
