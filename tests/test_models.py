@@ -12,7 +12,9 @@ from metaticket.models import build_model, list_models
 from metaticket.models.registry import make_layers
 from metaticket.supermask import SupermaskConv2d, SupermaskLinear, supermask_layers
 
-SMALL = {"mlp": {"width": 0.25}, "conv4": {"channels": 8}, "resnet12": {"width": 0.125}, "wrn28": {"width": 1.0}}
+SMALL = {"mlp": {"width": 0.25}, "conv4": {"channels": 8}, "resnet12": {"width": 0.125}, "wrn28": {"width": 1.0},
+         "conv6": {"width": 0.125}, "resnet18": {"width": 0.125}, "resnet34": {"width": 0.125},
+         "resnet50": {"width": 0.125}, "wide_resnet50_2": {"width": 0.125}}
 
 
 @pytest.mark.parametrize("name", list_models())
