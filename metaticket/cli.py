@@ -177,7 +177,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     per_method = "{method}" in args.config  # one config file per method, e.g. configs/cifar10/conv6_{method}.yaml
     if per_method and not args.methods:
         raise MetaticketError(f"{args.config} names a {{method}} placeholder; list the methods with --methods")
-    base = load_config(args.config.format(method=args.methods[0]) if per_method else args.config, args.set)
+
+    def config_path(method: str | None) -> str:
+        return args.config.replace("{method}", method) if per_method and method else args.config
+
+    base = load_config(config_path(args.methods[0] if args.methods else None), args.set)
     sweep_dir = Path(base.run.out_dir) / f"{base.run.name}-sweep"
     method_key = "meta.method" if base.run.task == "meta" else "train.method"
     grid = bool(args.methods or args.widths or args.sparsities)
@@ -192,8 +196,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         if value is not None:
                             sets.append(f"{key}={value}")
                             parts.append(f"{tag}{value}")
-                    path = args.config.format(method=method) if per_method else args.config
-                    config = load_config(path, [*sets, f"run.seed={seed}"])
+                    config = load_config(config_path(method), [*sets, f"run.seed={seed}"])
                     run_dir = sweep_dir / "-".join([*parts, f"seed{seed}"])
                     result = _sweep_point(config, run_dir, args.quiet)
                     rows.append({"seed": seed, "target_sparsity": config.model.sparsity, **result})

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from metaticket.errors import MetaticketError
 
-# (split, key, label) per panel: the first key a run has wins (meta-learning runs validate, supervised runs test)
+# (axis label, candidate (split, key) pairs) per panel: the first pair a run has wins (meta-learning runs
+# validate, supervised runs test)
 PANELS = [
     ("accuracy (%)", [("val", "acc"), ("test", "top1")]),
     ("training loss", [("train", "loss")]),
@@ -44,14 +45,14 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = {str(d): read_metrics(d) for d in run_dirs}
+    runs = [(d, read_metrics(d)) for d in run_dirs]
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
     for ax, (label, candidates) in zip(axes, PANELS):
-        for name, rows in runs.items():
+        for run_dir, rows in runs:
             for split, key in candidates:
                 steps, values = curve(rows, split, key)
                 if steps:
-                    ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=Path(name).name)
+                    ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=run_dir.name)
                     break
         ax.set_xlabel("step (meta-step or iteration)")
         ax.set_ylabel(label)
