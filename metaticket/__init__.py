@@ -1,12 +1,25 @@
 """metaticket: sparse subnetworks (tickets) inside randomly initialized networks, for few-shot meta-learning
-(Meta-ticket, MAML) and supervised pruning (edge-popup, IteRand)."""
+(Meta-ticket, MAML, ANIL, BOIL) and supervised pruning (edge-popup, IteRand).
+
+The public API (each name is documented in the README with an example):
+- supermask core: ``SupermaskLinear``, ``SupermaskConv2d``, ``convert``, ``rerandomize``, ``IteRandSchedule``,
+  ``sparsity_report``;
+- models: ``build_model``, ``list_models``, ``register_model``, ``make_layers``, ``Layers``;
+- meta-learners over a user's own task batches (``Tasks``): ``MAML``, ``ANIL``, ``BOIL``, ``MetaTicket``
+  (and their common class ``MetaLearner``) with ``meta_step`` / ``adapt`` / ``evaluate``;
+- tickets: ``export_ticket``, ``load_ticket``, ``ticket_info``;
+- configs: ``load_config`` and the builders ``build_learner`` / ``build_classifier`` / ``build_network`` that
+  ``run.py`` uses; supervised training: ``train_supervised``, ``evaluate_classifier``, ``Plan``.
+"""
 
 from metaticket.baselines.train import Plan, evaluate_classifier, train_supervised
 from metaticket.config import Config, ConfigError, load_config
 from metaticket.data.episodes import EpisodeSampler, Tasks
 from metaticket.errors import MetaticketError
-from metaticket.meta.learner import MetaLearner
+from metaticket.factory import build_classifier, build_learner, build_network
+from metaticket.meta.learner import ANIL, BOIL, MAML, MetaLearner, MetaTicket
 from metaticket.models import Layers, build_model, list_models, register_model
+from metaticket.models.registry import make_layers
 from metaticket.supermask import (
     IteRandSchedule,
     SupermaskConv2d,
@@ -15,11 +28,14 @@ from metaticket.supermask import (
     rerandomize,
     sparsity_report,
 )
+from metaticket.ticket import export_ticket, load_ticket, ticket_info
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Config", "ConfigError", "EpisodeSampler", "IteRandSchedule", "Layers", "MetaLearner", "MetaticketError",
-    "SupermaskConv2d", "SupermaskLinear", "Tasks", "build_model", "convert", "list_models", "load_config",
-    "register_model", "rerandomize", "sparsity_report", "Plan", "evaluate_classifier", "train_supervised",
+    "ANIL", "BOIL", "MAML", "Config", "ConfigError", "EpisodeSampler", "IteRandSchedule", "Layers", "MetaLearner",
+    "MetaTicket", "MetaticketError", "Plan", "SupermaskConv2d", "SupermaskLinear", "Tasks", "build_classifier",
+    "build_learner", "build_model", "build_network", "convert", "evaluate_classifier", "export_ticket",
+    "list_models", "load_config", "load_ticket", "make_layers", "register_model", "rerandomize", "sparsity_report",
+    "ticket_info", "train_supervised",
 ]

@@ -5,12 +5,14 @@
     python run.py train CONFIG [--set section.key=value ...] [--resume RUN_DIR] [--quiet]
     python run.py eval RUN_DIR [--quiet]
     python run.py plot RUN_DIR [RUN_DIR ...] [-o curves.png]
+    python run.py export RUN_DIR [-o model.ticket] [--checkpoint best|last]
     python run.py sweep CONFIG [--seeds 1 2 3] [--methods ...] [--widths ...] [--sparsities ...] [--set ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -24,11 +26,9 @@ from metaticket.config import Config, ConfigError, dump_config, load_config
 from metaticket.data import DATASETS, dataset_channels, episode_samplers
 from metaticket.data.classification import CLASSIFICATION, classification_data
 from metaticket.errors import MetaticketError
+from metaticket.factory import build_classifier, build_learner, image_size
 from metaticket.meta.evaluate import evaluate
-from metaticket.meta.learner import METHODS, MetaLearner
 from metaticket.meta.train import Schedule, meta_train
-from metaticket.models import build_model, list_models
-from metaticket.models.registry import make_layers
 from metaticket.monitor import Monitor
 from metaticket.supermask import sparsity_report
 from metaticket.sweep import grid_table, plot_grid, seed_table
@@ -64,33 +64,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MetaticketError(f"run.device = {name} but CUDA is not available here; use run.device=auto or cpu")
     return torch.device(name)
-
-
-def build_learner(config: Config, device: torch.device) -> MetaLearner:
-    """The model (dense or supermask, by method) and its meta-learner, seeded by ``run.seed``."""
-    m, meta = config.model, config.meta
-    if m.name not in list_models():
-        raise MetaticketError(f"model.name = {m.name!r} is unknown; known models: {', '.join(list_models())}")
-    generator = torch.Generator().manual_seed(config.run.seed)
-    layers = make_layers(supermask=METHODS[meta.method].needs_supermask, mask=m.mask, sparsity=m.sparsity,
-                         init=m.init, init_sparsity=m.init_sparsity, dense_head=m.dense_head, generator=generator)
-    kwargs = dict(num_classes=config.data.ways, in_channels=dataset_channels(config.data.dataset),
-                  image_size=image_size(config), width=m.width, layers=layers)
-    if m.name == "conv4":
-        kwargs["channels"] = m.channels
-    model = build_model(m.name, **kwargs).to(device)
-    return MetaLearner(model, method=meta.method, inner_lr=meta.inner_lr, inner_steps=meta.inner_steps,
-                       inner_steps_test=meta.inner_steps_test, first_order=meta.first_order,
-                       optimizer=meta.optimizer, outer_lr=meta.outer_lr, momentum=meta.momentum,
-                       schedule=meta.schedule, warmup_steps=meta.warmup_steps, steps=meta.steps,
-                       rerand_every=meta.rerand_every, rerand_rate=meta.rerand_rate, vectorize=meta.vectorize,
-                       seed=config.run.seed)
-
-
-def image_size(config: Config) -> int:
-    native = DATASETS[config.data.dataset][1] if config.data.dataset in DATASETS else \
-        CLASSIFICATION[config.data.dataset][1]
-    return config.data.image_size or native
 
 
 def samplers(config: Config, quiet: bool, dataset: str | None = None) -> dict:
@@ -185,21 +158,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep_dir = Path(base.run.out_dir) / f"{base.run.name}-sweep"
     method_key = "meta.method" if base.run.task == "meta" else "train.method"
     grid = bool(args.methods or args.widths or args.sparsities)
+    points = list(itertools.product(args.methods or [None], args.widths or [None], args.sparsities or [None],
+                                    args.seeds or [base.run.seed]))
+    bar = Monitor.bar(len(points), f"sweep ({len(points)} runs)", quiet=args.quiet)
     rows = []
-    for method in args.methods or [None]:
-        for width in args.widths or [None]:
-            for sparsity in args.sparsities or [None]:
-                for seed in args.seeds or [base.run.seed]:
-                    sets, parts = list(args.set), []
-                    for key, value, tag in ((method_key, method, ""), ("model.width", width, "w"),
-                                            ("model.sparsity", sparsity, "s")):
-                        if value is not None:
-                            sets.append(f"{key}={value}")
-                            parts.append(f"{tag}{value}")
-                    config = load_config(config_path(method), [*sets, f"run.seed={seed}"])
-                    run_dir = sweep_dir / "-".join([*parts, f"seed{seed}"])
-                    result = _sweep_point(config, run_dir, args.quiet)
-                    rows.append({"seed": seed, "target_sparsity": config.model.sparsity, **result})
+    for method, width, sparsity, seed in points:
+        sets, parts = list(args.set), []
+        swept = ((method_key, method, ""), ("model.width", width, "w"), ("model.sparsity", sparsity, "s"))
+        for key, value, tag in swept:
+            if value is not None:
+                sets.append(f"{key}={value}")
+                parts.append(f"{tag}{value}")
+        config = load_config(config_path(method), [*sets, f"run.seed={seed}"])
+        run_dir = sweep_dir / "-".join([*parts, f"seed{seed}"])
+        bar.set_postfix_str(run_dir.name)
+        result = _sweep_point(config, run_dir, args.quiet)
+        rows.append({"seed": seed, "target_sparsity": config.model.sparsity, **result})
+        bar.update(1)
+    bar.close()
     table = grid_table(rows) if grid else seed_table(rows)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "sweep.json").write_text(json.dumps(table, indent=2))
@@ -236,28 +212,6 @@ def _sweep_point(config: Config, run_dir: Path, quiet: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- supervised
-def build_classifier(config: Config, num_classes: int, device: torch.device) -> torch.nn.Module:
-    """Dense model (``dense``) or all-supermask top-k model (``edgepopup``/``iterand``), seeded by ``run.seed``.
-
-    Pruning runs use BatchNorm without affine parameters, as edge-popup and IteRand do.
-    """
-    m, method = config.model, config.train.method
-    if m.name not in list_models():
-        raise MetaticketError(f"model.name = {m.name!r} is unknown; known models: {', '.join(list_models())}")
-    generator = torch.Generator().manual_seed(config.run.seed)
-    layers = make_layers(supermask=method != "dense", mask=m.mask, sparsity=m.sparsity, init=m.init,
-                         init_sparsity=m.init_sparsity, dense_head=m.dense_head, generator=generator, norm="batch",
-                         norm_affine=method == "dense")
-    kwargs = dict(num_classes=num_classes, in_channels=3, image_size=image_size(config), width=m.width,
-                  layers=layers)
-    if m.name in ("conv4",):
-        kwargs["channels"] = m.channels
-    try:
-        return build_model(m.name, **kwargs).to(device)
-    except ValueError as e:
-        raise MetaticketError(f"model.name = {m.name}: {e}") from None
-
-
 def _classification(config: Config, quiet: bool):
     if config.data.dataset not in CLASSIFICATION:
         raise MetaticketError(f"data.dataset = {config.data.dataset} is a few-shot dataset; supervised training "
@@ -412,6 +366,41 @@ def meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool, da
     return result
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run's network as a compact ticket and check that the rebuilt network computes the same outputs."""
+    from metaticket.checkpoint import load_checkpoint
+    from metaticket.factory import build_network
+    from metaticket.ticket import export_ticket, load_ticket, same_outputs
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise MetaticketError(f"{run_dir} is not a run folder (no config.yaml); pass a folder meta-train or "
+                              f"train wrote")
+    config = load_config(run_dir / "config.yaml")
+    meta = config.run.task == "meta"
+    which = args.checkpoint or ("best" if meta else "last")
+    state = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")
+    weights = state["learner"]["model"] if meta else state["model"]
+    num_classes = None if meta else int(weights["head.weight"].shape[0])
+    model = build_network(config, num_classes)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise MetaticketError(f"{run_dir}: the checkpoint does not fit the model of its config.yaml "
+                              f"({str(e).splitlines()[0][:120]})") from None
+    out = Path(args.output) if args.output else run_dir / f"{config.run.name}.ticket"
+    step = state["learner"]["step"] if meta else state["iteration"]
+    report = export_ticket(model, config, out, num_classes=num_classes,
+                           info={"run": str(run_dir), "checkpoint": which, "step": int(step)})
+    channels = dataset_channels(config.data.dataset) if meta else 3
+    size = image_size(config)
+    example = torch.randn(16, channels, size, size, generator=torch.Generator().manual_seed(0))
+    diff = same_outputs(model, load_ticket(out), example)
+    print(json.dumps({**report, "checkpoint": which, "step": int(step), "max_abs_output_diff": diff,
+                      "identical_outputs": diff == 0.0}))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run.py", description="metaticket: sparse tickets in random networks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -444,6 +433,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("run_dirs", nargs="+")
     g.add_argument("-o", "--output", default=None, help="PNG path (default: <first run>/curves.png)")
     g.set_defaults(func=cmd_plot)
+    x = sub.add_parser("export", help="write a run's network as a compact ticket (seed + mask bits); prints JSON")
+    x.add_argument("run_dir")
+    x.add_argument("-o", "--output", default=None, help="ticket path (default: <run_dir>/<run.name>.ticket)")
+    x.add_argument("--checkpoint", choices=("best", "last"), default=None,
+                   help="default: best for meta-learning runs, last for supervised runs")
+    x.set_defaults(func=cmd_export)
     w = sub.add_parser("sweep", help="train and test one run per point of methods x widths x sparsities x seeds")
     w.add_argument("config", help="YAML config; a {method} in the path picks one file per --methods value")
     w.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the config's run.seed")

@@ -1,4 +1,10 @@
-"""Run monitoring: TensorBoard scalars, ``metrics.jsonl`` and progress bars with ETA."""
+"""Run monitoring: TensorBoard scalars, histograms and images, ``metrics.jsonl`` and progress bars with ETA.
+
+Tags (``split/name``): ``train/*`` per logged step (loss, accuracy, learning rates, ms per step, throughput,
+fraction re-randomized), ``val/*`` or ``test/*`` per evaluation (accuracy, CI, overall and per-layer sparsity,
+``inner_change/<param>`` for meta-learners), ``scores/<layer>`` histograms and ``mask/<layer>`` images.
+Every scalar also goes to ``metrics.jsonl`` as one JSON object per (step, split).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor, nn
 from tqdm import tqdm
+
+from metaticket.supermask import supermask_layers
+
+MAX_IMAGE_SIDE = 512  # mask images show at most this many rows / columns of a layer
 
 
 class Monitor:
@@ -33,10 +45,25 @@ class Monitor:
             for k, v in clean.items():
                 self._tb.add_scalar(f"{split}/{k}", v, step)
 
+    def histogram(self, step: int, tag: str, values: Tensor) -> None:
+        """A TensorBoard histogram of ``values`` (any shape)."""
+        if self._tb is not None:
+            self._tb.add_histogram(tag, values.detach().float().flatten().cpu(), step)
+
+    def image(self, step: int, tag: str, image: Tensor) -> None:
+        """A grayscale TensorBoard image: ``image`` [H, W] with values in [0, 1]."""
+        if self._tb is not None:
+            self._tb.add_image(tag, image.detach().float().cpu().unsqueeze(0), step, dataformats="CHW")
+
     def progress(self, total: int, desc: str, initial: int = 0) -> tqdm:
         """A progress bar with ETA (to stderr; hidden with ``quiet``)."""
-        return tqdm(total=total, initial=initial, desc=desc, disable=self.quiet, dynamic_ncols=True,
-                    file=sys.stderr, smoothing=0.05)
+        return self.bar(total, desc, initial, self.quiet)
+
+    @staticmethod
+    def bar(total: int, desc: str, initial: int = 0, quiet: bool = False) -> tqdm:
+        """A progress bar with ETA to stderr, for loops that have no run folder (e.g. a sweep's runs)."""
+        return tqdm(total=total, initial=initial, desc=desc, disable=quiet, dynamic_ncols=True, file=sys.stderr,
+                    smoothing=0.05)
 
     def print(self, text: str) -> None:
         if not self.quiet:
@@ -46,3 +73,28 @@ class Monitor:
         self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def mask_image(mask: Tensor) -> Tensor:
+    """A [H, W] picture of a layer's 0/1 mask (white = kept).
+
+    Linear [out, in]: the matrix. Conv [out, in, kh, kw]: a grid with one kh x kw tile per (output, input)
+    channel pair, rows = output channels, separated by a gray line. At most ``MAX_IMAGE_SIDE`` pixels a side.
+    """
+    m = mask.detach().float().cpu()
+    if m.dim() == 2:
+        return m[:MAX_IMAGE_SIDE, :MAX_IMAGE_SIDE]
+    out_c, in_c, kh, kw = m.shape
+    rows = min(out_c, MAX_IMAGE_SIDE // (kh + 1))
+    cols = min(in_c, MAX_IMAGE_SIDE // (kw + 1))
+    tiles = torch.full((rows, cols, kh + 1, kw + 1), 0.5)
+    tiles[:, :, :kh, :kw] = m[:rows, :cols]
+    return tiles.permute(0, 2, 1, 3).reshape(rows * (kh + 1), cols * (kw + 1))
+
+
+@torch.no_grad()
+def log_masks(monitor: Monitor, model: nn.Module, step: int) -> None:
+    """Histograms of every supermask layer's scores (``scores/<layer>``) and its mask as an image (``mask/<layer>``)."""
+    for name, layer in supermask_layers(model):
+        monitor.histogram(step, f"scores/{name}", layer.scores)
+        monitor.image(step, f"mask/{name}", mask_image(layer.mask() != 0))

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaticket.checkpoint import load_checkpoint, save_atomic
+from metaticket.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from metaticket.errors import MetaticketError
-from metaticket.monitor import Monitor
+from metaticket.monitor import Monitor, log_masks
 from metaticket.supermask import IteRandSchedule, sparsity_report, supermask_layers
 
 METHODS = ("dense", "edgepopup", "iterand")
@@ -174,14 +174,14 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rerand.load_state_dict(state["rerand"])
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         it, history = state["iteration"], state["history"]
         monitor.print(f"resumed {run_dir} at iteration {it} (epoch {it // per_epoch})")
 
     def save() -> None:
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "rerand": rerand.state_dict(),
-                     "rng": torch.get_rng_state(), "iteration": it, "history": history}, ckpt)
+                     "rng": rng_state(), "iteration": it, "history": history}, ckpt)
 
     def evaluate_now(epoch: int) -> dict:
         bar = monitor.progress(len(test_set), "evaluate")
@@ -191,12 +191,14 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
         report = sparsity_report(model)
         values = {**score, "sparsity": report["overall"], **{f"sparsity/{k}": v for k, v in report["layers"].items()}}
         monitor.log(it, "test", values)
+        log_masks(monitor, model, it)
         monitor.print(f"epoch {epoch}: test top-1 {score['top1']:.2f}% (+- {score['ci95']:.2f}), "
                       f"sparsity {report['overall']:.3f}")
         history.append({"epoch": epoch, "iteration": it, "top1": score["top1"], "top5": score["top5"]})
         return score
 
-    random.seed(plan.seed)
+    if not resume:
+        random.seed(plan.seed)
     started = time.perf_counter()
     model.train()
     bar = monitor.progress(total, f"train {plan.method}", initial=it)

@@ -181,6 +181,27 @@ class MetaLearner:
                                                  first_order=True, grad_masks=hard).items()}
                 for i in range(len(tasks))]
 
+    def logits(self, params: Params, x: Tensor) -> Tensor:
+        """The network with parameters ``params`` (e.g. one of :meth:`adapt`'s dicts) on x [N, ...] -> [N, ways]."""
+        return self._forward(params, x)
+
+    @torch.no_grad()
+    def inner_change(self, tasks: Tasks, steps: int | None = None) -> dict[str, float]:
+        """How far the inner loop moves each adapted tensor: ``||theta' - theta|| / ||theta||``, mean over tasks.
+
+        Keys are the dense twin's parameter names (``layers.0.weight``, ``head.bias``, ...); a tensor whose
+        start is all zeros (a zero-initialized bias) reports the absolute norm of its change.
+        """
+        start, _ = self._initial_params()
+        adapted = self.adapt(tasks, steps)
+        out: dict[str, float] = {}
+        for name in self.inner_names:
+            ref = start[name].detach()
+            base = float(ref.norm())
+            moved = [float((a[name] - ref).norm()) for a in adapted]
+            out[name] = sum(moved) / len(moved) / (base if base > 0 else 1.0)
+        return out
+
     @torch.no_grad()
     def evaluate(self, tasks: Tasks) -> tuple[Tensor, Tensor]:
         """Per-task query loss and accuracy ([B] each) after ``inner_steps_test`` inner steps."""
@@ -198,3 +219,32 @@ class MetaLearner:
         self.step = int(state["step"])
         if self.iterand is not None and state.get("iterand") is not None:
             self.iterand.load_state_dict(state["iterand"])
+
+
+class MAML(MetaLearner):
+    """MAML (Finn et al. 2017): meta-learns the initialization of every parameter; ``first_order=True`` is FO-MAML."""
+
+    def __init__(self, model: nn.Module, **kwargs) -> None:
+        super().__init__(model, method="maml", **kwargs)
+
+
+class ANIL(MetaLearner):
+    """ANIL (Raghu et al. 2020): MAML whose inner loop adapts only the head."""
+
+    def __init__(self, model: nn.Module, **kwargs) -> None:
+        super().__init__(model, method="anil", **kwargs)
+
+
+class BOIL(MetaLearner):
+    """BOIL (Oh et al. 2021): MAML whose inner loop adapts only the body; the head stays as meta-learned."""
+
+    def __init__(self, model: nn.Module, **kwargs) -> None:
+        super().__init__(model, method="boil", **kwargs)
+
+
+class MetaTicket(MetaLearner):
+    """Meta-ticket (Chijiwa et al. 2022): meta-learns only the masks of frozen random weights (a supermask model);
+    the inner loop adapts the masked weights, norms and head. ``boil=True`` leaves the head as initialized."""
+
+    def __init__(self, model: nn.Module, *, boil: bool = False, **kwargs) -> None:
+        super().__init__(model, method="metaticket_boil" if boil else "metaticket", **kwargs)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from metaticket.checkpoint import load_checkpoint, save_atomic
+from metaticket.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from metaticket.data.episodes import EpisodeSampler
 from metaticket.errors import MetaticketError
 from metaticket.meta.evaluate import Score, evaluate
 from metaticket.meta.learner import MetaLearner
-from metaticket.monitor import Monitor
+from metaticket.monitor import Monitor, log_masks
 from metaticket.supermask import sparsity_report
 
 
@@ -32,14 +31,6 @@ class Schedule:
     log_every: int
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-            "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
 
 
 def validate(learner: MetaLearner, sampler: EpisodeSampler, plan: Schedule, device: torch.device) -> Score:
@@ -56,6 +47,8 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
     """
     ckpt_dir = run_dir / "checkpoints"
     best = {"accuracy": -1.0, "step": 0}
+    window: dict[str, float] = {}  # sums of the step outputs since the last train log line
+    window_n = 0
     if resume:
         last = ckpt_dir / "last.pt"
         if not last.is_file():
@@ -63,16 +56,16 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
         state = load_checkpoint(last, map_location=device)
         learner.load_state_dict(state["learner"])
         train.load_state_dict(state["sampler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         best = state["best"]
+        window, window_n = state.get("window", ({}, 0))
         monitor.print(f"resumed {run_dir} at step {learner.step}")
 
     def save(name: str) -> None:
-        save_atomic({"learner": learner.state_dict(), "sampler": train.state_dict(), "rng": _rng_state(),
-                     "best": best}, ckpt_dir / name)
+        # the log window too, so a resumed run logs the same train averages as an uninterrupted one
+        save_atomic({"learner": learner.state_dict(), "sampler": train.state_dict(), "rng": rng_state(),
+                     "best": best, "window": (window, window_n)}, ckpt_dir / name)
 
-    window: dict[str, float] = {}
-    window_n = 0
     step_time = 0.0
     timed_steps = 0
     bar = monitor.progress(plan.steps, f"meta-train {learner.method}", initial=learner.step)
@@ -96,6 +89,7 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
             means = {k: v / window_n for k, v in window.items()}
             means["ms_per_step"] = 1000.0 * step_time / max(timed_steps, 1)
             means["tasks_per_s"] = plan.meta_batch * timed_steps / max(step_time, 1e-9)
+            means["inner_lr"] = learner.inner_lr
             monitor.log(step, "train", means)
             bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{100 * means['acc']:.1f}")
             window, window_n = {}, 0
@@ -104,7 +98,11 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
             report = sparsity_report(learner.model)
             values = {"acc": score.accuracy, "ci95": score.ci95, "loss": score.loss, "sparsity": report["overall"]}
             values.update({f"sparsity/{k}": v for k, v in report["layers"].items()})
+            val.generator.manual_seed(plan.val_seed)  # where adaptation moves the weights, on fixed tasks
+            change = learner.inner_change(val.sample(min(plan.eval_batch, 8)).to(device))
+            values.update({f"inner_change/{k}": v for k, v in change.items()})
             monitor.log(step, "val", values)
+            log_masks(monitor, learner.model, step)
             monitor.print(f"step {step}: val acc {score.accuracy:.2f} +- {score.ci95:.2f}%  "
                           f"sparsity {report['overall']:.3f}")
             if score.accuracy > best["accuracy"]:

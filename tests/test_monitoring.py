@@ -1,0 +1,77 @@
+"""What a run shows in TensorBoard and metrics.jsonl, for meta-train, train and sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_baselines import MEAN, STD, model_for, plan, toy_data
+from test_cli import QUICK, run, tiny
+
+from metaticket.baselines.train import train_supervised
+from metaticket.monitor import Monitor, mask_image
+from metaticket.supermask import topk_mask
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def jsonl_keys(run_dir: Path, split: str) -> set[str]:
+    keys: set[str] = set()
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["split"] == split:
+            keys |= {f"{split}/{k}" for k in row if k not in ("step", "split")}
+    return keys
+
+
+def test_meta_train_writes_every_listed_tag(tmp_path, data_root):
+    r = run("meta-train", str(QUICK), *tiny(tmp_path), "--set", "meta.rerand_every=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_dir = tmp_path / "t"
+    tags = events(run_dir).Tags()
+    layers = ["features.0", "features.3", "features.6", "features.9"]  # the MLP's supermask layers
+    scalars = {"train/loss", "train/acc", "train/outer_lr", "train/inner_lr", "train/ms_per_step",
+               "train/tasks_per_s", "train/rerandomized", "val/acc", "val/ci95", "val/loss", "val/sparsity",
+               *(f"val/sparsity/{name}" for name in layers),
+               *(f"val/inner_change/{name}.weight" for name in layers), "val/inner_change/head.weight"}
+    assert scalars <= set(tags["scalars"]), scalars - set(tags["scalars"])
+    assert {f"scores/{name}" for name in layers} <= set(tags["histograms"])
+    assert {f"mask/{name}" for name in layers} <= set(tags["images"])
+    # the same scalars go to metrics.jsonl
+    assert scalars <= jsonl_keys(run_dir, "train") | jsonl_keys(run_dir, "val")
+    # inner-loop movement is a real measurement: the head moves, and a weight moves by a sane relative amount
+    val = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"val"' in x][-1]
+    assert 0 < val["inner_change/head.weight"] < 10 and 0 < val["inner_change/features.0.weight"] < 10
+
+
+def test_supervised_run_writes_scalars_histograms_and_mask_images(tmp_path):
+    run_dir = tmp_path / "s"
+    monitor = Monitor(run_dir, quiet=True)
+    train_supervised(model_for("iterand"), toy_data(), toy_data(32, 1), MEAN, STD, plan("iterand", epochs=1),
+                     run_dir, monitor, torch.device("cpu"))
+    monitor.close()
+    tags = events(run_dir).Tags()
+    assert {"train/loss", "train/acc", "train/lr", "train/ms_per_iter", "train/images_per_s", "train/rerandomized",
+            "test/top1", "test/top5", "test/sparsity", "test/sparsity/features.0"} <= set(tags["scalars"])
+    assert "scores/features.0" in tags["histograms"] and "mask/head" in tags["images"]
+
+
+def test_sweep_shows_progress_over_its_runs(tmp_path, data_root):
+    r = run("sweep", str(QUICK), "--seeds", "1", "2", *tiny(tmp_path)[:-1], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "sweep (2 runs)" in r.stderr and "2/2" in r.stderr
+
+
+def test_mask_image_of_a_conv_is_a_grid_of_kernels():
+    mask = topk_mask(torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(0)), 0.5).detach()
+    img = mask_image(mask)
+    assert img.shape == (4 * 4, 3 * 4)  # one 3x3 tile per (out, in) pair plus a separator line
+    assert torch.equal(img[4:7, 8:11], mask[1, 2])  # output channel 1, input channel 2
+    assert (img[3, :] == 0.5).all() and (img[:, 3] == 0.5).all()
+    assert mask_image(torch.ones(2000, 10)).shape == (512, 10)
