@@ -55,24 +55,26 @@ def main() -> None:
     p.add_argument("--method-set", action="append", default=[], metavar="METHOD:SECTION.KEY=VALUE",
                    help="override for one method only")
     p.add_argument("--tasks", type=int, default=600)
+    p.add_argument("--out", default=str(RESULTS), help="folder for the JSON, table and PNG")
     args = p.parse_args()
+    out = Path(args.out)
     results = []
     for method in args.methods:
         tag = f"{args.name}_{method}"
-        done = RESULTS / f"{tag}.json"
+        done = out / f"{tag}.json"
         if done.is_file():
             results.append(json.loads(done.read_text()))
             continue
-        argv = [args.config.format(method=method), "--tag", tag, "--tasks", str(args.tasks)]
+        argv = [args.config.format(method=method), "--tag", tag, "--tasks", str(args.tasks), "--out", str(out)]
         own = [m.split(":", 1)[1] for m in args.method_set if m.split(":", 1)[0] == method]
         argv += [a for s in [*args.set, *own] for a in ("--set", s)]
         results.append(meta_run.main(argv))
     md = table(args.name, results)
-    (RESULTS / f"{args.name}.md").write_text(md)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"name": args.name, "overrides": args.set,
+    (out / f"{args.name}.md").write_text(md)
+    (out / f"{args.name}.json").write_text(json.dumps({"name": args.name, "overrides": args.set,
                                                            "method_overrides": args.method_set,
                                                            "results": results}, indent=2) + "\n")
-    plot(args.name, results, RESULTS / f"{args.name}.png")
+    plot(args.name, results, out / f"{args.name}.png")
     print(md)
 
 

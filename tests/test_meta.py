@@ -84,18 +84,18 @@ def test_adapted_pruned_weights_stay_zero():
             assert not torch.equal(w[hard == 1], (layer.weight * hard)[hard == 1])  # kept weights did adapt
 
 
-@pytest.mark.parametrize("method", ["maml", "metaticket"])
-def test_vmap_and_loop_give_the_same_meta_gradient(method):
+@pytest.mark.parametrize(("method", "model"), [("maml", "mlp"), ("anil", "mlp"), ("metaticket", "mlp"),
+                                               ("maml", "conv4"), ("metaticket", "conv4")])
+def test_vmap_and_loop_give_the_same_meta_gradient(method, model):
     # float64, so that only a wrong gradient (not float32 rounding) can make the two differ
-    b = tasks(batch=4)
+    b = tasks(batch=4, size=28 if model == "mlp" else 16)
     batch = Tasks(b.support_x.double(), b.support_y, b.query_x.double(), b.query_y)
     grads = {}
     for mode in ("loop", "vmap"):
-        lrn = learner(method, vectorize=mode)
+        lrn = learner(method, model=model, vectorize=mode)
         lrn.model.double()
         lrn.twin.double()
-        losses, _ = lrn._task_losses(batch, steps=2, first_order=False)
-        losses.mean().backward()
+        lrn._meta_gradient(batch, steps=2, first_order=False)  # loop: per-task backward, fused batch_norm
         grads[mode] = {n: p.grad.clone() for n, p in lrn.model.named_parameters() if p.grad is not None}
     assert grads["loop"].keys() == grads["vmap"].keys() and grads["loop"]
     for n in grads["loop"]:
@@ -107,8 +107,7 @@ def test_second_order_differs_from_first_order_and_fo_matches_definition():
     out = {}
     for fo in (False, True):
         lrn = learner("maml", vectorize="loop")
-        losses, _ = lrn._task_losses(batch, steps=1, first_order=fo)
-        losses.mean().backward()
+        lrn._meta_gradient(batch, steps=1, first_order=fo)
         out[fo] = {n: p.grad.clone() for n, p in lrn.model.named_parameters()}
     assert any(not torch.allclose(out[True][n], out[False][n]) for n in out[True])
     # First-order MAML: the meta-gradient is the query gradient at the adapted parameters.

@@ -1,4 +1,4 @@
-"""Conv4: four [3x3 conv, BatchNorm, ReLU, 2x2 max-pool] blocks and a linear head."""
+"""Conv4: four [3x3 conv, BatchNorm, ReLU, 2x2 max-pool] blocks and a linear head (ReLU applied after the pool)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ class Conv4(nn.Module):
         prev = in_channels
         size = image_size
         for _ in range(4):
+            # pool before ReLU: max(relu(x)) == relu(max(x)) (ReLU is monotonic), so the function and its
+            # gradients are the usual conv-BN-ReLU-pool block's, with ReLU (and its backward) on 4x fewer values
             blocks += [layers.conv(prev, channels, 3, stride=1, padding=1, bias=True), layers.norm2d(channels),
-                       nn.ReLU(), nn.MaxPool2d(2)]
+                       nn.MaxPool2d(2), nn.ReLU()]
             prev = channels
             size //= 2
         self.features = nn.Sequential(*blocks)

@@ -1,0 +1,286 @@
+"""Benchmark: one meta-step of our MAML and Meta-ticket against learn2learn's MAML and higher, side by side.
+
+    python benchmarks/meta_step.py [--peers-python .venv-peers/bin/python] [--models mlp mlp-w4 conv4]
+                                   [--orders second first] [--reps 7] [--rounds 2] [--name meta_step]
+
+Same model shapes, same task tensors, same settings for every implementation: 5-way 1-shot, 15 queries per
+class, meta-batch 32, one inner SGD step (lr 0.4), Adam outer step (Meta-ticket: SGD on the scores). Each
+(implementation, model, order) runs in a fresh process, so peak memory is its own: ours in this interpreter,
+learn2learn and higher in ``--peers-python`` (a venv made with ``../shared/peers/install-learn2learn.sh``; they
+are never dependencies of metaticket). Reports the median of ``--reps`` meta-steps after 2 warm-up steps (with
+``--rounds R``, every measurement is repeated R times, interleaved, and the median of the R medians is kept), the
+process's peak RSS and its RSS before the first step, the FLOPs of one meta-step (torch's FlopCounterMode on our
+MAML) and the achieved GFLOP/s against this machine's measured fp32 matmul rate.
+
+Writes ``benchmarks/results/<name>.json``, ``.md`` (the table) and ``.png`` (bar chart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))
+
+MODELS = {"mlp": ("mlp", 1.0), "mlp-w2": ("mlp", 2.0), "mlp-w4": ("mlp", 4.0), "conv4": ("conv4", 1.0)}
+OURS = ("ours-maml", "ours-metaticket-threshold", "ours-metaticket-topk")
+PEERS = ("learn2learn", "higher")
+WAYS, SHOTS, QUERIES, INNER_LR = 5, 1, 15, 0.4
+
+
+def tasks(meta_batch: int, seed: int = 0):
+    """Task tensors: support [B, 5, 1, 28, 28], query [B, 75, 1, 28, 28] (timing does not depend on pixels)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    sx = torch.randn(meta_batch, WAYS * SHOTS, 1, 28, 28, generator=g)
+    qx = torch.randn(meta_batch, WAYS * QUERIES, 1, 28, 28, generator=g)
+    sy = torch.arange(WAYS).repeat_interleave(SHOTS).repeat(meta_batch, 1)
+    qy = torch.arange(WAYS).repeat_interleave(QUERIES).repeat(meta_batch, 1)
+    return sx, sy, qx, qy
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------------------------- one measurement
+def ours(impl: str, model_key: str, first_order: bool, meta_batch: int):
+    """A step function for our learner; also returns the learner (for FLOP counting)."""
+    import torch
+
+    from metaticket import MetaLearner, Tasks, build_model, make_layers
+
+    name, width = MODELS[model_key]
+    method = "maml" if impl == "ours-maml" else "metaticket"
+    mask = impl.rsplit("-", 1)[-1] if method == "metaticket" else "threshold"
+    layers = make_layers(supermask=method == "metaticket", mask=mask, sparsity=0.5,
+                         generator=torch.Generator().manual_seed(0))
+    model = build_model(name, num_classes=WAYS, width=width, layers=layers)
+    learner = MetaLearner(model, method=method, inner_lr=INNER_LR, first_order=first_order, steps=1000,
+                          warmup_steps=0)
+    batch = Tasks(*tasks(meta_batch))
+    return (lambda: learner.meta_step(batch)), learner, batch
+
+
+def peer(impl: str, model_key: str, first_order: bool, meta_batch: int):
+    """A step function for learn2learn's MAML or higher's innerloop_ctx over plain torch modules."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from metaticket.models import build_model
+    from metaticket.models.registry import Layers
+
+    name, width = MODELS[model_key]
+    torch.manual_seed(0)
+    # what a user of these libraries writes: torch's own BatchNorm with batch statistics
+    layers = Layers(norm1d=lambda n: nn.BatchNorm1d(n, track_running_stats=False),
+                    norm2d=lambda n: nn.BatchNorm2d(n, track_running_stats=False))
+    model = build_model(name, num_classes=WAYS, width=width, layers=layers)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sx, sy, qx, qy = tasks(meta_batch)
+
+    if impl == "learn2learn":
+        import learn2learn as l2l
+
+        maml = l2l.algorithms.MAML(model, lr=INNER_LR, first_order=first_order)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            for i in range(meta_batch):
+                learner = maml.clone()
+                learner.adapt(F.cross_entropy(learner(sx[i]), sy[i]))
+                (F.cross_entropy(learner(qx[i]), qy[i]) / meta_batch).backward()
+            opt.step()
+    else:
+        import higher
+
+        inner = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            for i in range(meta_batch):
+                with higher.innerloop_ctx(model, inner, copy_initial_weights=False,
+                                          track_higher_grads=not first_order) as (fmodel, diffopt):
+                    diffopt.step(F.cross_entropy(fmodel(sx[i]), sy[i]))
+                    (F.cross_entropy(fmodel(qx[i]), qy[i]) / meta_batch).backward()
+            opt.step()
+    return step
+
+
+def count_flops(learner, batch) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        learner.meta_step(batch)
+    return int(counter.get_total_flops())
+
+
+def measure(impl: str, model_key: str, order: str, meta_batch: int, reps: int) -> dict:
+    import torch
+
+    first_order = order == "first"
+    learner = batch = None
+    if impl in OURS:
+        step, learner, batch = ours(impl, model_key, first_order, meta_batch)
+    else:
+        step = peer(impl, model_key, first_order, meta_batch)
+    before = rss_mb()
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append(1000 * (time.perf_counter() - t0))
+    out = {"impl": impl, "model": model_key, "order": order, "meta_batch": meta_batch, "median_ms":
+           statistics.median(times), "times_ms": times, "peak_rss_mb": rss_mb(), "rss_before_mb": before,
+           "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
+    if impl == "ours-maml":
+        out["flops"] = count_flops(learner, batch)
+    return out
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+    """This machine's fp32 matmul rate (GFLOP/s, median of ``reps``): the practical compute ceiling."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def run_one(python: str, impl: str, model: str, order: str, meta_batch: int, reps: int) -> dict:
+    cmd = [python, str(Path(__file__).resolve()), "--one", impl, model, order, "--meta-batch", str(meta_batch),
+           "--reps", str(reps)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+        return {"impl": impl, "model": model, "order": order, "error": tail}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def combine(rounds: list[dict]) -> dict:
+    """One row per implementation: the median over rounds of each round's median (and every round's median)."""
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return rounds[0]
+    row = dict(ok[0])
+    row["round_medians_ms"] = [r["median_ms"] for r in ok]
+    row["median_ms"] = statistics.median(row["round_medians_ms"])
+    row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+    return row
+
+
+def table(rows: list[dict], gflops_peak: float) -> str:
+    lines = ["| model | order | implementation | ms / meta-step (median) | peak RSS MB (before first step) | "
+             "vs learn2learn | GFLOP/s (% of matmul peak) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['order']} | {r['impl']} | failed: {r['error'][:80]} | | | |")
+            continue
+        ref = next((x for x in rows if x["impl"] == "learn2learn" and x["model"] == r["model"]
+                    and x["order"] == r["order"] and "error" not in x), None)
+        ratio = f"{ref['median_ms'] / r['median_ms']:.2f}x faster" if ref else ""
+        rate = ""
+        flops = next((x.get("flops") for x in rows if x["impl"] == "ours-maml" and x["model"] == r["model"]
+                      and x["order"] == r["order"] and "flops" in x), None)
+        if flops and r["impl"] in ("ours-maml", "learn2learn", "higher"):
+            g = flops / (r["median_ms"] / 1000) / 1e9
+            rate = f"{g:.1f} ({100 * g / gflops_peak:.0f}%)"
+        lines.append(f"| {r['model']} | {r['order']} | {r['impl']} | {r['median_ms']:.0f} | "
+                     f"{r['peak_rss_mb']:.0f} ({r['rss_before_mb']:.0f}) | {ratio} | {rate} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r["order"]) for r in rows}, key=lambda g: (list(MODELS).index(g[0]), g[1]))
+    impls = [i for i in (*OURS, *PEERS) if any(r["impl"] == i for r in rows)]
+    fig, ax = plt.subplots(figsize=(2.2 * len(groups) + 2, 4))
+    width = 0.8 / max(len(impls), 1)
+    for j, impl in enumerate(impls):
+        ys = [next((r["median_ms"] for r in rows if (r["model"], r["order"]) == g and r["impl"] == impl
+                    and "error" not in r), 0) for g in groups]
+        ax.bar([i + j * width for i in range(len(groups))], ys, width, label=impl)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
+    ax.set_xticklabels([f"{m}\n{o} order" for m, o in groups])
+    ax.set_ylabel("ms per meta-step (median)")
+    ax.set_yscale("log")
+    ax.set_title("One meta-step, 5-way 1-shot, 15 queries, meta-batch 32, 1 inner step (2 CPU cores)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--one", nargs=3, metavar=("IMPL", "MODEL", "ORDER"), help=argparse.SUPPRESS)
+    p.add_argument("--models", nargs="+", default=["mlp", "mlp-w4", "conv4"], choices=list(MODELS))
+    p.add_argument("--orders", nargs="+", default=["second", "first"], choices=["second", "first"])
+    p.add_argument("--impls", nargs="+", default=[*OURS, *PEERS], choices=[*OURS, *PEERS])
+    p.add_argument("--peers-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
+    p.add_argument("--meta-batch", type=int, default=32)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=1, help="repeat every measurement, interleaved; report the median")
+    p.add_argument("--results", default=str(RESULTS), help="folder for the JSON, table and plot")
+    p.add_argument("--name", default="meta_step")
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(measure(*args.one, args.meta_batch, args.reps)))
+        return
+    if any(i in PEERS for i in args.impls) and not Path(args.peers_python).exists():
+        sys.exit(f"no peers interpreter at {args.peers_python}: python -m venv .venv-peers && .venv-peers/bin/pip "
+                 f"install torch==2.14.1 pyyaml tqdm && (. .venv-peers/bin/activate && bash "
+                 f"../shared/peers/install-learn2learn.sh), or pass --impls without the peers")
+    peak = matmul_gflops()
+    rows = []
+    for model in args.models:
+        for order in args.orders:
+            # rounds interleave the implementations, so a burst of load on the machine hits all of them alike
+            runs: dict[str, list[dict]] = {impl: [] for impl in args.impls}
+            for _ in range(args.rounds):
+                for impl in args.impls:
+                    python = args.peers_python if impl in PEERS else sys.executable
+                    row = run_one(python, impl, model, order, args.meta_batch, args.reps)
+                    print(json.dumps({k: v for k, v in row.items() if k != "times_ms"}), flush=True)
+                    runs[impl].append(row)
+            rows += [combine(r) for r in runs.values()]
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    out = {"machine": f"{os.cpu_count()} CPU cores", "matmul_gflops": peak, "settings": {
+        "ways": WAYS, "shots": SHOTS, "queries": QUERIES, "inner_lr": INNER_LR, "inner_steps": 1,
+        "meta_batch": args.meta_batch, "reps": args.reps, "rounds": args.rounds}, "rows": rows}
+    (results / f"{args.name}.json").write_text(json.dumps(out, indent=2))
+    md = table(rows, peak) + f"\nfp32 matmul (2048x2048) on this machine: {peak:.1f} GFLOP/s\n"
+    (results / f"{args.name}.md").write_text(md)
+    try:
+        plot(rows, results / f"{args.name}.png")
+    except ImportError:
+        print("matplotlib is not installed: no PNG", file=sys.stderr)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

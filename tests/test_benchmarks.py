@@ -1,0 +1,73 @@
+"""Every benchmark script runs at a tiny size and writes its results (the real runs are in benchmarks/README.md).
+
+learn2learn and higher are not installed here (they live in a separate venv): the peer code paths of
+meta_step.py and l2l_agreement.py are exercised by the benchmark runs themselves, not by these tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from test_cli import REPO
+
+BENCH = REPO / "benchmarks"
+
+
+def bench(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_meta_step_benchmark_smoke(tmp_path):
+    bench("meta_step.py", "--impls", "ours-maml", "ours-metaticket-topk", "--models",
+          "mlp", "conv4", "--orders", "first", "--reps", "1", "--meta-batch", "2", "--results", str(tmp_path),
+          "--name", "smoke", cwd=tmp_path)
+    out = json.loads((tmp_path / "smoke.json").read_text())
+    assert len(out["rows"]) == 4 and all(r["median_ms"] > 0 and r["peak_rss_mb"] > 0 for r in out["rows"])
+    assert all(r["flops"] > 0 for r in out["rows"] if r["impl"] == "ours-maml") and out["matmul_gflops"] > 0
+    assert (tmp_path / "smoke.md").is_file() and (tmp_path / "smoke.png").is_file()
+
+
+def test_meta_step_benchmark_names_a_missing_peers_venv(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "meta_step.py"), "--peers-python", str(tmp_path / "none")],
+                          cwd=tmp_path, text=True, capture_output=True, timeout=120)
+    assert proc.returncode != 0 and "no peers interpreter" in proc.stderr
+
+
+def test_l2l_agreement_our_side_smoke(tmp_path, data_root):
+    proc = bench("l2l_agreement.py", "--one", "ours", "--steps", "3", "--meta-batch", "2", cwd=tmp_path)
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["impl"] == "ours" and row["tasks"] == 600 and 0 <= row["accuracy"] <= 100 and row["ci95"] > 0
+
+
+def test_iterand_cost_benchmark_smoke(tmp_path, data_root):
+    bench("iterand_cost.py", "--widths", "0.125", "--full-epoch-widths", "--slice", "3", "--reps", "1",
+          "--results", str(tmp_path), "--name", "smoke", cwd=tmp_path)
+    out = json.loads((tmp_path / "smoke.json").read_text())
+    row = out["decomposition"][0]
+    assert row["rerandomize_ms"] > 0 and row["epoch_ratio_every300"] >= 1.0
+
+
+def test_compare_methods_and_meta_run_smoke(tmp_path, data_root):
+    """compare_methods.py runs meta_run.py's main once per method."""
+    tag = f"smoke-{os.getpid()}"
+    tiny = ["--set", "meta.steps=2", "--set", "meta.meta_batch=2", "--set", "eval.val_every=2", "--set",
+            "eval.val_tasks=4", "--set", "meta.warmup_steps=1", "--tasks", "4"]
+    try:
+        config = str(REPO / "configs" / "omniglot" / "mlp_5w1s_{method}.yaml")
+        bench("compare_methods.py", "--name", tag, "--config", config, "--methods", "maml", "metaticket",
+              "--out", str(tmp_path), *tiny, cwd=tmp_path)
+        assert len(json.loads((tmp_path / f"{tag}.json").read_text())["results"]) == 2
+        assert json.loads((tmp_path / f"{tag}_maml.json").read_text())["test"]["tasks"] == 4  # meta_run's file
+        assert (tmp_path / f"{tag}.png").is_file() and (tmp_path / f"{tag}_metaticket.png").is_file()
+    finally:
+        for d in (REPO / "runs" / "bench").glob(f"{tag}*"):
+            shutil.rmtree(d)
