@@ -71,3 +71,11 @@ def test_compare_methods_and_meta_run_smoke(tmp_path, data_root):
     finally:
         for d in (REPO / "runs" / "bench").glob(f"{tag}*"):
             shutil.rmtree(d)
+
+
+def test_summary_plots_from_committed_results(tmp_path):
+    for path in (BENCH / "results").glob("*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    bench("summary.py", "--results", str(tmp_path), cwd=tmp_path)
+    assert (tmp_path / "summary_meta_steps.png").stat().st_size > 10_000
+    assert (tmp_path / "summary_width.png").stat().st_size > 10_000
