@@ -20,6 +20,7 @@ MAML_OMNIGLOT_MLP_5W1S = (89.7, 1.1)  # Finn et al. 2017, Table 1
 OMNIGLOT_RUNS = {  # result file -> label
     "omniglot_mlp_5w1s_maml.json": "MAML, 10k steps x 32 tasks",
     "omniglot_mlp_5w1s_metaticket.json": "Meta-ticket, 14k steps x 16 tasks",
+    "omniglot_mlp_5w1s_metaticket_30k.json": "Meta-ticket, 30k steps x 4 tasks (paper budget)",
     "omniglot_mlp-w1_5w1s_2k_maml.json": "MAML, 2k x 16",
     "omniglot_mlp-w1_5w1s_2k_metaticket.json": "Meta-ticket, 2k x 16",
     "omniglot_mlp-w4_5w1s_2k_maml.json": "MAML width 4, 2k x 16",
