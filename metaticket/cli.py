@@ -269,23 +269,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _saved_config(run_dir: Path, writers: str) -> Config:
+    """The config.yaml a run folder holds; ``writers`` names the commands that write such folders."""
+    if not (run_dir / "config.yaml").is_file():
+        raise MetaticketError(f"{run_dir} is not a run folder (no config.yaml); pass {writers} wrote")
+    return load_config(run_dir / "config.yaml")
+
+
+def _load_weights(target, state: dict, run_dir: Path) -> None:
+    """``target.load_state_dict(state)`` with a one-line error when the checkpoint is of another architecture."""
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, KeyError) as e:
+        raise MetaticketError(f"{run_dir}: the checkpoint does not fit the model of its config.yaml "
+                              f"({str(e).splitlines()[0][:120]})") from None
+
+
 def eval_run(run_dir: Path, quiet: bool) -> dict:
     """Test scores of a supervised run's last checkpoint: top-1 (+ top-5 beyond 10 classes), sparsity, params."""
     from metaticket.checkpoint import load_checkpoint
 
-    if not (run_dir / "config.yaml").is_file():
-        raise MetaticketError(f"{run_dir} is not a run folder (no config.yaml); pass the folder train wrote")
-    config = load_config(run_dir / "config.yaml")
+    config = _saved_config(run_dir, "the folder train")
     _expect_task(config, "train", "eval")
     device = _setup(config)
     data = _classification(config, quiet)
     model = build_classifier(config, len(data.classes), device)
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=device)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise MetaticketError(f"{run_dir}: the checkpoint does not fit the model of its config.yaml "
-                              f"({str(e).splitlines()[0][:120]})") from None
+    _load_weights(model, state["model"], run_dir)
     monitor = Monitor(run_dir, quiet=quiet, tensorboard=False)
     bar = monitor.progress(len(data.test), "evaluate")
     score = evaluate_classifier(model, data.test, data.mean, data.std, config.train.eval_batch, device,
@@ -332,10 +342,7 @@ def meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool, da
     """Score a run's checkpoint on test tasks of its dataset, or of ``dataset`` (cross-domain)."""
     from metaticket.checkpoint import load_checkpoint
 
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        raise MetaticketError(f"{run_dir} is not a run folder (no config.yaml); pass the folder meta-train wrote")
-    config = load_config(saved)
+    config = _saved_config(run_dir, "the folder meta-train")
     target = dataset or config.data.dataset
     if dataset_channels(target) != dataset_channels(config.data.dataset):
         raise MetaticketError(f"--dataset {target} has {dataset_channels(target)}-channel images but {run_dir} was "
@@ -344,11 +351,7 @@ def meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool, da
     device = _setup(config)
     learner = build_learner(config, device)
     state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=device)
-    try:
-        learner.load_state_dict(state["learner"])
-    except (RuntimeError, KeyError) as e:
-        raise MetaticketError(f"{run_dir}: the checkpoint does not fit the model of its config.yaml "
-                              f"({str(e).splitlines()[0][:120]})") from None
+    _load_weights(learner, state["learner"], run_dir)
     test = samplers(config, quiet, dataset=target)["test"]
     n = tasks or config.eval.test_tasks
     monitor = Monitor(run_dir, quiet=quiet, tensorboard=False)
@@ -373,21 +376,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from metaticket.ticket import export_ticket, load_ticket, same_outputs
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise MetaticketError(f"{run_dir} is not a run folder (no config.yaml); pass a folder meta-train or "
-                              f"train wrote")
-    config = load_config(run_dir / "config.yaml")
+    config = _saved_config(run_dir, "a folder meta-train or train")
     meta = config.run.task == "meta"
     which = args.checkpoint or ("best" if meta else "last")
     state = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")
     weights = state["learner"]["model"] if meta else state["model"]
     num_classes = None if meta else int(weights["head.weight"].shape[0])
     model = build_network(config, num_classes)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise MetaticketError(f"{run_dir}: the checkpoint does not fit the model of its config.yaml "
-                              f"({str(e).splitlines()[0][:120]})") from None
+    _load_weights(model, weights, run_dir)
     out = Path(args.output) if args.output else run_dir / f"{config.run.name}.ticket"
     step = state["learner"]["step"] if meta else state["iteration"]
     report = export_ticket(model, config, out, num_classes=num_classes,

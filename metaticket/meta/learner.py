@@ -221,9 +221,11 @@ class MetaLearner:
 
     def adapt(self, tasks: Tasks, steps: int | None = None) -> list[Params]:
         """Adapted parameter dicts (dense-twin names, pruned weights zero) for each task of the batch."""
+        return self._adapt_from(*self._initial_params(), tasks, steps)
+
+    def _adapt_from(self, start: Params, hard: dict[str, Tensor], tasks: Tasks, steps: int | None) -> list[Params]:
         n_steps = self.inner_steps_test if steps is None else steps
-        params, hard = self._initial_params()
-        params = {k: v.detach() for k, v in params.items()}
+        params = {k: v.detach() for k, v in start.items()}
         return [{k: v.detach() for k, v in adapt(self._forward, params, self.inner_names, tasks.support_x[i],
                                                  tasks.support_y[i], lr=self.inner_lr, steps=n_steps,
                                                  first_order=True, grad_masks=hard).items()}
@@ -240,8 +242,8 @@ class MetaLearner:
         Keys are the dense twin's parameter names (``layers.0.weight``, ``head.bias``, ...); a tensor whose
         start is all zeros (a zero-initialized bias) reports the absolute norm of its change.
         """
-        start, _ = self._initial_params()
-        adapted = self.adapt(tasks, steps)
+        start, hard = self._initial_params()
+        adapted = self._adapt_from(start, hard, tasks, steps)
         out: dict[str, float] = {}
         for name in self.inner_names:
             ref = start[name].detach()

@@ -31,8 +31,6 @@ class Schedule:
     log_every: int
 
 
-
-
 def validate(learner: MetaLearner, sampler: EpisodeSampler, plan: Schedule, device: torch.device) -> Score:
     """Score on the same ``val_tasks`` tasks every time (the sampler is re-seeded)."""
     sampler.generator.manual_seed(plan.val_seed)
