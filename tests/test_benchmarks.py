@@ -79,3 +79,11 @@ def test_summary_plots_from_committed_results(tmp_path):
     bench("summary.py", "--results", str(tmp_path), cwd=tmp_path)
     assert (tmp_path / "summary_meta_steps.png").stat().st_size > 10_000
     assert (tmp_path / "summary_width.png").stat().st_size > 10_000
+
+
+def test_ideas_conv4_benchmark_smoke(tmp_path):
+    """Includes one real torch.compile of the tiny network (about half a minute)."""
+    bench("ideas_conv4.py", "--tasks", "2", "--channels", "4", "--reps", "1", "--results", str(tmp_path), cwd=tmp_path)
+    out = json.loads((tmp_path / "ideas_conv4.json").read_text())
+    assert out["first_order_eager_ms"] > 0 and out["first_order_compiled_ms"] > 0
+    assert out["second_order_eager"] == "ok" and out["grouped_layer2"]["grouped_ms"] > 0
