@@ -237,8 +237,15 @@ def supervised_run(config: Config, run_dir: Path, resume: bool, quiet: bool) -> 
                 rerand_unit=t.rerand_unit, rerand_rate=t.rerand_rate, eval_every=t.eval_every,
                 eval_batch=t.eval_batch, checkpoint_every=config.run.checkpoint_every,
                 log_every=config.run.log_every, workers=config.data.workers, seed=config.run.seed,
-                channels_last=t.channels_last)
+                channels_last=t.channels_last, randommask_learns=t.randommask_learns)
     monitor = Monitor(run_dir, quiet=quiet)
+    if t.method == "randommask":
+        report = sparsity_report(model)
+        layers = ", ".join(f"{k} {v:.3f}" for k, v in report["layers"].items())
+        monitor.print(f"random mask ({config.model.ratios}, overall sparsity {report['overall']:.4f}): {layers}")
+        if not resume:  # logged once per run, not again on resume
+            monitor.log(0, "randommask", {"sparsity": report["overall"],
+                                          **{f"sparsity/{k}": v for k, v in report["layers"].items()}})
     try:
         summary = train_supervised(model, data.train, data.test, data.mean, data.std, plan, run_dir, monitor, device,
                                    resume=resume)

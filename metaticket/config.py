@@ -55,6 +55,12 @@ class ModelConfig:
     init_sparsity: float = field(default=0.0,
                                  metadata=_check(lambda v: 0 <= v < 1, "init_sparsity is a fraction pruned, in [0, 1)"))
     dense_head: bool = True  # supermask models: keep the classifier dense (Meta-ticket does)
+    slots: int = field(default=8, metadata=_check(lambda v: v >= 2, "Slot Machines need slots >= 2 values per "
+                                                                    "connection"))
+    slot_select: Literal["greedy", "sampled"] = "greedy"  # train.method slot: argmax of the scores, or a draw
+    ratios: Literal["uniform", "er", "erk", "balanced", "pyramidal"] = "uniform"  # train.method randommask
+    popup_sparsity: float = field(default=0.5, metadata=_check(
+        lambda v: 0 <= v < 1, "popup_sparsity is the fraction of the random mask's weights pruned, in [0, 1)"))
 
 
 @dataclass(frozen=True)
@@ -82,9 +88,11 @@ class MetaConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Supervised training (``run.task: train``): dense weights, edge-popup or IteRand on a labelled dataset."""
+    """Supervised training (``run.task: train``): dense weights, edge-popup, IteRand, Slot Machines or a fixed
+    random mask on a labelled dataset."""
 
-    method: Literal["dense", "edgepopup", "iterand"] = "edgepopup"
+    method: Literal["dense", "edgepopup", "iterand", "slot", "randommask"] = "edgepopup"
+    randommask_learns: Literal["weights", "scores"] = "weights"  # randommask: weights under the mask, or edge-popup
     epochs: int = field(default=100, metadata=_check(lambda v: v >= 1, "train for at least 1 epoch"))
     max_iterations: int | None = field(default=None, metadata=_check(lambda v: v is None or v >= 1,
                                                                      "use max_iterations >= 1 (or null: all epochs)"))

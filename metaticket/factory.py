@@ -17,6 +17,7 @@ from metaticket.errors import MetaticketError
 from metaticket.meta.learner import METHODS, MetaLearner
 from metaticket.models import build_model, list_models
 from metaticket.models.registry import Layers, make_layers
+from metaticket.randommask import apply_random_masks
 
 
 def image_size(config: Config) -> int:
@@ -66,17 +67,34 @@ def build_learner(config: Config, device: torch.device | str = "cpu") -> MetaLea
 
 
 def build_classifier(config: Config, num_classes: int, device: torch.device | str = "cpu") -> nn.Module:
-    """Dense model (``dense``) or all-supermask top-k model (``edgepopup``/``iterand``), drawn from ``run.seed``.
+    """The supervised network of ``config``, drawn from ``run.seed``.
 
-    Pruning runs use BatchNorm without affine parameters, as edge-popup and IteRand do.
+    ``dense``: plain layers; ``edgepopup``/``iterand``: supermask layers (top-k ``model.sparsity``); ``slot``:
+    Slot Machine layers (``model.slots`` values per connection); ``randommask``: a fixed random mask of overall
+    ``model.sparsity`` with ``model.ratios`` over every conv/linear layer, drawn after the weights from the same
+    generator, around plain layers (``train.randommask_learns: weights``) or supermask layers that prune
+    ``model.popup_sparsity`` of it (``scores``). Runs whose weights do not learn use BatchNorm without affine
+    parameters, as edge-popup and IteRand do.
     """
     _check_model_name(config)
-    m, method = config.model, config.train.method
+    m, t = config.model, config.train
     generator = torch.Generator().manual_seed(config.run.seed)
-    layers = make_layers(supermask=method != "dense", mask=m.mask, sparsity=m.sparsity, init=m.init,
+    learns_weights = t.method == "dense" or (t.method == "randommask" and t.randommask_learns == "weights")
+    if t.method == "randommask":
+        supermask, sparsity = t.randommask_learns == "scores", m.popup_sparsity
+    else:
+        supermask, sparsity = t.method in ("edgepopup", "iterand"), m.sparsity
+    layers = make_layers(supermask=supermask, mask=m.mask, sparsity=sparsity, init=m.init,
                          init_sparsity=m.init_sparsity, dense_head=m.dense_head, generator=generator, norm="batch",
-                         norm_affine=method == "dense")
-    return _build(config, layers, num_classes, 3, device)
+                         norm_affine=learns_weights, slots=m.slots if t.method == "slot" else 0,
+                         slot_select=m.slot_select)
+    model = _build(config, layers, num_classes, 3, "cpu")
+    if t.method == "randommask":
+        if supermask and m.mask != "topk":
+            raise MetaticketError("train.randommask_learns = scores runs edge-popup inside the random mask: "
+                                  "set model.mask: topk")
+        apply_random_masks(model, m.sparsity, m.ratios, generator)
+    return model.to(device)
 
 
 def build_network(config: Config, num_classes: int | None = None, device: torch.device | str = "cpu") -> nn.Module:

@@ -30,17 +30,25 @@ WEIGHT_INITS: tuple[str, ...] = ("kaiming_normal", "kaiming_uniform", "signed_co
 
 
 # ----------------------------------------------------------------------------------------------- masks
-def topk_mask(scores: Tensor, sparsity: float) -> Tensor:
+def topk_mask(scores: Tensor, sparsity: float, allowed: Tensor | None = None, allowed_count: int | None = None,
+              ) -> Tensor:
     """Binary mask keeping exactly ``round((1 - sparsity) * n)`` entries of largest ``|scores|``.
 
-    Forward value is 0/1 (same shape as ``scores``); backward is the identity onto ``|scores|``.
+    With ``allowed`` (0/1, shape of ``scores``, ``allowed_count`` ones) only allowed entries compete and ``n`` is
+    ``allowed_count``: edge-popup inside a fixed random mask. Forward value is 0/1 (shape of ``scores``);
+    backward is the identity onto ``|scores|``.
     """
     magnitude = scores.abs()
     flat = magnitude.flatten()
-    keep = int(round((1.0 - sparsity) * flat.numel()))
+    ranked = flat.detach()
+    n = flat.numel()
+    if allowed is not None:
+        ranked = ranked.masked_fill(allowed.flatten() == 0, -1.0)  # below every |score|
+        n = int(allowed_count) if allowed_count is not None else int(allowed.sum())
+    keep = int(round((1.0 - sparsity) * n))
     hard = torch.zeros_like(flat)
     if keep > 0:
-        hard = hard.scatter(0, flat.detach().topk(keep, sorted=False).indices, 1.0)
+        hard = hard.scatter(0, ranked.topk(keep, sorted=False).indices, 1.0)
     return hard.view_as(scores) + (magnitude - magnitude.detach())
 
 
@@ -109,13 +117,31 @@ class SupermaskMixin:
         self.scores = nn.Parameter(sample_init(shape, "kaiming_uniform", generator))
         thr = quantile_threshold(self.scores, init_sparsity) if mask == "threshold" else torch.tensor(0.0)
         self.register_buffer("threshold", thr)
+        self.register_buffer("source", None)  # a fixed random mask the learned mask must lie inside (or None)
+        self.source_count = 0
+
+    @torch.no_grad()
+    def set_source(self, source: Tensor) -> None:
+        """Restrict the mask to the ones of ``source`` (0/1, shape of ``weight``): a sparse random source network.
+
+        For ``topk``, ``sparsity`` then is the fraction of the source's kept weights that the mask prunes.
+        """
+        if source.shape != self.weight.shape:
+            raise ValueError(f"source mask of shape {tuple(source.shape)} for a weight {tuple(self.weight.shape)}")
+        self.source = source.to(device=self.weight.device, dtype=self.weight.dtype).clone()
+        self.source_count = int(self.source.sum())
 
     def mask(self, scores: Tensor | None = None) -> Tensor:
         """The 0/1 mask (shape of ``weight``) with a straight-through gradient to the scores."""
         s = self.scores if scores is None else scores
         if self.mask_rule == "topk":
-            return topk_mask(s, self.sparsity)
-        return threshold_mask(s, self.threshold)
+            return topk_mask(s, self.sparsity, self.source, self.source_count)
+        m = threshold_mask(s, self.threshold)
+        return m if self.source is None else m * self.source
+
+    def hard_mask(self) -> Tensor:
+        """The 0/1 mask without gradient."""
+        return self.mask().detach()
 
     def masked_weight(self) -> Tensor:
         return self.weight * self.mask()
@@ -216,14 +242,21 @@ class IteRandSchedule:
 
 
 # ----------------------------------------------------------------------------------------------- reports
+def masked_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(name, layer) of every layer with a ``hard_mask()`` (supermask and fixed-random-mask layers)."""
+    for name, module in model.named_modules():
+        if callable(getattr(module, "hard_mask", None)):
+            yield name, module
+
+
 @torch.no_grad()
 def sparsity_report(model: nn.Module) -> dict[str, float | dict[str, float]]:
-    """Fraction pruned per supermask layer (``layers``) and over all of them (``overall``)."""
+    """Fraction pruned per masked layer (``layers``) and over all of them (``overall``)."""
     layers: dict[str, float] = {}
     pruned = 0
     total = 0
-    for name, layer in supermask_layers(model):
-        hard = layer.mask().detach()
+    for name, layer in masked_layers(model):
+        hard = layer.hard_mask()
         n_pruned = int((hard == 0).sum())
         layers[name] = n_pruned / hard.numel()
         pruned += n_pruned
@@ -261,7 +294,7 @@ def convert(module: nn.Module, *, mask: str = "topk", sparsity: float = 0.5, ini
             with torch.no_grad():
                 new.bias.copy_(child.bias)
         new.to(device=child.weight.device)
-        _set_submodule(module, name, new)
+        replace_module(module, name, new)
     return module
 
 
@@ -280,11 +313,11 @@ def dense_like(model: nn.Module) -> nn.Module:
                               padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
                               bias=layer.bias is not None)
         plain.to(device=layer.weight.device)
-        _set_submodule(twin, name, plain)
+        replace_module(twin, name, plain)
     return twin
 
 
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     if not name:
         raise ValueError("cannot replace the root module itself")
     parent_name, _, attr = name.rpartition(".")

@@ -3,7 +3,8 @@ tensors that differ from what the seed regenerates.
 
 A ticket holds
 - the resolved config as YAML text (architecture, init, mask rule, ``run.seed``) and the class count;
-- one bit per weight of every supermask layer (all layers packed into one ``uint8`` tensor);
+- one bit per weight of every supermask layer (all layers packed into one ``uint8`` tensor), and for a Slot
+  Machine network ``ceil(log2 K)`` bits per connection naming its chosen value (the K values come from the seed);
 - ``resampled``: kept weights whose value is not the seed's draw any more (IteRand re-sampled them), stored
   explicitly as flat indices + values. Why explicit rather than replaying the re-sampling generator: IteRand
   re-samples the weights pruned *at that moment*, so a replay would need the mask history of the whole run.
@@ -36,10 +37,11 @@ from metaticket.checkpoint import load_checkpoint, save_atomic
 from metaticket.config import Config, ConfigError, config_from_dict
 from metaticket.errors import MetaticketError
 from metaticket.factory import build_network
+from metaticket.slots import freeze_slots, index_bits, slot_layers
 from metaticket.supermask import dense_like, supermask_layers
 
 FORMAT = "metaticket-ticket"
-VERSION = 1
+VERSION = 1  # slot layers added "slot_layers"/"slot_numel"/"slot_bits"; files without them read as before
 _SHIFTS = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
 
 
@@ -67,12 +69,29 @@ def _digest(tensors: list[tuple[str, Tensor]]) -> str:
 
 
 def _mask_keys(model: nn.Module) -> set[str]:
-    """State-dict keys a ticket represents by mask bits (scores and thresholds of supermask layers)."""
+    """State-dict keys a ticket represents by bits (scores and thresholds of supermask layers, slot scores)."""
     keys = set()
     for name, _ in supermask_layers(model):
         prefix = f"{name}." if name else ""
         keys.update({f"{prefix}scores", f"{prefix}threshold"})
+    for name, _ in slot_layers(model):
+        keys.add(f"{name}.scores" if name else "scores")
     return keys
+
+
+def pack_index(index: Tensor, k: int) -> Tensor:
+    """int tensor of values in [0, k) (n elements) -> uint8 [ceil(n * ceil(log2 k) / 8)], bit-packed."""
+    bits = index_bits(k)
+    flat = index.detach().flatten().cpu().long()
+    planes = (flat.view(-1, 1) >> torch.arange(bits - 1, -1, -1)) & 1
+    return pack_bits(planes)
+
+
+def unpack_index(packed: Tensor, n: int, k: int) -> Tensor:
+    """Inverse of :func:`pack_index`: int64 [n]."""
+    bits = index_bits(k)
+    planes = unpack_bits(packed, n * bits).view(n, bits).long()
+    return (planes << torch.arange(bits - 1, -1, -1)).sum(1)
 
 
 @torch.no_grad()
@@ -86,8 +105,12 @@ def effective_digest(model: nn.Module) -> str:
         key = f"{name}.weight" if name else "weight"
         masked[key] = torch.where(hard, layer.weight, torch.zeros_like(layer.weight))  # no -0.0
         masked[key + ":bits"] = pack_bits(hard)
+    for name, layer in slot_layers(model):
+        key = f"{name}.weight" if name else "weight"
+        masked[key] = layer.weight
+        masked[key + ":bits"] = pack_index(layer.scores.argmax(0), layer.k)
     items = [(k, masked.get(k, v)) for k, v in sorted(state.items()) if k not in skip]
-    items += [(k, v) for k, v in sorted(masked.items()) if k.endswith(":bits")]
+    items += [(k, v) for k, v in sorted(masked.items()) if k not in state]
     return _digest(items)
 
 
@@ -129,6 +152,11 @@ def export_ticket(model: nn.Module, config: Config, path: str | Path, *, num_cla
             index = moved.flatten().nonzero().flatten()
             resampled[key] = {"index": index.to(torch.int32).cpu(),
                               "value": layer.weight.detach().flatten()[index].cpu().clone()}
+    slot_names, slot_numel, slot_chunks = [], [], []
+    for name, layer in slot_layers(model):
+        slot_names.append(name)
+        slot_numel.append(layer.scores.shape[1:].numel())
+        slot_chunks.append(pack_index(layer.scores.argmax(0), layer.k))
     dense = {k: v.detach().cpu().clone() for k, v in state.items()
              if k not in skip and k not in weight_keys and not torch.equal(v.cpu(), ref[k].cpu())}
     payload = {
@@ -136,19 +164,22 @@ def export_ticket(model: nn.Module, config: Config, path: str | Path, *, num_cla
         "config": yaml.safe_dump(config.to_dict(), sort_keys=False), "num_classes": num_classes,
         "mask_layers": layers, "mask_numel": numels,
         "mask_bits": torch.cat(bit_chunks) if bit_chunks else torch.zeros(0, dtype=torch.uint8),
-        "resampled": resampled, "dense": dense,
+        "resampled": resampled, "dense": dense, "slot_layers": slot_names, "slot_numel": slot_numel,
+        "slot_bits": slot_chunks,
         "init_sha256": _init_digest(fresh), "sha256": effective_digest(model),
         "info": {k: v for k, v in (info or {}).items() if isinstance(v, (str, int, float, bool))},
     }
     save_atomic(payload, path)
-    twin = dense_like(model).cpu()
+    twin = freeze_slots(dense_like(model).cpu())
     for name, layer in supermask_layers(model):
         twin.get_submodule(name).weight.copy_(layer.weight * layer.mask().detach())
-    dense_bytes = _saved_size(twin.state_dict())
+    dense_bytes = _saved_size({k: v for k, v in twin.state_dict().items() if not k.endswith("fixed_mask")})
     size = path.stat().st_size
     return {"path": str(path), "bytes": size, "dense_fp32_bytes": dense_bytes,
             "ratio": round(dense_bytes / size, 2), "sparsity": round(pruned / total, 4) if total else 0.0,
-            "mask_bits": total, "dense_tensors": len(dense),
+            "mask_bits": total, "slot_bits": sum(n * index_bits(layer.k) for n, (_, layer)
+                                                 in zip(slot_numel, slot_layers(model))),
+            "dense_tensors": len(dense),
             "resampled_weights": sum(int(r["index"].numel()) for r in resampled.values())}
 
 
@@ -204,9 +235,23 @@ def load_ticket(path: str | Path, device: torch.device | str = "cpu") -> nn.Modu
         layer.scores.copy_(hard.to(layer.scores.dtype))
         if layer.mask_rule == "threshold":
             layer.threshold.fill_(0.5)
-        elif int(hard.sum()) != int(round((1.0 - layer.sparsity) * n)):
+        elif int(hard.sum()) != int(round((1.0 - layer.sparsity) * (layer.source_count if layer.source is not None
+                                                                     else n))):
             raise MetaticketError(f"ticket {path}: layer {name} keeps {int(hard.sum())} of {n} weights, not the "
                                   f"top-k count of sparsity {layer.sparsity}; the file is damaged")
+    slots = dict(slot_layers(model))
+    if list(payload.get("slot_layers", [])) != list(slots):
+        raise MetaticketError(f"ticket {path}: its slot layers do not match the rebuilt network; the file is damaged")
+    for name, n, packed in zip(payload.get("slot_layers", []), payload.get("slot_numel", []),
+                               payload.get("slot_bits", [])):
+        layer = slots[name]
+        index = unpack_index(packed, n, layer.k)
+        if n != layer.scores.shape[1:].numel() or int(index.max()) >= layer.k:
+            raise MetaticketError(f"ticket {path}: slot layer {name} does not fit the rebuilt network; the file "
+                                  f"is damaged")
+        one_hot = torch.zeros_like(layer.scores).view(layer.k, -1)
+        one_hot.scatter_(0, index.view(1, -1).to(one_hot.device), 1.0)
+        layer.scores.copy_(one_hot.view_as(layer.scores))
     state = model.state_dict()
     for key, r in payload["resampled"].items():
         if key not in state:

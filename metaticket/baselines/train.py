@@ -1,5 +1,7 @@
 """Supervised training of a classifier: ``dense`` (SGD on weights), ``edgepopup`` (top-k supermask, only the
-scores learn) and ``iterand`` (edge-popup that re-samples a fraction of the pruned weights on a schedule).
+scores learn), ``iterand`` (edge-popup that re-samples a fraction of the pruned weights on a schedule), ``slot``
+(Slot Machines: only the slot scores learn) and ``randommask`` (a fixed random mask; the weights train under it,
+or edge-popup's scores inside it).
 
 Runs checkpoint atomically at every epoch end and every ``checkpoint_every`` iterations and resume exactly:
 the batch order of an epoch and each image's augmentation are functions of (seed, epoch, index).
@@ -20,9 +22,11 @@ from torch import Tensor, nn
 from metaticket.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from metaticket.errors import MetaticketError
 from metaticket.monitor import Monitor, log_masks
-from metaticket.supermask import IteRandSchedule, sparsity_report, supermask_layers
+from metaticket.slots import slot_layers
+from metaticket.supermask import IteRandSchedule, masked_layers, sparsity_report, supermask_layers
 
-METHODS = ("dense", "edgepopup", "iterand")
+METHODS = ("dense", "edgepopup", "iterand", "slot", "randommask")
+LEARNS = ("weights", "scores")
 
 
 @dataclass(frozen=True)
@@ -49,19 +53,27 @@ class Plan:
     workers: int = 0
     seed: int = 0
     channels_last: bool = True  # NHWC convolutions: about 20% faster for Conv6 on this CPU
+    randommask_learns: str = "weights"  # randommask: train the weights under the mask, or edge-popup "scores"
 
 
-def trainable(model: nn.Module, method: str) -> list[nn.Parameter]:
-    """Mark what ``method`` learns (requires_grad) and return it: all parameters for ``dense``, else the scores."""
+def trainable(model: nn.Module, method: str, randommask_learns: str = "weights") -> list[nn.Parameter]:
+    """Mark what ``method`` learns (requires_grad) and return it: all parameters for ``dense`` and ``randommask``
+    with ``randommask_learns = "weights"`` (the fixed masks are buffers), else only the scores."""
     if method not in METHODS:
         raise MetaticketError(f"unknown training method {method!r}; known: {', '.join(METHODS)}")
+    if randommask_learns not in LEARNS:
+        raise MetaticketError(f"train.randommask_learns = {randommask_learns!r}; use one of: {', '.join(LEARNS)}")
+    weights = method == "dense" or (method == "randommask" and randommask_learns == "weights")
     learned = []
     for name, p in model.named_parameters():
-        learn = method == "dense" or name.endswith("scores")
+        learn = weights or name.endswith("scores")
         p.requires_grad_(learn)
         if learn:
             learned.append(p)
-    if method != "dense" and not any(True for _ in supermask_layers(model)):
+    if method == "slot":
+        if not any(True for _ in slot_layers(model)):
+            raise MetaticketError("train.method = slot needs a slot model; it was built without slot layers")
+    elif not weights and not any(True for _ in supermask_layers(model)):
         raise MetaticketError(f"train.method = {method} needs a supermask model; it was built dense")
     return learned
 
@@ -127,10 +139,11 @@ def evaluate_classifier(model: nn.Module, dataset: torch.utils.data.Dataset, mea
 def param_counts(model: nn.Module) -> dict[str, int]:
     """``params_total``: every weight, bias and norm parameter; ``params_kept``: minus the pruned weights."""
     total = sum(p.numel() for name, p in model.named_parameters() if not name.endswith("scores"))
+    total += sum(layer.weight_shape.numel() for _, layer in slot_layers(model))  # one chosen value per connection
     pruned = 0
     with torch.no_grad():
-        for _, layer in supermask_layers(model):
-            pruned += int((layer.mask().detach() == 0).sum())
+        for _, layer in masked_layers(model):
+            pruned += int((layer.hard_mask() == 0).sum())
     return {"params_total": total, "params_kept": total - pruned}
 
 
@@ -154,7 +167,7 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
 
     Writes ``checkpoints/last.pt``; returns the final test scores and timing.
     """
-    params = trainable(model, plan.method)
+    params = trainable(model, plan.method, plan.randommask_learns)
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(params, lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay)

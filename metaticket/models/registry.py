@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaticket.slots import SlotConv2d, SlotLinear
 from metaticket.supermask import SupermaskConv2d, SupermaskLinear, sample_init
 
 Builder = Callable[..., nn.Module]
@@ -110,10 +111,11 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 def make_layers(*, supermask: bool, mask: str = "threshold", sparsity: float = 0.0, init: str = "kaiming_normal",
                 init_sparsity: float = 0.0, dense_head: bool = True, generator: torch.Generator | None = None,
-                norm: str = "task", norm_affine: bool = True) -> Layers:
+                norm: str = "task", norm_affine: bool = True, slots: int = 0, slot_select: str = "greedy") -> Layers:
     """Layer factories: every conv/linear drawn from ``init`` with ``generator``.
 
-    With ``supermask=True`` the body (and the head unless ``dense_head``) are supermask layers.
+    With ``supermask=True`` the body (and the head unless ``dense_head``) are supermask layers; with
+    ``slots=K`` (K >= 2) they are Slot Machine layers with K values per connection instead.
     ``norm="task"``: meta-model BatchNorm (each batch's own statistics); ``norm="batch"``: standard BatchNorm
     with running statistics for supervised training (``norm_affine=False`` for pruning, as edge-popup does).
     """
@@ -131,6 +133,16 @@ def make_layers(*, supermask: bool, mask: str = "threshold", sparsity: float = 0
     def dense_conv(i: int, o: int, k: int, stride: int = 1, padding: int = 0, bias: bool = False) -> nn.Module:
         return _drawn(nn.Conv2d(i, o, k, stride=stride, padding=padding, bias=bias), init, generator)
 
+    if slots:
+        slot_opts = dict(slots=slots, select=slot_select, init=init, generator=generator)
+
+        def slot_linear(i: int, o: int, bias: bool = True) -> nn.Module:
+            return SlotLinear(i, o, bias=bias, **slot_opts)
+
+        def slot_conv(i: int, o: int, k: int, stride: int = 1, padding: int = 0, bias: bool = False) -> nn.Module:
+            return SlotConv2d(i, o, k, stride=stride, padding=padding, bias=bias, **slot_opts)
+
+        return Layers(conv=slot_conv, linear=slot_linear, head=dense_linear if dense_head else slot_linear, **norms)
     if not supermask:
         return Layers(conv=dense_conv, linear=dense_linear, head=dense_linear, **norms)
 
