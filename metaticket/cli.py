@@ -90,6 +90,8 @@ def _check_resumable(run_dir: Path, config: Config) -> None:
     if load_config(saved) != config:
         raise MetaticketError(f"cannot resume {run_dir}: the config differs from its saved config.yaml; "
                               f"resume with the same config and --set values")
+    if not (run_dir / "checkpoints" / "last.pt").is_file():  # checked before anything is written into the folder
+        raise MetaticketError(f"cannot resume {run_dir}: it has no checkpoints/last.pt; start a new run instead")
 
 
 def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool) -> dict:

@@ -100,7 +100,10 @@ def _decode_character(args: tuple[str, list[str], int]) -> Tensor:
     out = torch.empty(len(names), size, size, dtype=torch.uint8)
     for i, n in enumerate(names):
         raw = zf.read(n) if zf is not None else (Path(src).parent / n).read_bytes()
-        img = Image.open(io.BytesIO(raw)).convert("L").resize((size, size), Image.LANCZOS)
+        try:
+            img = Image.open(io.BytesIO(raw)).convert("L").resize((size, size), Image.LANCZOS)
+        except (OSError, ValueError) as e:  # PIL raises these for files that are not images
+            raise ValueError(f"{src}: member {n} is not a readable image ({type(e).__name__})") from None
         out[i] = 255 - torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size)
     return out
 
@@ -133,8 +136,7 @@ def _decode(sources: list[Path], size: int, workers: int, progress: bool) -> dic
                 rows.append(_decode_character(job))
                 bar.update()
     except (OSError, ValueError) as e:  # PIL raises these for files that are not images
-        raise MetaticketError(f"could not decode an Omniglot image ({e}); the archive is damaged, "
-                              f"download it again") from None
+        raise MetaticketError(f"{e}; the archive is damaged, download it again") from None
     finally:
         bar.close()
     return {"images": torch.stack(rows), "characters": characters}

@@ -1,0 +1,270 @@
+"""A catalogue of bad inputs: each must stop run.py with one line that names the key or file and the fix, exit
+code 2, no traceback, and leave an existing run folder exactly as it was (issue 8)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+from test_cli import REPO, run, tiny
+
+QUICK = str(REPO / "configs" / "omniglot" / "quickstart.yaml")
+CIFAR = str(REPO / "configs" / "cifar10" / "conv6_edgepopup.yaml")
+
+
+def folder_state(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every file under ``root``: what 'nothing written' is checked against."""
+    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def expect_one_line(result, *needles: str) -> str:
+    err = result.stderr.strip()
+    assert result.returncode == 2, f"exit {result.returncode}; stderr: {err[-1500:]}"
+    assert "Traceback" not in err, err[-1500:]
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{err[-1500:]}"
+    for needle in needles:
+        assert needle.lower() in err.lower(), f"{needle!r} not in: {err}"
+    return err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_root) -> Path:
+    """A real (tiny) finished meta-train run folder, shared by the cases that point at a run."""
+    out = tmp_path_factory.mktemp("runs")
+    r = run("meta-train", QUICK, *tiny(out, "done"), cwd=out)
+    assert r.returncode == 0, r.stderr
+    return out / "done"
+
+
+# ------------------------------------------------------------------------------------------ config values
+CONFIG_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
+    ("unknown key, with a suggestion", ["meta.inner_lrr=0.1"], ("meta.inner_lrr", "did you mean meta.inner_lr")),
+    ("unknown section", ["metaa.steps=3"], ("metaa",)),
+    ("wrong type (int)", ["meta.steps=abc"], ("meta.steps", "whole number")),
+    ("wrong type (bool)", ["meta.first_order=maybe"], ("meta.first_order",)),
+    ("wrong type (float)", ["meta.inner_lr=fast"], ("meta.inner_lr",)),
+    ("sparsity >= 1", ["model.sparsity=1.0"], ("model.sparsity", "[0, 1)")),
+    ("negative inner lr", ["meta.inner_lr=-0.1"], ("meta.inner_lr", "positive")),
+    ("negative outer lr", ["meta.outer_lr=-1"], ("meta.outer_lr", "positive")),
+    ("zero meta-batch", ["meta.meta_batch=0"], ("meta.meta_batch",)),
+    ("unknown choice", ["meta.method=reptile"], ("meta.method", "maml")),
+    ("bad device", ["run.device=gpu"], ("run.device", "cuda")),
+    ("override without =", ["meta.steps"], ("meta.steps", "=")),
+    ("unknown model", ["model.name=vgg99"], ("vgg99", "conv4")),
+    ("unknown dataset", ["data.dataset=mnist"], ("data.dataset", "omniglot")),
+]
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_bad_config_values(case, tmp_path):
+    _, sets, needles = case
+    args = [x for s in sets for x in ("--set", s)]
+    r = run("meta-train", QUICK, *args, "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    expect_one_line(r, *needles)
+    assert not (tmp_path / "runs").exists(), "a refused config created a run folder"
+
+
+def test_shots_plus_queries_beyond_the_images_of_a_class(tmp_path, data_root):
+    r = run("meta-train", QUICK, "--set", "data.shots=5", "--set", "data.queries=16",
+            "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    expect_one_line(r, "20", "data.queries")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_more_ways_than_classes_in_a_split(tmp_path, data_root):
+    r = run("meta-train", QUICK, "--set", "data.ways=500", "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    expect_one_line(r, "data.ways", "classes")
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------ YAML files
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+YAML_CASES: list[tuple[str, Callable[[Path], Path], tuple[str, ...]]] = [
+    ("tab in YAML", lambda d: write(d / "tab.yaml", "run:\n\tname: x\n"), ("tab.yaml", "tab")),
+    ("duplicate key", lambda d: write(d / "dup.yaml", "meta:\n  steps: 3\n  steps: 4\n"), ("dup.yaml", "steps")),
+    ("base cycle", lambda d: (write(d / "b.yaml", "base: a.yaml\n"), write(d / "a.yaml", "base: b.yaml\n"))[1],
+     ("base",)),
+    ("missing base file", lambda d: write(d / "c.yaml", "base: nowhere.yaml\n"), ("nowhere.yaml",)),
+    ("not a mapping", lambda d: write(d / "list.yaml", "- 1\n- 2\n"), ("list.yaml",)),
+    ("missing config file", lambda d: d / "absent.yaml", ("absent.yaml",)),
+    ("section is not a mapping", lambda d: write(d / "sec.yaml", "meta: 3\n"), ("meta",)),
+]
+
+
+@pytest.mark.parametrize("case", YAML_CASES, ids=[c[0] for c in YAML_CASES])
+def test_bad_yaml_files(case, tmp_path):
+    _, make, needles = case
+    path = make(tmp_path)
+    r = run("meta-train", str(path), "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    expect_one_line(r, *needles)
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------ data files
+def omniglot_with(tmp_path: Path, background: bytes) -> list[str]:
+    root = tmp_path / "data"
+    (root / "omniglot").mkdir(parents=True)
+    (root / "omniglot" / "images_background.zip").write_bytes(background)
+    (root / "omniglot" / "images_evaluation.zip").write_bytes(background)
+    return ["--set", f"data.root={root}", "--set", f"run.out_dir={tmp_path / 'runs'}", "--quiet"]
+
+
+def fake_cache(tmp_path: Path) -> dict[str, str]:
+    return {"METATICKET_CACHE": str(tmp_path / "cache")}
+
+
+def test_missing_data_root(tmp_path):
+    r = run("meta-train", QUICK, "--set", f"data.root={tmp_path / 'nowhere'}",
+            "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path, env_extra=fake_cache(tmp_path))
+    expect_one_line(r, str(tmp_path / "nowhere"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_empty_archive(tmp_path):
+    r = run("meta-train", QUICK, *omniglot_with(tmp_path, b""), cwd=tmp_path, env_extra=fake_cache(tmp_path))
+    expect_one_line(r, "images_background.zip")
+
+
+def test_truncated_archive(tmp_path, data_root):
+    real = (data_root / "omniglot" / "images_background.zip").read_bytes()
+    r = run("meta-train", QUICK, *omniglot_with(tmp_path, real[: len(real) // 3]), cwd=tmp_path,
+            env_extra=fake_cache(tmp_path))
+    expect_one_line(r, "images_background.zip", "download it again")
+
+
+def test_zip_whose_images_are_not_images(tmp_path, data_root):
+    """The real archive with its first drawing replaced by HTML: the error names the archive and the member."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(data_root / "omniglot" / "images_background.zip") as src, zipfile.ZipFile(buf, "w") as dst:
+        names = [i.filename for i in src.infolist() if i.filename.endswith(".png")]
+        bad = sorted(names)[0]
+        for info in src.infolist():
+            dst.writestr(info, b"<html>not a png</html>" if info.filename == bad else src.read(info))
+    args = omniglot_with(tmp_path, buf.getvalue())
+    shutil.copy(data_root / "omniglot" / "images_evaluation.zip", tmp_path / "data" / "omniglot")
+    r = run("meta-train", QUICK, *args, "--set", "data.workers=0", cwd=tmp_path, env_extra=fake_cache(tmp_path))
+    expect_one_line(r, "images_background.zip", bad.rsplit("/", 1)[-1], "not a readable image")
+
+
+def test_miniimagenet_pickle_that_is_html(tmp_path):
+    root = tmp_path / "data" / "miniimagenet"
+    root.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        (root / f"mini-imagenet-cache-{split}.pkl").write_bytes(b"<!DOCTYPE html><html>Sign in</html>")
+    cfg = REPO / "configs" / "miniimagenet" / "resnet12_5w1s_metaticket.yaml"
+    r = run("meta-train", str(cfg), "--set", f"data.root={tmp_path / 'data'}",
+            "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path, env_extra=fake_cache(tmp_path))
+    expect_one_line(r, "mini-imagenet-cache-", "pkl")
+
+
+def test_imagefolder_with_an_empty_class(tmp_path):
+    base = tmp_path / "data" / "imagenet"
+    for split in ("train", "val"):
+        for wnid in ("n01", "n02"):
+            d = base / split / wnid
+            d.mkdir(parents=True)
+            if not (split == "train" and wnid == "n02"):
+                Image.new("RGB", (8, 8)).save(d / "a.JPEG")
+    cfg = REPO / "configs" / "imagenet" / "resnet50_dense.yaml"
+    r = run("train", str(cfg), "--set", f"data.root={tmp_path / 'data'}", "--set", f"run.out_dir={tmp_path / 'r'}",
+            cwd=tmp_path, env_extra=fake_cache(tmp_path))
+    expect_one_line(r, "n02", "holds no images")
+
+
+def test_cifar_batches_that_are_not_pickles_of_arrays(tmp_path):
+    d = tmp_path / "data" / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (d / name).write_bytes(pickle.dumps({"data": "x"}) if name != "test_batch" else b"\x80\x04garbage")
+    r = run("train", CIFAR, "--set", f"data.root={tmp_path / 'data'}", "--set", f"run.out_dir={tmp_path / 'r'}",
+            cwd=tmp_path, env_extra=fake_cache(tmp_path))
+    expect_one_line(r, "cifar-10-batches-py")
+
+
+# ------------------------------------------------------------------------------------------ run folders, files
+def test_checkpoint_from_a_different_architecture(finished_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(finished_run, other)
+    cfg = (other / "config.yaml").read_text().replace("width: 1.0", "width: 2.0")
+    assert "width: 2.0" in cfg
+    (other / "config.yaml").write_text(cfg)
+    before = folder_state(other)
+    r = run("meta-test", str(other), "--tasks", "5", cwd=tmp_path)
+    expect_one_line(r, str(other), "does not fit")
+    assert folder_state(other) == before
+
+
+def test_resume_folder_without_a_checkpoint(finished_run, tmp_path):
+    other = tmp_path / "nockpt"
+    shutil.copytree(finished_run, other)
+    shutil.rmtree(other / "checkpoints")
+    saved = yaml.safe_load((other / "config.yaml").read_text())
+    saved["run"].update(out_dir=str(tmp_path), name="nockpt")  # --resume continues run.out_dir / run.name
+    (other / "config.yaml").write_text(yaml.safe_dump(saved))
+    before = folder_state(other)
+    r = run("meta-train", str(other / "config.yaml"), "--resume", "--quiet", cwd=tmp_path)
+    expect_one_line(r, str(other), "checkpoints/last.pt")
+    assert folder_state(other) == before
+
+
+def test_meta_test_of_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    expect_one_line(run("meta-test", str(tmp_path / "empty"), cwd=tmp_path), "not a run folder")
+    assert not any((tmp_path / "empty").iterdir())
+
+
+def test_ticket_with_a_flipped_bit(finished_run, tmp_path):
+    ticket = tmp_path / "t.ticket"
+    r = run("export", str(finished_run), "-o", str(ticket), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = bytearray(ticket.read_bytes())
+    # flip one bit inside the packed mask bits (the largest uint8 storage in the file)
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as z:
+        biggest = max(z.infolist(), key=lambda i: i.file_size if "/data/" in i.filename else -1)
+        offset = biggest.header_offset + 30 + len(biggest.filename.encode()) + len(biggest.extra)
+    data[offset + biggest.file_size // 2] ^= 0x10
+    ticket.write_bytes(bytes(data))
+    code = ("import sys; from metaticket import load_ticket\n"
+            "from metaticket.errors import MetaticketError\n"
+            "try:\n    load_ticket(sys.argv[1])\n"
+            "except MetaticketError as e:\n    print(e, file=sys.stderr); sys.exit(2)")
+    r = subprocess.run([sys.executable, "-c", code, str(ticket)], cwd=REPO, capture_output=True, text=True)
+    expect_one_line(r, "t.ticket")
+
+
+def test_export_of_a_folder_without_checkpoints(finished_run, tmp_path):
+    other = tmp_path / "noexport"
+    shutil.copytree(finished_run, other)
+    shutil.rmtree(other / "checkpoints")
+    before = folder_state(other)
+    expect_one_line(run("export", str(other), "-o", str(tmp_path / "x.ticket"), cwd=tmp_path), "checkpoint")
+    assert folder_state(other) == before and not (tmp_path / "x.ticket").exists()
+
+
+def test_train_config_given_to_meta_train_and_back(tmp_path):
+    expect_one_line(run("meta-train", CIFAR, "--set", f"run.out_dir={tmp_path / 'r'}", cwd=tmp_path), "run.py train")
+    expect_one_line(run("train", QUICK, "--set", f"run.out_dir={tmp_path / 'r'}", cwd=tmp_path), "run.task = meta")
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_catalogue_has_at_least_25_cases():
+    cases = len(CONFIG_CASES) + len(YAML_CASES)
+    cases += sum(1 for name in globals() if name.startswith("test_") and name not in (
+        "test_bad_config_values", "test_bad_yaml_files", "test_the_catalogue_has_at_least_25_cases"))
+    assert cases >= 25, cases
