@@ -268,3 +268,50 @@ def test_the_catalogue_has_at_least_25_cases():
     cases += sum(1 for name in globals() if name.startswith("test_") and name not in (
         "test_bad_config_values", "test_bad_yaml_files", "test_the_catalogue_has_at_least_25_cases"))
     assert cases >= 25, cases
+
+
+# ------------------------------------------------------------------------------------------ untrusted archives
+def zip_with(path: Path, name: str, symlink: bool = False) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("images_background/A/character01/01.png", b"x")
+        info = zipfile.ZipInfo(name)
+        if symlink:
+            info.external_attr = (0o120777 << 16)  # S_IFLNK
+        z.writestr(info, b"/etc/passwd" if symlink else b"evil")
+    return path
+
+
+@pytest.mark.parametrize("name,symlink", [("../../evil.png", False), ("/abs/evil.png", False),
+                                          ("images_background/A/link.png", True)])
+def test_omniglot_zip_with_an_escaping_or_link_member_is_refused(tmp_path, name, symlink):
+    root = tmp_path / "data" / "omniglot"
+    root.mkdir(parents=True)
+    for part in ("images_background", "images_evaluation"):
+        zip_with(root / f"{part}.zip", name, symlink)
+    r = run("meta-train", QUICK, "--set", f"data.root={tmp_path / 'data'}", "--set", f"run.out_dir={tmp_path / 'r'}",
+            "--quiet", cwd=tmp_path, env_extra=fake_cache(tmp_path))
+    expect_one_line(r, name, "refusing")
+    assert not (tmp_path / "evil.png").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "symlink", "hardlink"])
+def test_cifar_tar_with_an_escaping_or_link_member_is_refused(tmp_path, kind):
+    import tarfile
+
+    d = tmp_path / "data"
+    d.mkdir()
+    with tarfile.open(d / "cifar-10-python.tar.gz", "w:gz") as t:
+        info = tarfile.TarInfo("cifar-10-batches-py/../../evil" if kind == "dotdot" else "cifar-10-batches-py/x")
+        if kind == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            t.addfile(info)
+        elif kind == "hardlink":
+            info.type, info.linkname = tarfile.LNKTYPE, "/etc/passwd"
+            t.addfile(info)
+        else:
+            info.size = 4
+            t.addfile(info, io.BytesIO(b"evil"))
+    r = run("train", CIFAR, "--set", f"data.root={d}", "--set", f"run.out_dir={tmp_path / 'r'}", "--quiet",
+            cwd=tmp_path, env_extra=fake_cache(tmp_path))
+    expect_one_line(r, "cifar-10-python.tar.gz", "refusing")
+    assert not (tmp_path / "evil").exists()

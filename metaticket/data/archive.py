@@ -1,11 +1,13 @@
 """Read files from a folder, a zip or a (gzipped) tar in place, without extracting anything.
 
-Reading members by name (never writing them out) means an archive with ``..`` paths or symlinks cannot
-place files outside the cache: such members are simply skipped.
+Members are read by name and never written out, so no archive can place files anywhere. On top of that an
+archive whose members have absolute paths, ``..`` parts, or are symlinks / hard links is refused with an error
+naming the member: the official data sets never contain such members, so one that does was tampered with.
 """
 
 from __future__ import annotations
 
+import stat
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -20,9 +22,13 @@ def is_archive(path: Path) -> bool:
     return path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES)
 
 
-def _safe(name: str) -> bool:
+def check_member(source: Path, name: str, link: bool) -> None:
+    """Refuse a member that names a place outside the archive's folder or is a link."""
     p = PurePosixPath(name)
-    return not p.is_absolute() and ".." not in p.parts
+    if p.is_absolute() or ".." in p.parts or name.startswith("\\") or link:
+        what = "is a link" if link else "escapes the archive's folder"
+        raise MetaticketError(f"{source}: member {name!r} {what}; refusing to read this archive (the official "
+                              f"files have no such members): download it again from the official source")
 
 
 def iter_files(source: Path, keep: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
@@ -40,12 +46,14 @@ def iter_files(source: Path, keep: Callable[[str], bool]) -> Iterator[tuple[str,
         elif source.name.endswith(".zip"):
             with zipfile.ZipFile(source) as z:
                 for info in z.infolist():
-                    if not info.is_dir() and _safe(info.filename) and keep(info.filename):
+                    check_member(source, info.filename, stat.S_ISLNK(info.external_attr >> 16))
+                    if not info.is_dir() and keep(info.filename):
                         yield info.filename, z.read(info)
         elif source.name.endswith((".tar", ".tar.gz", ".tgz")):
             with tarfile.open(source, "r:*") as t:
                 for member in t:  # sequential: fast for .tar.gz
-                    if member.isfile() and _safe(member.name) and keep(member.name):
+                    check_member(source, member.name, member.issym() or member.islnk())
+                    if member.isfile() and keep(member.name):
                         f = t.extractfile(member)
                         if f is not None:
                             yield member.name, f.read()

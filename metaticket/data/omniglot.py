@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import stat
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from metaticket.data.archive import check_member
 from metaticket.data.cache import cached, fingerprint
 from metaticket.errors import MetaticketError
 
@@ -76,6 +78,8 @@ def _list_pngs(src: Path) -> dict[str, list[str]]:
     try:
         if src.is_file():
             with zipfile.ZipFile(src) as z:
+                for info in z.infolist():
+                    check_member(src, info.filename, stat.S_ISLNK(info.external_attr >> 16))
                 names = [n for n in z.namelist() if n.endswith(".png")]
         else:
             names = [str(p.relative_to(src.parent)) for p in src.rglob("*.png")]
