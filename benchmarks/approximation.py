@@ -113,19 +113,21 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in sorted({row["resamples"] for row in rows}):
-        pts = sorted((row["width"], row["relative_rmse"], row["relative_rmse_std"]) for row in rows
-                     if row["resamples"] == r)
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, title in ((axes[0], "relative_rmse_median", "median over seeds"),
+                           (axes[1], "relative_rmse_min", "best seed")):
+        for r in sorted({row["resamples"] for row in rows}):
+            pts = sorted((row["width"], row[key]) for row in rows if row["resamples"] == r)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                     label=f"R = {r}" + (" (edge-popup)" if r == 1 else ""))
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("source width n")
-    ax.set_ylabel("relative RMSE to the target (held-out x)")
-    ax.set_title("Pruned random source vs target, R re-samples of the pruned weights")
-    ax.legend()
-    ax.grid(alpha=0.3, which="both")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("source width n")
+        ax.set_title(f"{title}")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("relative RMSE to the target (held-out x)")
+    axes[0].legend()
+    fig.suptitle("Pruned random source vs target network, R re-samples of the pruned weights")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -158,9 +160,11 @@ def main(argv: list[str] | None = None) -> dict:
             rel = [x["relative_rmse"] for x in runs]
             rows.append({"width": width, "resamples": r, "relative_rmse": statistics.mean(rel),
                          "relative_rmse_std": statistics.stdev(rel) if len(rel) > 1 else 0.0,
+                         "relative_rmse_median": statistics.median(rel), "relative_rmse_min": min(rel),
                          "per_seed": rel})
-            print(f"width {width:4d}  R {r}  relative RMSE {rows[-1]['relative_rmse']:.4f} "
-                  f"(+- {rows[-1]['relative_rmse_std']:.4f} over {args.seeds} seeds)", flush=True)
+            print(f"width {width:4d}  R {r}  relative RMSE mean {rows[-1]['relative_rmse']:.4f} "
+                  f"(std {rows[-1]['relative_rmse_std']:.4f}), median {rows[-1]['relative_rmse_median']:.4f}, "
+                  f"best {min(rel):.4f} over {args.seeds} seeds", flush=True)
     out = {"settings": {k: v for k, v in vars(args).items() if k not in ("results", "name")},
            "minutes": (time.perf_counter() - started) / 60, "rows": rows}
     args.results.mkdir(parents=True, exist_ok=True)

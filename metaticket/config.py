@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -290,8 +291,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} = {value!r} must be a whole number")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; a number is meant
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key} = {value!r} must be a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} = {value!r} must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r} must be a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
