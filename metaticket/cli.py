@@ -25,6 +25,7 @@ from metaticket.baselines.train import Plan, evaluate_classifier, param_counts, 
 from metaticket.config import Config, ConfigError, dump_config, load_config
 from metaticket.data import DATASETS, dataset_channels, episode_samplers
 from metaticket.data.classification import CLASSIFICATION, classification_data
+from metaticket.distributed import SINGLE, Collective, from_environment, shutdown
 from metaticket.errors import MetaticketError
 from metaticket.factory import build_classifier, build_learner, image_size
 from metaticket.meta.evaluate import evaluate
@@ -94,28 +95,51 @@ def _check_resumable(run_dir: Path, config: Config) -> None:
         raise MetaticketError(f"cannot resume {run_dir}: it has no checkpoints/last.pt; start a new run instead")
 
 
-def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool) -> dict:
-    """Meta-train ``config`` into ``run_dir`` (continuing its last checkpoint with ``resume``)."""
+def _group(config: Config) -> tuple[Collective, torch.device]:
+    """The torchrun process group (or a single process) and this process's device (``cuda:LOCAL_RANK`` on GPUs)."""
+    device = resolve_device(config.run.device)
+    group = from_environment(dict(os.environ), device)
+    if group.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return group, device
+
+
+def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool, group: Collective = SINGLE) -> dict:
+    """Meta-train ``config`` into ``run_dir`` (continuing its last checkpoint with ``resume``).
+
+    In a distributed run every process calls this; only rank 0 validates and writes.
+    """
     _expect_task(config, "meta", "meta-train")
     if resume:
         _check_resumable(run_dir, config)
     device = _setup(config)
+    if group.world > 1:
+        device = _group(config)[1]
+        if config.meta.meta_batch < group.world:
+            raise MetaticketError(f"meta.meta_batch = {config.meta.meta_batch} cannot be split over {group.world} "
+                                  f"processes; use at least one task per process")
     if "train" not in DATASETS[config.data.dataset][2]:
         raise MetaticketError(f"data.dataset = {config.data.dataset} offers only test tasks (cross-domain "
                               f"evaluation); meta-train on omniglot, tinyimagenet or miniimagenet")
+    quiet = quiet or not group.main
     sets = samplers(config, quiet)
-    learner = build_learner(config, device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, run_dir / "config.yaml")
-    monitor = Monitor(run_dir, quiet=quiet)
+    learner = build_learner(config, device, collective=group)
+    if group.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, run_dir / "config.yaml")
+    monitor = Monitor(run_dir, quiet=quiet, write=group.main)
     e = config.eval
     plan = Schedule(steps=config.meta.steps, meta_batch=config.meta.meta_batch, val_every=e.val_every,
                     val_tasks=e.val_tasks, val_seed=e.task_seed, eval_batch=e.batch,
                     checkpoint_every=config.run.checkpoint_every, log_every=config.run.log_every)
     try:
-        summary = meta_train(learner, sets["train"], sets["val"], plan, run_dir, monitor, device, resume=resume)
+        summary = meta_train(learner, sets["train"], sets["val"], plan, run_dir, monitor, device, resume=resume,
+                             main=group.main)
     finally:
         monitor.close()
+    if not group.main:
+        return summary
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     if not quiet:
         print(f"trained {summary['steps']} steps ({summary['ms_per_step']:.0f} ms/step); best val accuracy "
@@ -127,11 +151,14 @@ def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool) -> dict:
 def cmd_meta_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     _expect_task(config, "meta", "meta-train")
+    group, _ = _group(config)
     run_dir = Path(config.run.out_dir) / config.run.name
-    if not args.resume:
+    if not args.resume and group.main:
         run_dir = fresh_run_dir(run_dir)
-    train_run(config, run_dir, args.resume, args.quiet)
-    if args.test:
+    run_dir = Path(group.broadcast(str(run_dir)))  # rank 0 chose the folder
+    train_run(config, run_dir, args.resume, args.quiet, group)
+    group.barrier()
+    if args.test and group.main:
         print(json.dumps(meta_test(run_dir, tasks=None, checkpoint="best", quiet=args.quiet)))
     return 0
 
@@ -222,16 +249,26 @@ def _classification(config: Config, quiet: bool):
                                augment=config.train.augment, seed=config.run.seed, progress=not quiet)
 
 
-def supervised_run(config: Config, run_dir: Path, resume: bool, quiet: bool) -> dict:
-    """Train ``config`` (run.task: train) into ``run_dir``, continuing its last checkpoint with ``resume``."""
+def supervised_run(config: Config, run_dir: Path, resume: bool, quiet: bool, group: Collective = SINGLE) -> dict:
+    """Train ``config`` (run.task: train) into ``run_dir``, continuing its last checkpoint with ``resume``.
+
+    In a distributed run every process calls this; each trains on its slice of every batch, rank 0 writes.
+    """
     _expect_task(config, "train", "train")
     if resume:
         _check_resumable(run_dir, config)
     device = _setup(config)
+    if group.world > 1:
+        device = _group(config)[1]
+        if config.train.batch_size % group.world:
+            raise MetaticketError(f"train.batch_size = {config.train.batch_size} does not split evenly over "
+                                  f"{group.world} processes; use a multiple of {group.world}")
+    quiet = quiet or not group.main
     data = _classification(config, quiet)
     model = build_classifier(config, len(data.classes), device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, run_dir / "config.yaml")
+    if group.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, run_dir / "config.yaml")
     t = config.train
     plan = Plan(method=t.method, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
                 weight_decay=t.weight_decay, schedule=t.schedule, warmup_epochs=t.warmup_epochs,
@@ -240,7 +277,7 @@ def supervised_run(config: Config, run_dir: Path, resume: bool, quiet: bool) -> 
                 eval_batch=t.eval_batch, checkpoint_every=config.run.checkpoint_every,
                 log_every=config.run.log_every, workers=config.data.workers, seed=config.run.seed,
                 channels_last=t.channels_last, randommask_learns=t.randommask_learns)
-    monitor = Monitor(run_dir, quiet=quiet)
+    monitor = Monitor(run_dir, quiet=quiet, write=group.main)
     if t.method == "randommask":
         report = sparsity_report(model)
         layers = ", ".join(f"{k} {v:.3f}" for k, v in report["layers"].items())
@@ -250,9 +287,11 @@ def supervised_run(config: Config, run_dir: Path, resume: bool, quiet: bool) -> 
                                           **{f"sparsity/{k}": v for k, v in report["layers"].items()}})
     try:
         summary = train_supervised(model, data.train, data.test, data.mean, data.std, plan, run_dir, monitor, device,
-                                   resume=resume)
+                                   resume=resume, collective=group)
     finally:
         monitor.close()
+    if not group.main:
+        return summary
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     if not quiet:
         print(f"trained {summary['iterations']} iterations ({summary['ms_per_iter']:.0f} ms/iteration); test top-1 "
@@ -272,9 +311,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise MetaticketError("train needs a CONFIG file (or --resume RUN_DIR)")
         config = load_config(args.config, args.set)
         _expect_task(config, "train", "train")
-        run_dir = fresh_run_dir(Path(config.run.out_dir) / config.run.name)
-    supervised_run(config, run_dir, bool(args.resume), args.quiet)
-    print(json.dumps(eval_run(run_dir, args.quiet)))
+        run_dir = Path(config.run.out_dir) / config.run.name
+    group, _ = _group(config)
+    if not args.resume and group.main:
+        run_dir = fresh_run_dir(run_dir)
+    run_dir = Path(group.broadcast(str(run_dir)))  # rank 0 chose the folder
+    supervised_run(config, run_dir, bool(args.resume), args.quiet, group)
+    group.barrier()
+    if group.main:
+        print(json.dumps(eval_run(run_dir, args.quiet)))
     return 0
 
 
@@ -466,3 +511,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 130
+    finally:
+        shutdown()  # a no-op unless torchrun started a process group

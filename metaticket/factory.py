@@ -13,6 +13,7 @@ from torch import nn
 from metaticket.config import Config
 from metaticket.data import DATASETS, dataset_channels
 from metaticket.data.classification import CLASSIFICATION
+from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import MetaticketError
 from metaticket.meta.learner import METHODS, MetaLearner
 from metaticket.models import build_model, list_models
@@ -55,15 +56,17 @@ def build_meta_model(config: Config, device: torch.device | str = "cpu") -> nn.M
     return _build(config, layers, config.data.ways, dataset_channels(config.data.dataset), device)
 
 
-def build_learner(config: Config, device: torch.device | str = "cpu") -> MetaLearner:
-    """The meta-learner of a few-shot config: its model (:func:`build_meta_model`) and outer/inner settings."""
+def build_learner(config: Config, device: torch.device | str = "cpu", collective: Collective = SINGLE) -> MetaLearner:
+    """The meta-learner of a few-shot config: its model (:func:`build_meta_model`) and outer/inner settings.
+
+    ``collective``: this process's place in a data-parallel group (:mod:`metaticket.distributed`)."""
     meta = config.meta
     return MetaLearner(build_meta_model(config, device), method=meta.method, inner_lr=meta.inner_lr,
                        inner_steps=meta.inner_steps, inner_steps_test=meta.inner_steps_test,
                        first_order=meta.first_order, optimizer=meta.optimizer, outer_lr=meta.outer_lr,
                        momentum=meta.momentum, schedule=meta.schedule, warmup_steps=meta.warmup_steps,
                        steps=meta.steps, rerand_every=meta.rerand_every, rerand_rate=meta.rerand_rate,
-                       vectorize=meta.vectorize, seed=config.run.seed)
+                       vectorize=meta.vectorize, seed=config.run.seed, collective=collective)
 
 
 def build_classifier(config: Config, num_classes: int, device: torch.device | str = "cpu") -> nn.Module:

@@ -26,12 +26,16 @@ MAX_IMAGE_SIDE = 512  # mask images show at most this many rows / columns of a l
 class Monitor:
     """Writes every scalar to TensorBoard (``run_dir``) and as one JSON line to ``run_dir/metrics.jsonl``."""
 
-    def __init__(self, run_dir: str | Path, quiet: bool = False, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, quiet: bool = False, tensorboard: bool = True, write: bool = True) -> None:
+        """``write=False`` (the non-main processes of a distributed run): no files, no output, logging is a no-op."""
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.quiet = quiet
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        self.quiet = quiet or not write
+        self._jsonl = None
         self._tb = None
+        if not write:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -39,6 +43,8 @@ class Monitor:
 
     def log(self, step: int, split: str, values: dict[str, Any]) -> None:
         """Record ``values`` (numbers) under ``split/<name>`` at ``step``."""
+        if self._jsonl is None:
+            return
         clean = {k: v for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         self._jsonl.write(json.dumps({"step": step, "split": split, **clean}) + "\n")
         if self._tb is not None:
@@ -70,7 +76,8 @@ class Monitor:
             tqdm.write(text, file=sys.stderr)
 
     def close(self) -> None:
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaticket.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import MetaticketError
 from metaticket.monitor import Monitor, log_masks
 from metaticket.slots import slot_layers
@@ -79,13 +80,20 @@ def trainable(model: nn.Module, method: str, randommask_learns: str = "weights")
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """Index batches of one epoch: a permutation seeded by (seed, epoch), full batches only, from batch ``start``."""
+    """Index batches of one epoch: a permutation seeded by (seed, epoch), full batches only, from batch ``start``.
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    With ``shard = (rank, world)`` it yields this process's contiguous slice of every global batch: the
+    distributed sampler of a data-parallel run, which (unlike ``torch.utils.data.DistributedSampler``) can start
+    mid-epoch, so distributed runs resume exactly too.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, shard: tuple[int, int] = (0, 1)) -> None:
         if n < batch_size:
             raise MetaticketError(f"the training set has {n} images, fewer than train.batch_size = {batch_size}; "
                                   f"lower the batch size")
         self.n, self.batch_size, self.seed = n, batch_size, seed
+        rank, world = shard
+        self.lo, self.hi = rank * batch_size // world, (rank + 1) * batch_size // world
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -98,7 +106,7 @@ class EpochBatches(torch.utils.data.Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g)
         for b in range(self.start, self.n // self.batch_size):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            yield order[b * self.batch_size:(b + 1) * self.batch_size][self.lo:self.hi].tolist()
 
 
 def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = False) -> Tensor:
@@ -162,16 +170,24 @@ def _lr_factor(plan: Plan, total: int, per_epoch: int):
 
 def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test_set: torch.utils.data.Dataset,
                      mean: tuple[float, ...], std: tuple[float, ...], plan: Plan, run_dir: Path, monitor: Monitor,
-                     device: torch.device, resume: bool = False) -> dict:
+                     device: torch.device, resume: bool = False, collective: Collective = SINGLE) -> dict:
     """Train ``model`` by ``plan.method``; evaluate on ``test_set`` every ``eval_every`` epochs and at the end.
 
-    Writes ``checkpoints/last.pt``; returns the final test scores and timing.
+    Writes ``checkpoints/last.pt``; returns the final test scores and timing. With a ``collective`` of several
+    processes, each trains on its slice of every batch under ``DistributedDataParallel`` (gradients averaged;
+    BatchNorm statistics are per process, DDP's default) and only rank 0 evaluates and writes.
     """
     params = trainable(model, plan.method, plan.randommask_learns)
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
+    main = collective.main
+    net: nn.Module = model
+    if collective.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(params, lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
-    sampler = EpochBatches(len(train_set), plan.batch_size, plan.seed)
+    sampler = EpochBatches(len(train_set), plan.batch_size, plan.seed, (collective.rank, collective.world))
     per_epoch = len(sampler)
     total = min(plan.epochs * per_epoch, plan.max_iterations or plan.epochs * per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(plan, total, per_epoch))
@@ -192,6 +208,8 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
         monitor.print(f"resumed {run_dir} at iteration {it} (epoch {it // per_epoch})")
 
     def save() -> None:
+        if not main:
+            return
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "rerand": rerand.state_dict(),
                      "rng": rng_state(), "iteration": it, "history": history}, ckpt)
@@ -229,7 +247,7 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
             t0 = time.perf_counter()
             x = normalize(x.to(device, non_blocking=True), mean, std, plan.channels_last)
             y = y.to(device, non_blocking=True)
-            logits = model(x)
+            logits = net(x)
             loss = F.cross_entropy(logits, y, label_smoothing=plan.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -239,7 +257,10 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
             if plan.rerand_unit == "iterations":
                 changed = rerand(model, it)
                 rerandomized += changed or 0.0
-            value = float(loss.detach())
+            seen = torch.stack([loss.detach(), (logits.detach().argmax(1) == y).float().mean()])
+            collective.all_reduce_sum([seen])  # the whole batch's loss and accuracy (mean of equal slices)
+            seen /= collective.world
+            value = float(seen[0])
             if not math.isfinite(value):
                 raise MetaticketError(f"the training loss became {value} at iteration {it}; the last good checkpoint "
                                       f"is {ckpt}; lower train.lr")
@@ -247,7 +268,7 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
                 busy += time.perf_counter() - t0
                 timed += 1
             window["loss"] += value
-            window["acc"] += float((logits.argmax(1) == y).float().mean())
+            window["acc"] += float(seen[1])
             window["n"] += 1
             bar.update(1)
             if it % plan.log_every == 0 or it == total:
@@ -263,13 +284,15 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
             end_of_epoch = it % per_epoch == 0
             if end_of_epoch and plan.rerand_unit == "epochs":
                 rerandomized += rerand(model, it // per_epoch) or 0.0
-            if end_of_epoch and (it // per_epoch) % plan.eval_every == 0 and it < total:
+            if main and end_of_epoch and (it // per_epoch) % plan.eval_every == 0 and it < total:
                 evaluate_now(it // per_epoch)
             if it == total:
                 break
             if end_of_epoch or it % plan.checkpoint_every == 0:
                 save()
     bar.close()
+    if not main:
+        return {"iterations": it}
     final = evaluate_now(math.ceil(it / per_epoch))
     save()
     return {**final, "iterations": it, "epochs": it / per_epoch, "ms_per_iter": 1000 * busy / max(timed, 1),

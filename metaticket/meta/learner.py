@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from metaticket.data.episodes import Tasks
+from metaticket.distributed import SINGLE, Collective
 from metaticket.meta.inner import Params, adapt
 from metaticket.models.registry import TaskBatchNorm1d
 from metaticket.supermask import IteRandSchedule, dense_like, masks, supermask_layers
@@ -96,7 +97,8 @@ class MetaLearner:
                  inner_steps: int = 1, inner_steps_test: int = 3, first_order: bool = False,
                  optimizer: str = "auto", outer_lr: float | None = None, momentum: float = 0.9,
                  schedule: str = "auto", warmup_steps: int | None = None, steps: int = 10000,
-                 rerand_every: int = 0, rerand_rate: float = 0.1, vectorize: str = "auto", seed: int = 0) -> None:
+                 rerand_every: int = 0, rerand_rate: float = 0.1, vectorize: str = "auto", seed: int = 0,
+                 collective: Collective = SINGLE) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
         self.method = method
@@ -136,6 +138,7 @@ class MetaLearner:
                                                                           if warmup else 1.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.iterand = IteRandSchedule(rerand_every, rerand_rate, seed + 1) if has_masks else None
+        self.collective = collective  # data parallel: this process's slice of each meta-batch, summed gradients
         self.step = 0
 
     # ------------------------------------------------------------------------------------------- functions
@@ -206,13 +209,28 @@ class MetaLearner:
         """One outer update on a batch of tasks; returns loss, accuracy, lr (and IteRand's changed fraction)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        losses, accs = self._meta_gradient(tasks, self.inner_steps, self.first_order)
-        loss = losses.mean()
+        group = self.collective
+        if group.world == 1:
+            losses, accs = self._meta_gradient(tasks, self.inner_steps, self.first_order)
+            loss, acc = losses.mean(), accs.mean()
+        else:
+            if len(tasks) < group.world:
+                raise ValueError(f"a meta-batch of {len(tasks)} tasks cannot be split over {group.world} processes")
+            mine = group.shard(tasks)
+            losses, accs = self._meta_gradient(mine, self.inner_steps, self.first_order)
+            # the slice's mean-loss gradient, weighted by its share of the meta-batch, summed over processes
+            share = len(mine) / len(tasks)
+            grads = [p.grad for p in self.optimizer.param_groups[0]["params"] if p.grad is not None]
+            for g in grads:
+                g.mul_(share)
+            sums = torch.stack([losses.sum(), accs.sum()]).detach()
+            group.all_reduce_sum([*grads, sums])
+            loss, acc = sums[0] / len(tasks), sums[1] / len(tasks)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        out = {"loss": float(loss.detach()), "acc": float(accs.mean()), "outer_lr": lr}
+        out = {"loss": float(loss.detach()), "acc": float(acc), "outer_lr": lr}
         if self.iterand is not None:
             changed = self.iterand(self.model, self.step)
             if changed is not None:

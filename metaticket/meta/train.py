@@ -38,9 +38,10 @@ def validate(learner: MetaLearner, sampler: EpisodeSampler, plan: Schedule, devi
 
 
 def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler, plan: Schedule, run_dir: Path,
-               monitor: Monitor, device: torch.device, resume: bool = False) -> dict:
+               monitor: Monitor, device: torch.device, resume: bool = False, main: bool = True) -> dict:
     """Train until ``plan.steps``; keeps ``checkpoints/last.pt`` and the best-validation ``checkpoints/best.pt``.
 
+    ``main=False`` (the other processes of a distributed run): the same steps, but no validation and no files.
     Returns a summary with the best validation accuracy and the mean time per meta-step.
     """
     ckpt_dir = run_dir / "checkpoints"
@@ -60,6 +61,8 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
         monitor.print(f"resumed {run_dir} at step {learner.step}")
 
     def save(name: str) -> None:
+        if not main:
+            return
         # the log window too, so a resumed run logs the same train averages as an uninterrupted one
         save_atomic({"learner": learner.state_dict(), "sampler": train.state_dict(), "rng": rng_state(),
                      "best": best, "window": (window, window_n)}, ckpt_dir / name)
@@ -91,7 +94,7 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
             monitor.log(step, "train", means)
             bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{100 * means['acc']:.1f}")
             window, window_n = {}, 0
-        if step % plan.val_every == 0 or step == plan.steps:
+        if main and (step % plan.val_every == 0 or step == plan.steps):
             score = validate(learner, val, plan, device)
             report = sparsity_report(learner.model)
             values = {"acc": score.accuracy, "ci95": score.ci95, "loss": score.loss, "sparsity": report["overall"]}
