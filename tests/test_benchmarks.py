@@ -87,3 +87,23 @@ def test_ideas_conv4_benchmark_smoke(tmp_path):
     out = json.loads((tmp_path / "ideas_conv4.json").read_text())
     assert out["first_order_eager_ms"] > 0 and out["first_order_compiled_ms"] > 0
     assert out["second_order_eager"] == "ok" and out["grouped_layer2"]["grouped_ms"] > 0
+
+
+def test_seed_methods_collects_sweeps_into_a_table_and_plot(tmp_path):
+    runs = tmp_path / "runs"
+    names = ["cifar10_conv6_dense_5ep"] + [f"cifar10_conv6_slot_k{k}_{s}_5ep" for k in (2, 8)
+                                           for s in ("greedy", "sampled")]
+    for rule in ("uniform", "er", "erk", "balanced", "pyramidal"):
+        names += [f"cifar10_conv6_randommask_{rule}_2ep", f"cifar10_resnet18_randommask_{rule}_1ep"]
+    names += [f"cifar10_conv6_randommask_edgepopup_{rule}_5ep" for rule in ("erk", "balanced")]
+    for i, name in enumerate(names):
+        (runs / f"{name}-sweep").mkdir(parents=True)
+        groups = [{"width": 0.25, "sparsity": s, "accuracy": 40.0 + i + s, "ci95": 1.0} for s in (0.5, 0.8)]
+        (runs / f"{name}-sweep" / "sweep.json").write_text(json.dumps({"groups": groups}))
+    bench("seed_methods.py", "--runs", str(runs), "--results", str(tmp_path), cwd=tmp_path)
+    out = json.loads((tmp_path / "cifar10_seed_methods.json").read_text())
+    assert len(out["rows"]) == 2 * len(names) and (tmp_path / "cifar10_seed_methods.png").is_file()
+    shutil.rmtree(runs / f"{names[-1]}-sweep")
+    proc = subprocess.run([sys.executable, str(BENCH / "seed_methods.py"), "--runs", str(runs), "--results",
+                           str(tmp_path)], cwd=tmp_path, text=True, capture_output=True, timeout=120)
+    assert proc.returncode != 0 and names[-1] in proc.stderr
