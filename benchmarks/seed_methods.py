@@ -33,6 +33,8 @@ def rows_of(runs: Path, name: str, **labels: object) -> list[dict]:
 def collect(runs: Path) -> list[dict]:
     rows: list[dict] = []
     rows += rows_of(runs, "cifar10_conv6_dense_5ep", model="conv6", method="dense", epochs=5)
+    rows += rows_of(runs, "cifar10_conv6_dense_2ep", model="conv6", method="dense", epochs=2)
+    rows += rows_of(runs, "cifar10_resnet18_dense_1ep", model="resnet18", method="dense", epochs=1)
     for k in (2, 8):
         for sel in ("greedy", "sampled"):
             rows += rows_of(runs, f"cifar10_conv6_slot_k{k}_{sel}_5ep", model="conv6", method=f"slot K={k} {sel}",
@@ -69,13 +71,16 @@ def plot(rows: list[dict], path: Path) -> None:
                      if r["model"] == "conv6" and r["method"] == "randommask" and r["ratios"] == rule)
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
                     label=rule)
+    for r in rows:
+        if r["model"] == "conv6" and r["method"] == "dense" and r["epochs"] == 2:
+            ax.axhline(r["accuracy"], color="black", ls="--", lw=1, label="dense (sparsity 0)")
     ax.set_xlabel("overall sparsity of the fixed random mask")
     ax.set_ylabel("CIFAR-10 test top-1 (%)")
     ax.set_title("Conv6 w0.25, weights trained under a random mask, 2 epochs")
     ax.legend()
     ax.grid(alpha=0.3)
     ax = axes[1]
-    ref = [r for r in rows if r["epochs"] == 5]
+    ref = [r for r in rows if r["epochs"] == 5 and r["model"] == "conv6"]
     names = [r["method"] + (f" ({r['ratios']})" if r.get("ratios") else "") for r in ref]
     ax.barh(range(len(ref)), [r["accuracy"] for r in ref], xerr=[r["ci95"] for r in ref], color="tab:gray")
     ax.set_yticks(range(len(ref)), names, fontsize=8)

@@ -15,8 +15,8 @@ For ``er``, ``erk`` and ``balanced`` a layer whose density would exceed 1 is kep
 rescaled (repeatedly, until none exceeds 1), so the overall sparsity is always the requested one up to rounding
 (each layer keeps exactly ``round(d_l * n_l)`` weights, drawn uniformly without replacement).
 
-Then either the weights train densely under the fixed mask (:class:`MaskedLinear` / :class:`MaskedConv2d`, kept
-weights rescaled to the sparse fan-in), or
+The kept weights are rescaled to the sparse fan-in (``1 / sqrt(1 - s_l)``). Then either the weights train densely
+under the fixed mask (:class:`MaskedLinear` / :class:`MaskedConv2d`), or
 edge-popup runs inside it (a supermask layer whose top-k may only pick weights the random mask kept).
 """
 
@@ -140,11 +140,12 @@ def apply_random_masks(model: nn.Module, sparsity: float, ratios: str,
                        generator: torch.Generator | None = None) -> dict[str, float]:
     """Draw a fixed random mask for every conv/linear layer of ``model`` (in place); return the layer sparsities.
 
-    Plain layers become :class:`MaskedLinear` / :class:`MaskedConv2d` (trained under the mask) with their weights
-    multiplied by ``1 / sqrt(1 - s_l)``: the kept fan-in is a ``1 - s_l`` fraction of the dense one, and this keeps
-    the Kaiming variance of each layer's output (without it a network with no normalization, like Conv6, starts
-    with a signal that shrinks by ``sqrt(1 - s_l)`` per layer). Supermask layers get the mask as their ``source``
-    (edge-popup then prunes inside it; their weights stay the seed's draw).
+    Every layer's weights are multiplied by ``1 / sqrt(1 - s_l)``: the kept fan-in is a ``1 - s_l`` fraction of
+    the dense one, and this keeps the Kaiming variance of each layer's output (without it a network with no
+    normalization, like Conv6, starts with a signal that shrinks by ``sqrt(1 - s_l)`` per layer; at 90% sparsity
+    edge-popup inside the mask then stayed at chance level in our runs). Plain layers become
+    :class:`MaskedLinear` / :class:`MaskedConv2d` (weights trained under the mask); supermask layers get the mask
+    as their ``source`` (edge-popup then prunes inside it, like plain edge-popup without further rescaling).
     """
     layers = list(prunable_layers(model))
     if not layers:
@@ -153,7 +154,9 @@ def apply_random_masks(model: nn.Module, sparsity: float, ratios: str,
     out: dict[str, float] = {}
     for (name, layer), s in zip(layers, per_layer):
         mask = draw_mask(layer.weight.shape, s, generator).to(layer.weight.device)
+        scale = 1.0 / max(float(mask.mean()), 1e-12) ** 0.5  # the drawn mask's density (s_l up to rounding)
         if isinstance(layer, SUPERMASK_LAYERS):
+            layer.weight.mul_(scale)
             layer.set_source(mask)
         else:
             if isinstance(layer, nn.Linear):
@@ -163,7 +166,7 @@ def apply_random_masks(model: nn.Module, sparsity: float, ratios: str,
                                    padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
                                    bias=layer.bias is not None)
             new.to(device=layer.weight.device)
-            new.weight.copy_(layer.weight / max(1.0 - s, 1e-12) ** 0.5)
+            new.weight.copy_(layer.weight * scale)
             if layer.bias is not None:
                 new.bias.copy_(layer.bias)
             new.fixed_mask.copy_(mask)

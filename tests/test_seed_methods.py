@@ -189,8 +189,8 @@ def test_random_masks_on_real_models_match_the_rule_per_layer_and_overall(ratios
     assert report["overall"] == pytest.approx(0.9, abs=0.005)
     dense = build_classifier(load_config(REPO / "configs" / "cifar10" / f"{arch}_dense.yaml", ["model.width=0.25"]),
                              10)  # the same seed draws the same weights; the masked ones are scaled to the fan-in
-    for ((_, layer), s), (_, plain) in zip(zip(layers, expected), prunable_layers(dense)):
-        assert torch.allclose(layer.weight, plain.weight / (1 - s) ** 0.5)
+    for (_, layer), (_, plain) in zip(layers, prunable_layers(dense)):
+        assert torch.allclose(layer.weight, plain.weight / float(layer.fixed_mask.mean()) ** 0.5)
     again = build_classifier(config, 10)  # drawn from run.seed: the same masks
     assert all(torch.equal(a.fixed_mask, b.fixed_mask) for (_, a), (_, b) in zip(layers, prunable_layers(again)))
 
@@ -232,6 +232,13 @@ def test_edgepopup_inside_a_random_mask_only_keeps_weights_the_mask_allows(tmp_p
             hard = layer.hard_mask()
             assert bool((hard <= layer.source).all())  # inside the random mask
             assert int(hard.sum()) == round(0.5 * int(layer.source.sum()))  # popup_sparsity of its survivors
+    # the frozen weights are the seed's draw scaled to the random mask's fan-in, 1 / sqrt(1 - s_l)
+    fresh = build_classifier(config, 4)
+    plain = build_classifier(load_config(REPO / "configs" / "cifar10" / "conv6_edgepopup.yaml",
+                                         ["model.width=0.125", "data.image_size=16"]), 4)
+    for (_, a), (_, b) in zip(prunable_layers(fresh), prunable_layers(plain)):
+        density = float(a.source.mean())
+        assert torch.allclose(a.weight, b.weight / density ** 0.5, rtol=1e-5)
     assert sparsity_report(model)["overall"] == pytest.approx(1 - 0.2 * 0.5, abs=0.005)
 
 
