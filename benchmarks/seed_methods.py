@@ -44,6 +44,7 @@ def collect(runs: Path) -> list[dict]:
                         ratios=rule, epochs=2)
         rows += rows_of(runs, f"cifar10_resnet18_randommask_{rule}_1ep", model="resnet18", method="randommask",
                         ratios=rule, epochs=1)
+    rows += rows_of(runs, "cifar10_conv6_edgepopup_s0.9_5ep", model="conv6", method="edge-popup", epochs=5)
     for rule in ("erk", "balanced"):
         rows += rows_of(runs, f"cifar10_conv6_randommask_edgepopup_{rule}_5ep", model="conv6",
                         method="edge-popup inside random mask", ratios=rule, epochs=5)

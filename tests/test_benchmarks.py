@@ -91,7 +91,8 @@ def test_ideas_conv4_benchmark_smoke(tmp_path):
 
 def test_seed_methods_collects_sweeps_into_a_table_and_plot(tmp_path):
     runs = tmp_path / "runs"
-    names = ["cifar10_conv6_dense_5ep", "cifar10_conv6_dense_2ep", "cifar10_resnet18_dense_1ep"]
+    names = ["cifar10_conv6_dense_5ep", "cifar10_conv6_dense_2ep", "cifar10_resnet18_dense_1ep",
+             "cifar10_conv6_edgepopup_s0.9_5ep"]
     names += [f"cifar10_conv6_slot_k{k}_{s}_5ep" for k in (2, 8)
                                            for s in ("greedy", "sampled")]
     for rule in ("uniform", "er", "erk", "balanced", "pyramidal"):
