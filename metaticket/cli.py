@@ -423,6 +423,15 @@ def meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool, da
     return result
 
 
+def _head_classes(weights: dict, run_dir: Path) -> int:
+    """The class count of a supervised checkpoint, from its head (plain or supermask ``weight``, slot ``scores``)."""
+    for key, dim in (("head.weight", 0), ("head.scores", 1)):
+        if key in weights:
+            return int(weights[key].shape[dim])
+    raise MetaticketError(f"{run_dir}: its checkpoint has no head.weight / head.scores; it is not a metaticket "
+                          f"classifier checkpoint")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a run's network as a compact ticket and check that the rebuilt network computes the same outputs."""
     from metaticket.checkpoint import load_checkpoint
@@ -435,7 +444,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     which = args.checkpoint or ("best" if meta else "last")
     state = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")
     weights = state["learner"]["model"] if meta else state["model"]
-    num_classes = None if meta else int(weights["head.weight"].shape[0])
+    num_classes = None if meta else _head_classes(weights, run_dir)
     model = build_network(config, num_classes)
     _load_weights(model, weights, run_dir)
     out = Path(args.output) if args.output else run_dir / f"{config.run.name}.ticket"

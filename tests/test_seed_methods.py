@@ -283,6 +283,11 @@ def test_run_py_trains_slot_and_randommask_on_real_cifar10(tmp_path, data_root):
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["method"] == "slot" and result["iterations"] == 2 and result["params_total"] > 0
+    r = run("export", str(tmp_path / "cifar10_conv6_slot_k2_sampled"), "-o", str(tmp_path / "slot.ticket"),
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    exported = json.loads(r.stdout.strip().splitlines()[-1])
+    assert exported["identical_outputs"] and exported["slot_bits"] == result["params_total"]  # K=2: 1 bit each
     r = run("train", str(REPO / "configs" / "cifar10" / "conv6_randommask.yaml"), *small,
             "--set", "model.ratios=pyramidal", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
