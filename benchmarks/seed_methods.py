@@ -6,6 +6,12 @@ plot of test accuracy against overall sparsity, one line per ratio rule (Conv6),
 Slot Machine runs of the same budget as reference marks.
 
     python benchmarks/seed_methods.py --runs runs
+    python benchmarks/seed_methods.py --time 30   # also: ms per training iteration of each method, measured alone
+
+``--time N`` times N SGD iterations (after 5 warm-up ones) of each method's Conv6 w0.25 on a random batch of 128
+CIFAR-sized images (channels-last, as ``run.py train`` does), one method after another in this process (some
+sweeps' own ms/iter were measured while other jobs shared the machine), and writes
+``results/cifar10_seed_methods_time.json``.
 
 The commands that produce the runs are in benchmarks/README.md.
 """
@@ -20,14 +26,25 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RULES = ("uniform", "er", "erk", "balanced", "pyramidal")
 
 
-def rows_of(runs: Path, name: str, **labels: object) -> list[dict]:
+AT_09 = [  # plain edge-popup / IteRand at overall sparsity 0.9, 5 epochs: init scaling and learning rate
+    ("cifar10_conv6_edgepopup_s0.9_5ep", "edge-popup"),
+    ("cifar10_conv6_edgepopup_s0.9_lr0.1_5ep", "edge-popup, lr 0.1"),
+    ("cifar10_conv6_edgepopup_s0.9_scalefan_5ep", "edge-popup, scaled init"),
+    ("cifar10_conv6_edgepopup_s0.9_scalefan_lr0.1_5ep", "edge-popup, scaled init, lr 0.1"),
+    ("cifar10_conv6_iterand_s0.9_scalefan_5ep", "IteRand, scaled init"),
+    ("cifar10_conv6_iterand_s0.9_scalefan_lr0.1_5ep", "IteRand, scaled init, lr 0.1"),
+]
+
+
+def rows_of(runs: Path, name: str, only: str | None = None, **labels: object) -> list[dict]:
+    """Rows of one sweep's groups at width 0.25; `only` keeps the groups of one sweep method."""
     path = runs / f"{name}-sweep" / "sweep.json"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run the sweep for {name} first (commands in benchmarks/README.md)")
     table = json.loads(path.read_text())
     return [{**labels, "run": name, "accuracy": g["accuracy"], "ci95": g["ci95"], "sparsity": g["sparsity"],
              "width": g["width"], "train_minutes": g.get("train_minutes"), "ms_per_iter": g.get("ms_per_iter")}
-            for g in table["groups"]]
+            for g in table["groups"] if g["width"] == 0.25 and (only is None or g["method"] == only)]
 
 
 def collect(runs: Path) -> list[dict]:
@@ -39,12 +56,18 @@ def collect(runs: Path) -> list[dict]:
         for sel in ("greedy", "sampled"):
             rows += rows_of(runs, f"cifar10_conv6_slot_k{k}_{sel}_5ep", model="conv6", method=f"slot K={k} {sel}",
                             epochs=5)
+    for k in (2, 8):  # the chosen values fine-tuned as ordinary weights (train.init_from), 2 more epochs
+        rows += rows_of(runs, f"cifar10_conv6_slot_k{k}_greedy_finetune_2ep", model="conv6",
+                        method=f"slot K={k} greedy, fine-tuned", epochs="5+2")
     for rule in RULES:
         rows += rows_of(runs, f"cifar10_conv6_randommask_{rule}_2ep", model="conv6", method="randommask",
                         ratios=rule, epochs=2)
         rows += rows_of(runs, f"cifar10_resnet18_randommask_{rule}_1ep", model="resnet18", method="randommask",
                         ratios=rule, epochs=1)
-    rows += rows_of(runs, "cifar10_conv6_edgepopup_s0.9_5ep", model="conv6", method="edge-popup", epochs=5)
+    rows += rows_of(runs, "cifar10_conv6_5ep", only="edgepopup", model="conv6", method="edge-popup", epochs=5)
+    rows += rows_of(runs, "cifar10_conv6_5ep", only="iterand", model="conv6", method="IteRand", epochs=5)
+    for name, label in AT_09:
+        rows += rows_of(runs, name, model="conv6", method=label, epochs=5)
     for rule in ("erk", "balanced"):
         rows += rows_of(runs, f"cifar10_conv6_randommask_edgepopup_{rule}_5ep", model="conv6",
                         method="edge-popup inside random mask", ratios=rule, epochs=5)
@@ -65,7 +88,8 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    n_bars = sum(1 for r in rows if str(r["epochs"]).startswith("5") and r["model"] == "conv6")
+    fig, axes = plt.subplots(1, 2, figsize=(12, max(4.0, 0.3 * n_bars + 1)))
     ax = axes[0]
     for rule in RULES:
         pts = sorted((r["sparsity"], r["accuracy"], r["ci95"]) for r in rows
@@ -77,20 +101,68 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.axhline(r["accuracy"], color="black", ls="--", lw=1, label="dense (sparsity 0)")
     ax.set_xlabel("overall sparsity of the fixed random mask")
     ax.set_ylabel("CIFAR-10 test top-1 (%)")
-    ax.set_title("Conv6 w0.25, weights trained under a random mask, 2 epochs")
+    ax.set_title("Conv6 w0.25: weights trained under\na fixed random mask, 2 epochs")
     ax.legend()
     ax.grid(alpha=0.3)
     ax = axes[1]
-    ref = [r for r in rows if r["epochs"] == 5 and r["model"] == "conv6"]
-    names = [r["method"] + (f" ({r['ratios']})" if r.get("ratios") else "") for r in ref]
+    ref = [r for r in rows if str(r["epochs"]).startswith("5") and r["model"] == "conv6"]
+    names = [r["method"] + (f" {r['ratios']}" if r.get("ratios") else "")
+             + (f", sparsity {r['sparsity']:.1f}" if r["sparsity"] > 0 else "") for r in ref]
     ax.barh(range(len(ref)), [r["accuracy"] for r in ref], xerr=[r["ci95"] for r in ref], color="tab:gray")
     ax.set_yticks(range(len(ref)), names, fontsize=8)
     ax.set_xlabel("CIFAR-10 test top-1 (%)")
-    ax.set_title("Conv6 w0.25, 5 epochs")
+    ax.set_title("Conv6 w0.25, 5 epochs (fine-tuned: 5 + 2)\n(slot machines prune nothing: sparsity 0)")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+TIMED = [  # (label, config, overrides)
+    ("dense", "conv6_dense.yaml", []),
+    ("edge-popup", "conv6_edgepopup.yaml", []),
+    ("IteRand (re-sampling not included)", "conv6_iterand.yaml", []),
+    ("slot K=2 greedy", "conv6_slot_k2_greedy.yaml", []),
+    ("slot K=8 greedy", "conv6_slot_k8_greedy.yaml", []),
+    ("slot K=8 sampled", "conv6_slot_k8_sampled.yaml", []),
+    ("randommask, weights (erk 0.8)", "conv6_randommask.yaml", []),
+    ("randommask, edge-popup inside (erk 0.8)", "conv6_randommask_edgepopup.yaml", []),
+]
+
+
+def time_methods(iters: int, width: float = 0.25, batch: int = 128) -> list[dict]:
+    """Median ms of one training iteration (forward, backward, SGD step) of each method in ``TIMED``."""
+    import statistics
+    import time
+
+    import torch
+
+    from metaticket.baselines.train import trainable
+    from metaticket.config import load_config
+    from metaticket.factory import build_classifier
+
+    configs = Path(__file__).resolve().parent.parent / "configs" / "cifar10"
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    out = []
+    for label, name, extra in TIMED:
+        config = load_config(configs / name, [f"model.width={width}", *extra])
+        model = build_classifier(config, 10).train().to(memory_format=torch.channels_last)  # as train does
+        opt = torch.optim.SGD(trainable(model, config.train.method, config.train.randommask_learns), lr=1e-3,
+                              momentum=0.9)
+        times = []
+        for i in range(5 + iters):
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            if i >= 5:
+                times.append(1000 * (time.perf_counter() - t0))
+        out.append({"method": label, "config": name, "width": width, "batch": batch, "iters": iters,
+                    "ms_per_iter": round(statistics.median(times), 1), "threads": torch.get_num_threads()})
+        print(f"{label:45s} {out[-1]['ms_per_iter']:8.1f} ms/iter")
+    return out
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -98,7 +170,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="the run.out_dir the sweeps wrote to")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--name", default="cifar10_seed_methods")
+    parser.add_argument("--time", type=int, default=0, metavar="N",
+                        help="also time N training iterations of each method (0: skip)")
+    parser.add_argument("--time-width", type=float, default=0.25, help="Conv6 width for --time")
     args = parser.parse_args(argv)
+    if args.time:
+        timed = time_methods(args.time, args.time_width)
+        args.results.mkdir(parents=True, exist_ok=True)
+        (args.results / f"{args.name}_time.json").write_text(json.dumps({"rows": timed}, indent=2) + "\n")
     rows = collect(args.runs)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{args.name}.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")

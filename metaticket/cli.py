@@ -27,7 +27,7 @@ from metaticket.data import DATASETS, dataset_channels, episode_samplers
 from metaticket.data.classification import CLASSIFICATION, classification_data
 from metaticket.distributed import SINGLE, Collective, from_environment, shutdown
 from metaticket.errors import MetaticketError
-from metaticket.factory import build_classifier, build_learner, image_size
+from metaticket.factory import build_classifier, build_learner, from_slot_run, image_size, slot_run_config
 from metaticket.meta.evaluate import evaluate
 from metaticket.meta.train import Schedule, meta_train
 from metaticket.monitor import Monitor
@@ -264,8 +264,13 @@ def supervised_run(config: Config, run_dir: Path, resume: bool, quiet: bool, gro
             raise MetaticketError(f"train.batch_size = {config.train.batch_size} does not split evenly over "
                                   f"{group.world} processes; use a multiple of {group.world}")
     quiet = quiet or not group.main
+    if config.train.init_from and not resume:
+        slot_run_config(config, config.train.init_from)  # before loading data: a wrong folder fails at once
     data = _classification(config, quiet)
-    model = build_classifier(config, len(data.classes), device)
+    if config.train.init_from and not resume:  # fine-tuning a slot run's chosen values
+        model = from_slot_run(config, len(data.classes), config.train.init_from, device)
+    else:
+        model = build_classifier(config, len(data.classes), device)
     if group.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, run_dir / "config.yaml")

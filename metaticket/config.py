@@ -56,6 +56,7 @@ class ModelConfig:
     init_sparsity: float = field(default=0.0,
                                  metadata=_check(lambda v: 0 <= v < 1, "init_sparsity is a fraction pruned, in [0, 1)"))
     dense_head: bool = True  # supermask models: keep the classifier dense (Meta-ticket does)
+    scale_fan: bool = False  # edge-popup/IteRand: frozen weights times 1/sqrt(1 - sparsity) (kept fan-in's Kaiming std)
     slots: int = field(default=8, metadata=_check(lambda v: v >= 2, "Slot Machines need slots >= 2 values per "
                                                                     "connection"))
     slot_select: Literal["greedy", "sampled"] = "greedy"  # train.method slot: argmax of the scores, or a draw
@@ -112,6 +113,7 @@ class TrainConfig:
                                metadata=_check(lambda v: 0 < v <= 1, "rerand_rate is a fraction in (0, 1]"))
     eval_every: int = field(default=1, metadata=_check(lambda v: v >= 1, "evaluate at least every epoch"))
     eval_batch: int = field(default=500, metadata=_check(lambda v: v >= 1, "use eval_batch >= 1"))
+    init_from: str | None = None  # method dense: start from the values a trained slot run chose (fine-tuning)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,13 @@ argv or the environment.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from metaticket.config import Config
+from metaticket.checkpoint import load_checkpoint
+from metaticket.config import Config, ConfigError, load_config
 from metaticket.data import DATASETS, dataset_channels
 from metaticket.data.classification import CLASSIFICATION
 from metaticket.distributed import SINGLE, Collective
@@ -19,6 +22,8 @@ from metaticket.meta.learner import METHODS, MetaLearner
 from metaticket.models import build_model, list_models
 from metaticket.models.registry import Layers, make_layers
 from metaticket.randommask import apply_random_masks
+from metaticket.slots import freeze_slots
+from metaticket.supermask import scale_fan_in
 
 
 def image_size(config: Config) -> int:
@@ -50,6 +55,9 @@ def build_meta_model(config: Config, device: torch.device | str = "cpu") -> nn.M
     """The few-shot network of ``config`` (supermask when ``meta.method`` needs one), drawn from ``run.seed``."""
     _check_model_name(config)
     m, meta = config.model, config.meta
+    if m.scale_fan:
+        raise MetaticketError("model.scale_fan applies to train.method edgepopup/iterand, not to meta-learning: "
+                              "set it to false")
     generator = torch.Generator().manual_seed(config.run.seed)
     layers = make_layers(supermask=METHODS[meta.method].needs_supermask, mask=m.mask, sparsity=m.sparsity,
                          init=m.init, init_sparsity=m.init_sparsity, dense_head=m.dense_head, generator=generator)
@@ -92,12 +100,78 @@ def build_classifier(config: Config, num_classes: int, device: torch.device | st
                          norm_affine=learns_weights, slots=m.slots if t.method == "slot" else 0,
                          slot_select=m.slot_select)
     model = _build(config, layers, num_classes, 3, "cpu")
+    if m.scale_fan:
+        if t.method not in ("edgepopup", "iterand") or m.mask != "topk":
+            raise MetaticketError("model.scale_fan rescales top-k supermask weights to the kept fan-in: use it with "
+                                  "train.method edgepopup or iterand and model.mask topk (or set it to false)")
+        scale_fan_in(model)
     if t.method == "randommask":
         if supermask and m.mask != "topk":
             raise MetaticketError("train.randommask_learns = scores runs edge-popup inside the random mask: "
                                   "set model.mask: topk")
         apply_random_masks(model, m.sparsity, m.ratios, generator)
     return model.to(device)
+
+
+def slot_run_config(config: Config, run_dir: str | Path) -> Config:
+    """The config of the slot run ``train.init_from`` names, checked against ``config`` (one-line errors)."""
+    run_dir = Path(run_dir)
+    if config.train.method != "dense":
+        raise MetaticketError(f"train.init_from fine-tunes the values of a slot run: set train.method: dense "
+                              f"(not {config.train.method}) or remove train.init_from")
+    if not (run_dir / "config.yaml").is_file():
+        raise MetaticketError(f"train.init_from = {run_dir}: not a run folder (no config.yaml); pass the folder a "
+                              f"train.method: slot run wrote")
+    try:
+        source = load_config(run_dir / "config.yaml")
+    except ConfigError as e:
+        raise MetaticketError(f"train.init_from = {run_dir}: its config.yaml does not load: {e}") from None
+    if source.train.method != "slot":
+        raise MetaticketError(f"train.init_from = {run_dir} is a train.method: {source.train.method} run; "
+                              f"fine-tuning starts from a slot run")
+    mine = (config.model.name, config.model.width, config.model.channels, config.data.dataset)
+    theirs = (source.model.name, source.model.width, source.model.channels, source.data.dataset)
+    if mine != theirs:
+        raise MetaticketError(f"train.init_from = {run_dir} trained (model, width, channels, dataset) {theirs}, "
+                              f"this config has {mine}; use the same model and data")
+    return source
+
+
+def from_slot_run(config: Config, num_classes: int, run_dir: str | Path,
+                  device: torch.device | str = "cpu") -> nn.Module:
+    """The dense classifier of ``config`` holding the values a trained Slot Machine run chose (its fine-tuning start).
+
+    ``run_dir`` is a ``train.method: slot`` run folder (``config.yaml`` + ``checkpoints/last.pt``) of the same
+    model; its slot layers become plain layers with the greedy choice (:func:`~metaticket.slots.freeze_slots`), and
+    its non-affine BatchNorm statistics carry over (affine scale 1 and shift 0 compute the same function).
+    """
+    source = slot_run_config(config, run_dir)
+    run_dir = Path(run_dir)
+    slot_net = build_classifier(source, num_classes)
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    try:
+        slot_net.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as e:
+        raise MetaticketError(f"train.init_from = {run_dir}: its checkpoint does not fit its config "
+                              f"({str(e).splitlines()[0]})") from None
+    chosen = freeze_slots(slot_net.eval()).state_dict()
+    model = build_classifier(config, num_classes)
+    own = model.state_dict()
+    missing = [k for k in own if k not in chosen and not _affine_norm_key(model, k)]
+    if missing or any(k not in own for k in chosen):
+        raise MetaticketError(f"train.init_from = {run_dir}: the slot network's layers do not match this model "
+                              f"(missing {missing[:3]}); use the same model settings")
+    with torch.no_grad():
+        for k, v in chosen.items():
+            own[k].copy_(v)
+    return model.to(device)
+
+
+def _affine_norm_key(model: nn.Module, key: str) -> bool:
+    """Whether ``key`` is the scale or shift of a normalization layer (absent from a non-affine one)."""
+    owner, _, leaf = key.rpartition(".")
+    module = model.get_submodule(owner) if owner else model
+    return leaf in ("weight", "bias") and isinstance(module, nn.modules.batchnorm._NormBase)
 
 
 def build_network(config: Config, num_classes: int | None = None, device: torch.device | str = "cpu") -> nn.Module:

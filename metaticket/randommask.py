@@ -156,7 +156,7 @@ def apply_random_masks(model: nn.Module, sparsity: float, ratios: str,
         mask = draw_mask(layer.weight.shape, s, generator).to(layer.weight.device)
         scale = 1.0 / max(float(mask.mean()), 1e-12) ** 0.5  # the drawn mask's density (s_l up to rounding)
         if isinstance(layer, SUPERMASK_LAYERS):
-            layer.weight.mul_(scale)
+            layer.scale_weights(scale)
             layer.set_source(mask)
         else:
             if isinstance(layer, nn.Linear):

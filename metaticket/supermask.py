@@ -119,6 +119,13 @@ class SupermaskMixin:
         self.register_buffer("threshold", thr)
         self.register_buffer("source", None)  # a fixed random mask the learned mask must lie inside (or None)
         self.source_count = 0
+        self.init_scale = 1.0  # factor on the init distribution (weights and IteRand re-draws); see scale_weights
+
+    @torch.no_grad()
+    def scale_weights(self, factor: float) -> None:
+        """Multiply the frozen weights, and the distribution IteRand re-draws from, by ``factor``."""
+        self.weight.mul_(factor)
+        self.init_scale *= factor
 
     @torch.no_grad()
     def set_source(self, source: Tensor) -> None:
@@ -212,7 +219,7 @@ def rerandomize(model: nn.Module, rate: float, generator: torch.Generator | None
         w = layer.weight
         pruned = layer.mask().detach() == 0
         pick = torch.rand(w.shape, generator=generator).to(w.device) < rate
-        fresh = sample_init(w.shape, layer.init, generator).to(device=w.device, dtype=w.dtype)
+        fresh = sample_init(w.shape, layer.init, generator).to(device=w.device, dtype=w.dtype) * layer.init_scale
         where = pruned & pick
         w.copy_(torch.where(where, fresh, w))
         changed += int(where.sum())
@@ -239,6 +246,18 @@ class IteRandSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+@torch.no_grad()
+def scale_fan_in(model: nn.Module) -> None:
+    """edge-popup's "scaled" init: every top-k supermask layer's weights times ``1 / sqrt(1 - sparsity)``.
+
+    A layer that keeps a ``1 - s`` fraction of its inputs then has the output variance of a dense Kaiming layer;
+    without it (and without normalization layers, as in Conv6) the signal shrinks by ``sqrt(1 - s)`` per layer.
+    """
+    for _, layer in supermask_layers(model):
+        if layer.mask_rule == "topk":
+            layer.scale_weights(1.0 / math.sqrt(1.0 - layer.sparsity))
 
 
 # ----------------------------------------------------------------------------------------------- reports

@@ -91,8 +91,12 @@ def test_ideas_conv4_benchmark_smoke(tmp_path):
 
 def test_seed_methods_collects_sweeps_into_a_table_and_plot(tmp_path):
     runs = tmp_path / "runs"
-    names = ["cifar10_conv6_dense_5ep", "cifar10_conv6_dense_2ep", "cifar10_resnet18_dense_1ep",
-             "cifar10_conv6_edgepopup_s0.9_5ep"]
+    names = ["cifar10_conv6_dense_5ep", "cifar10_conv6_dense_2ep", "cifar10_resnet18_dense_1ep"]
+    names += [f"cifar10_conv6_{m}_s0.9{v}_5ep" for m, v in [("edgepopup", ""), ("edgepopup", "_lr0.1"),
+                                                             ("edgepopup", "_scalefan"),
+                                                             ("edgepopup", "_scalefan_lr0.1"),
+                                                             ("iterand", "_scalefan"), ("iterand", "_scalefan_lr0.1")]]
+    names += [f"cifar10_conv6_slot_k{k}_greedy_finetune_2ep" for k in (2, 8)]
     names += [f"cifar10_conv6_slot_k{k}_{s}_5ep" for k in (2, 8)
                                            for s in ("greedy", "sampled")]
     for rule in ("uniform", "er", "erk", "balanced", "pyramidal"):
@@ -102,9 +106,17 @@ def test_seed_methods_collects_sweeps_into_a_table_and_plot(tmp_path):
         (runs / f"{name}-sweep").mkdir(parents=True)
         groups = [{"width": 0.25, "sparsity": s, "accuracy": 40.0 + i + s, "ci95": 1.0} for s in (0.5, 0.8)]
         (runs / f"{name}-sweep" / "sweep.json").write_text(json.dumps({"groups": groups}))
-    bench("seed_methods.py", "--runs", str(runs), "--results", str(tmp_path), cwd=tmp_path)
+    # the edge-popup/IteRand sweep of issue 4: only its width-0.25 groups of each method are rows
+    groups = [{"method": m, "width": w, "sparsity": 0.5, "accuracy": 48.0, "ci95": 1.0}
+              for m in ("edgepopup", "iterand") for w in (0.25, 0.5)]
+    (runs / "cifar10_conv6_5ep-sweep").mkdir()
+    (runs / "cifar10_conv6_5ep-sweep" / "sweep.json").write_text(json.dumps({"groups": groups}))
+    bench("seed_methods.py", "--runs", str(runs), "--results", str(tmp_path), "--time", "1", "--time-width",
+          "0.0625", cwd=tmp_path)
+    timed = json.loads((tmp_path / "cifar10_seed_methods_time.json").read_text())["rows"]
+    assert len(timed) == 8 and all(r["ms_per_iter"] > 0 for r in timed)
     out = json.loads((tmp_path / "cifar10_seed_methods.json").read_text())
-    assert len(out["rows"]) == 2 * len(names) and (tmp_path / "cifar10_seed_methods.png").is_file()
+    assert len(out["rows"]) == 2 * len(names) + 2 and (tmp_path / "cifar10_seed_methods.png").is_file()
     shutil.rmtree(runs / f"{names[-1]}-sweep")
     proc = subprocess.run([sys.executable, str(BENCH / "seed_methods.py"), "--runs", str(runs), "--results",
                            str(tmp_path)], cwd=tmp_path, text=True, capture_output=True, timeout=120)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,78 @@ def test_torchrun_train_with_ddp_runs_and_writes_once(tmp_path, data_root):
     odd = torchrun(str(REPO / "run.py"), "train", cfg, *sets([*small, "train.batch_size=33"], tmp_path / "odd"),
                    "--quiet", cwd=tmp_path)
     assert odd.returncode != 0 and "train.batch_size = 33" in odd.stderr
+
+
+DIST_RESUME = {
+    "meta-train": (REPO / "configs" / "omniglot" / "quickstart.yaml",
+                   ["meta.vectorize=loop", "meta.steps=60", "meta.meta_batch=4", "eval.val_every=30",
+                    "eval.val_tasks=4", "eval.test_tasks=10", "run.log_every=5", "run.checkpoint_every=10",
+                    "meta.warmup_steps=5", "meta.rerand_every=15"]),
+    "train": (REPO / "configs" / "cifar10" / "conv6_iterand.yaml",
+              ["model.width=0.0625", "train.max_iterations=60", "train.batch_size=32", "train.rerand_every=7",
+               "run.checkpoint_every=10", "run.log_every=5", "train.epochs=1", "data.workers=0"]),
+}
+
+
+@pytest.mark.parametrize("kind", ["meta-train", "train"])
+def test_torchrun_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(kind, tmp_path, data_root):
+    """2 gloo processes: SIGKILL the whole torchrun group after its first checkpoint, resume under torchrun, and end
+    with the parameters and logged metrics of an uninterrupted 2-process run."""
+    config, values = DIST_RESUME[kind]
+    args = [str(REPO / "run.py"), kind, str(config), "--quiet"]
+    straight = torchrun(*args, *sets(values, tmp_path / "a"), cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    run_dir = tmp_path / "b" / "r"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             *args, *sets(values, tmp_path / "b")], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"torchrun ended (code {proc.returncode}) before a checkpoint: {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("no checkpoint within 300 s")
+        time.sleep(0.02)
+    time.sleep(0.3)
+    if proc.poll() is not None:
+        pytest.fail("the run finished before it could be killed; give it more steps")
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+    proc.wait()
+    state = load_checkpoint(last)
+    step = state["learner"]["step"] if kind == "meta-train" else state["iteration"]
+    assert 0 < step < 60
+    before = (run_dir / "metrics.jsonl").read_text()
+    resume = ["--resume"] if kind == "meta-train" else ["--resume", str(run_dir)]
+    resumed = torchrun(*args, *sets(values, tmp_path / "b"), *resume, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # it continued from the checkpoint (a fresh start would rewrite the log or log the early steps twice)
+    after = (run_dir / "metrics.jsonl").read_text()
+    assert after.startswith(before) and len(after) > len(before)
+    logged = [(r["step"], r["split"]) for r in map(json.loads, after.splitlines())]
+    assert all(logged.count(key) == 1 for key in logged if key[0] <= step)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["r"]  # resumed in place, no second folder
+    a = load_checkpoint(tmp_path / "a" / "r" / "checkpoints" / "last.pt")
+    b = load_checkpoint(last)
+    a, b = (a["learner"]["model"], b["learner"]["model"]) if kind == "meta-train" else (a["model"], b["model"])
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), rtol=0, atol=1e-6), k
+
+    def rows(path: Path) -> dict:  # the last line of each (step, split), without wall-clock numbers
+        out = {}
+        for line in (path / "metrics.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            out[(row["step"], row["split"])] = {k: v for k, v in row.items()
+                                                if k not in {"ms_per_step", "tasks_per_s", "ms_per_iter",
+                                                             "images_per_s"}}
+        return out
+
+    rows_a, rows_b = rows(tmp_path / "a" / "r"), rows(run_dir)
+    assert rows_a.keys() == rows_b.keys()
+    for key in rows_a:
+        for name, value in rows_a[key].items():
+            if isinstance(value, float):
+                assert rows_b[key][name] == pytest.approx(value, abs=1e-5), (key, name)

@@ -12,8 +12,10 @@ from test_benchmarks import bench
 from test_cli import REPO, run
 
 from metaticket.baselines.train import train_supervised, trainable
-from metaticket.config import load_config
-from metaticket.factory import build_classifier
+from metaticket.checkpoint import save_atomic
+from metaticket.config import dump_config, load_config
+from metaticket.errors import MetaticketError
+from metaticket.factory import build_classifier, from_slot_run
 from metaticket.models import build_model, list_models
 from metaticket.models.registry import make_layers
 from metaticket.monitor import Monitor
@@ -27,7 +29,7 @@ from metaticket.randommask import (
     prunable_layers,
 )
 from metaticket.slots import SlotConv2d, SlotLinear, freeze_slots, index_bits, slot_index, slot_layers
-from metaticket.supermask import SupermaskConv2d, sparsity_report
+from metaticket.supermask import SupermaskConv2d, rerandomize, sparsity_report
 from metaticket.ticket import export_ticket, load_ticket, pack_index, same_outputs, unpack_index
 
 
@@ -242,6 +244,31 @@ def test_edgepopup_inside_a_random_mask_only_keeps_weights_the_mask_allows(tmp_p
     assert sparsity_report(model)["overall"] == pytest.approx(1 - 0.2 * 0.5, abs=0.005)
 
 
+def test_scale_fan_scales_weights_and_iterand_redraws_and_survives_a_ticket(tmp_path):
+    """model.scale_fan (edge-popup's scaled init): weights and IteRand's re-draws times 1 / sqrt(1 - sparsity)."""
+    opts = ["model.width=0.125", "model.sparsity=0.9"]
+    cfg = REPO / "configs" / "cifar10" / "conv6_iterand.yaml"
+    plain = build_classifier(load_config(cfg, opts), 10)
+    config = load_config(cfg, [*opts, "model.scale_fan=true"])
+    scaled = build_classifier(config, 10)
+    pairs = [(a, b) for (_, a), (_, b) in zip(prunable_layers(plain), prunable_layers(scaled))
+             if isinstance(a, SupermaskConv2d)]
+    assert pairs
+    for a, b in pairs:
+        assert torch.allclose(b.weight, a.weight / math.sqrt(0.1), rtol=1e-6)
+    # IteRand re-draws every pruned weight (rate 1) at the scaled std, not at the plain Kaiming std
+    rerandomize(scaled, 1.0, torch.Generator().manual_seed(1))
+    layer = pairs[-1][1]
+    redrawn = layer.weight[layer.hard_mask() == 0]
+    kaiming = math.sqrt(2.0 / (layer.weight[0].numel()))
+    assert float(redrawn.std()) == pytest.approx(kaiming / math.sqrt(0.1), rel=0.05)
+    export_ticket(scaled, config, tmp_path / "s.ticket", num_classes=10)
+    assert same_outputs(scaled, load_ticket(tmp_path / "s.ticket"), torch.randn(2, 3, 32, 32)) == 0.0
+    for method in ("dense", "slot", "randommask"):
+        with pytest.raises(MetaticketError, match="model.scale_fan"):
+            build_classifier(load_config(cfg, [*opts, "model.scale_fan=true", f"train.method={method}"]), 10)
+
+
 def test_random_mask_ticket_round_trip(tmp_path):
     for extra in (["train.randommask_learns=weights"], ["train.randommask_learns=scores"]):
         config = load_config(REPO / "configs" / "cifar10" / "conv6_randommask_edgepopup.yaml",
@@ -252,6 +279,38 @@ def test_random_mask_ticket_round_trip(tmp_path):
                 p.add_(0.01 * torch.randn_like(p))
         export_ticket(model, config, tmp_path / "r.ticket", num_classes=10)
         assert same_outputs(model, load_ticket(tmp_path / "r.ticket"), torch.randn(2, 3, 32, 32)) == 0.0
+
+
+@pytest.mark.parametrize("arch", ["conv6", "resnet18"])
+def test_fine_tuning_starts_from_the_values_the_slot_run_chose(arch, tmp_path):
+    """train.init_from: a dense model holding the greedy choice computes what the slot network computes."""
+    slot_cfg = load_config(REPO / "configs" / "cifar10" / ("conv6_slot_k8_greedy.yaml" if arch == "conv6" else
+                                                          "resnet18_slot_k8_greedy.yaml"), ["model.width=0.125"])
+    slot_net = build_classifier(slot_cfg, 10)
+    with torch.no_grad():
+        for name, p in slot_net.named_parameters():
+            if name.endswith("scores"):
+                p.add_(torch.randn_like(p))  # another choice than the init's
+        for name, b in slot_net.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+    run_dir = tmp_path / "slot"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    dump_config(slot_cfg, run_dir / "config.yaml")
+    save_atomic({"model": slot_net.state_dict()}, run_dir / "checkpoints" / "last.pt")
+    dense_yaml = REPO / "configs" / "cifar10" / f"{arch}_dense.yaml"
+    config = load_config(dense_yaml, ["model.width=0.125", f"train.init_from={run_dir}"])
+    model = from_slot_run(config, 10, run_dir)
+    assert trainable(model, "dense") and not list(slot_layers(model))
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.allclose(model.eval()(x), slot_net.eval()(x), atol=1e-5)
+    fresh = build_classifier(config, 10).eval()
+    assert not torch.allclose(fresh(x), slot_net(x), atol=1e-3)  # the test can fail: a fresh draw differs
+    for extra, words in [(["model.width=0.25"], "same model"), (["train.method=edgepopup"], "train.method: dense")]:
+        with pytest.raises(MetaticketError, match=words):
+            from_slot_run(load_config(dense_yaml, ["model.width=0.125", *extra]), 10, run_dir)
+    with pytest.raises(MetaticketError, match="not a run folder"):
+        from_slot_run(config, 10, tmp_path / "nowhere")
 
 
 def test_draw_mask_keeps_an_exact_count():
@@ -297,6 +356,15 @@ def test_run_py_trains_slot_and_randommask_on_real_cifar10(tmp_path, data_root):
     logged = [row for row in rows if row["split"] == "randommask"]
     assert logged and logged[0]["sparsity"] == pytest.approx(0.8, abs=0.005)
     assert sum(1 for k in logged[0] if k.startswith("sparsity/")) == 9  # one per Conv6 layer
+    # fine-tuning the slot run's chosen values as ordinary weights; a randommask run is no start for it
+    r = run("train", str(REPO / "configs" / "cifar10" / "conv6_dense.yaml"), *small,
+            "--set", f"train.init_from={tmp_path / 'cifar10_conv6_slot_k2_sampled'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["method"] == "dense"
+    r = run("train", str(REPO / "configs" / "cifar10" / "conv6_dense.yaml"), *small,
+            "--set", f"train.init_from={tmp_path / 'cifar10_conv6_randommask'}", "--set", "run.name=ft", cwd=tmp_path)
+    assert r.returncode == 2 and "slot run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "ft").exists()  # nothing written
     r = run("train", str(REPO / "configs" / "cifar10" / "conv6_randommask.yaml"), "--set", "model.ratios=random",
             cwd=tmp_path)
     assert r.returncode == 2 and "balanced" in r.stderr and len(r.stderr.strip().splitlines()) == 1
