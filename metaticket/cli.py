@@ -27,7 +27,14 @@ from metaticket.data import DATASETS, dataset_channels, episode_samplers
 from metaticket.data.classification import CLASSIFICATION, classification_data
 from metaticket.distributed import SINGLE, Collective, from_environment, shutdown
 from metaticket.errors import MetaticketError
-from metaticket.factory import build_classifier, build_learner, from_slot_run, image_size, slot_run_config
+from metaticket.factory import (
+    build_classifier,
+    build_learner,
+    check_model_name,
+    from_slot_run,
+    image_size,
+    slot_run_config,
+)
 from metaticket.meta.evaluate import evaluate
 from metaticket.meta.train import Schedule, meta_train
 from metaticket.monitor import Monitor
@@ -54,9 +61,17 @@ def fresh_run_dir(run_dir: Path) -> Path:
     while (candidate / "config.yaml").exists() or (candidate / "checkpoints").exists():
         n += 1
         candidate = run_dir.with_name(f"{run_dir.name}-{n}")
-    if n:
-        print(f"{run_dir} holds an earlier run; writing this one to {candidate}", file=sys.stderr)
     return candidate
+
+
+def create_run_dir(config: Config, run_dir: Path, resume: bool) -> None:
+    """Create ``run_dir`` with its config.yaml (rank 0), once data and model are built: a run refused before this
+    point leaves no folder, and the note on a diverted folder is printed only for a run that starts."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, run_dir / "config.yaml")
+    wanted = Path(config.run.out_dir) / config.run.name
+    if not resume and run_dir.parent == wanted.parent and run_dir.name != wanted.name:
+        print(f"{wanted} holds an earlier run; writing this one to {run_dir}", file=sys.stderr)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,6 +96,12 @@ def _setup(config: Config) -> torch.device:
         torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.run.seed)
     random.seed(config.run.seed)
+    try:  # nothing here draws from numpy, but user code and libraries may; checkpoints hold its state too
+        import numpy as np
+
+        np.random.seed(config.run.seed)
+    except ImportError:
+        pass
     return resolve_device(config.run.device)
 
 
@@ -123,11 +144,10 @@ def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool, group: C
         raise MetaticketError(f"data.dataset = {config.data.dataset} offers only test tasks (cross-domain "
                               f"evaluation); meta-train on omniglot, tinyimagenet or miniimagenet")
     quiet = quiet or not group.main
+    learner = build_learner(config, device, collective=group)  # before the data: a model error fails at once
     sets = samplers(config, quiet)
-    learner = build_learner(config, device, collective=group)
     if group.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(config, run_dir / "config.yaml")
+        create_run_dir(config, run_dir, resume)
     monitor = Monitor(run_dir, quiet=quiet, write=group.main)
     e = config.eval
     plan = Schedule(steps=config.meta.steps, meta_batch=config.meta.meta_batch, val_every=e.val_every,
@@ -264,16 +284,16 @@ def supervised_run(config: Config, run_dir: Path, resume: bool, quiet: bool, gro
             raise MetaticketError(f"train.batch_size = {config.train.batch_size} does not split evenly over "
                                   f"{group.world} processes; use a multiple of {group.world}")
     quiet = quiet or not group.main
+    check_model_name(config)  # before loading data, like a wrong init_from folder: both fail at once
     if config.train.init_from and not resume:
-        slot_run_config(config, config.train.init_from)  # before loading data: a wrong folder fails at once
+        slot_run_config(config, config.train.init_from)
     data = _classification(config, quiet)
     if config.train.init_from and not resume:  # fine-tuning a slot run's chosen values
         model = from_slot_run(config, len(data.classes), config.train.init_from, device)
     else:
         model = build_classifier(config, len(data.classes), device)
     if group.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(config, run_dir / "config.yaml")
+        create_run_dir(config, run_dir, resume)
     t = config.train
     plan = Plan(method=t.method, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
                 weight_decay=t.weight_decay, schedule=t.schedule, warmup_epochs=t.warmup_epochs,

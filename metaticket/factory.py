@@ -33,7 +33,8 @@ def image_size(config: Config) -> int:
     return config.data.image_size or native
 
 
-def _check_model_name(config: Config) -> None:
+def check_model_name(config: Config) -> None:
+    """A one-line error naming the known models when ``model.name`` is not one of them."""
     if config.model.name not in list_models():
         raise MetaticketError(f"model.name = {config.model.name!r} is unknown; known models: "
                               f"{', '.join(list_models())}")
@@ -53,7 +54,7 @@ def _build(config: Config, layers: Layers, num_classes: int, in_channels: int, d
 
 def build_meta_model(config: Config, device: torch.device | str = "cpu") -> nn.Module:
     """The few-shot network of ``config`` (supermask when ``meta.method`` needs one), drawn from ``run.seed``."""
-    _check_model_name(config)
+    check_model_name(config)
     m, meta = config.model, config.meta
     if m.scale_fan:
         raise MetaticketError("model.scale_fan applies to train.method edgepopup/iterand, not to meta-learning: "
@@ -87,7 +88,7 @@ def build_classifier(config: Config, num_classes: int, device: torch.device | st
     ``model.popup_sparsity`` of it (``scores``). Runs whose weights do not learn use BatchNorm without affine
     parameters, as edge-popup and IteRand do.
     """
-    _check_model_name(config)
+    check_model_name(config)
     m, t = config.model, config.train
     generator = torch.Generator().manual_seed(config.run.seed)
     learns_weights = t.method == "dense" or (t.method == "randommask" and t.randommask_learns == "weights")

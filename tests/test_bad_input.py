@@ -22,9 +22,33 @@ CIFAR = str(REPO / "configs" / "cifar10" / "conv6_edgepopup.yaml")
 
 
 def folder_state(root: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime_ns) of every file under ``root``: what 'nothing written' is checked against."""
-    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    """(size, mtime_ns) of every file and folder under ``root``: what 'nothing written' is checked against."""
+    return {p.relative_to(root).as_posix(): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+def earlier_run(out: Path) -> dict[str, tuple[int, int]]:
+    """An earlier run at ``out/earlier`` (the files a finished run leaves) and the state of ``out``."""
+    run_dir = out / "earlier"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("run:\n  name: earlier\n")
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
+    (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
+    return folder_state(out)
+
+
+def refused(command: str, config: str, *args: str, tmp_path: Path, needles: tuple[str, ...] = (),
+            env_extra: dict[str, str] | None = None) -> str:
+    """Run ``run.py command config args`` into an output folder that already holds a run of the same
+    ``run.name``; it must stop with one line naming ``needles`` and leave that folder as it was (no files
+    written, no new run folder beside it)."""
+    out = tmp_path / "runs"
+    before = earlier_run(out)
+    r = run(command, config, *args, "--set", f"run.out_dir={out}", "--set", "run.name=earlier", cwd=tmp_path,
+            env_extra=env_extra)
+    err = expect_one_line(r, *needles)
+    assert folder_state(out) == before, "a refused run wrote into the output folder"
+    return err
 
 
 def expect_one_line(result, *needles: str) -> str:
@@ -70,22 +94,18 @@ CONFIG_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
 def test_bad_config_values(case, tmp_path):
     _, sets, needles = case
     args = [x for s in sets for x in ("--set", s)]
-    r = run("meta-train", QUICK, *args, "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
-    expect_one_line(r, *needles)
-    assert not (tmp_path / "runs").exists(), "a refused config created a run folder"
+    refused("meta-train", QUICK, *args, tmp_path=tmp_path, needles=needles)
 
 
+# These two need the data: on a fresh cache it is decoded first (with a progress bar unless --quiet).
 def test_shots_plus_queries_beyond_the_images_of_a_class(tmp_path, data_root):
-    r = run("meta-train", QUICK, "--set", "data.shots=5", "--set", "data.queries=16",
-            "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
-    expect_one_line(r, "20", "data.queries")
-    assert not (tmp_path / "runs").exists()
+    refused("meta-train", QUICK, "--set", "data.shots=5", "--set", "data.queries=16", "--quiet", tmp_path=tmp_path,
+            needles=("20", "data.queries"))
 
 
 def test_more_ways_than_classes_in_a_split(tmp_path, data_root):
-    r = run("meta-train", QUICK, "--set", "data.ways=500", "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
-    expect_one_line(r, "data.ways", "classes")
-    assert not (tmp_path / "runs").exists()
+    refused("meta-train", QUICK, "--set", "data.ways=500", "--quiet", tmp_path=tmp_path,
+            needles=("data.ways", "classes"))
 
 
 # ------------------------------------------------------------------------------------------ YAML files
@@ -110,10 +130,7 @@ YAML_CASES: list[tuple[str, Callable[[Path], Path], tuple[str, ...]]] = [
 @pytest.mark.parametrize("case", YAML_CASES, ids=[c[0] for c in YAML_CASES])
 def test_bad_yaml_files(case, tmp_path):
     _, make, needles = case
-    path = make(tmp_path)
-    r = run("meta-train", str(path), "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path)
-    expect_one_line(r, *needles)
-    assert not (tmp_path / "runs").exists()
+    refused("meta-train", str(make(tmp_path)), tmp_path=tmp_path, needles=needles)
 
 
 # ------------------------------------------------------------------------------------------ data files
@@ -122,7 +139,7 @@ def omniglot_with(tmp_path: Path, background: bytes) -> list[str]:
     (root / "omniglot").mkdir(parents=True)
     (root / "omniglot" / "images_background.zip").write_bytes(background)
     (root / "omniglot" / "images_evaluation.zip").write_bytes(background)
-    return ["--set", f"data.root={root}", "--set", f"run.out_dir={tmp_path / 'runs'}", "--quiet"]
+    return ["--set", f"data.root={root}", "--quiet"]
 
 
 def fake_cache(tmp_path: Path) -> dict[str, str]:
@@ -130,22 +147,19 @@ def fake_cache(tmp_path: Path) -> dict[str, str]:
 
 
 def test_missing_data_root(tmp_path):
-    r = run("meta-train", QUICK, "--set", f"data.root={tmp_path / 'nowhere'}",
-            "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path, env_extra=fake_cache(tmp_path))
-    expect_one_line(r, str(tmp_path / "nowhere"))
-    assert not (tmp_path / "runs").exists()
+    refused("meta-train", QUICK, "--set", f"data.root={tmp_path / 'nowhere'}", tmp_path=tmp_path,
+            needles=(str(tmp_path / "nowhere"),), env_extra=fake_cache(tmp_path))
 
 
 def test_empty_archive(tmp_path):
-    r = run("meta-train", QUICK, *omniglot_with(tmp_path, b""), cwd=tmp_path, env_extra=fake_cache(tmp_path))
-    expect_one_line(r, "images_background.zip")
+    refused("meta-train", QUICK, *omniglot_with(tmp_path, b""), tmp_path=tmp_path, needles=("images_background.zip",),
+            env_extra=fake_cache(tmp_path))
 
 
 def test_truncated_archive(tmp_path, data_root):
     real = (data_root / "omniglot" / "images_background.zip").read_bytes()
-    r = run("meta-train", QUICK, *omniglot_with(tmp_path, real[: len(real) // 3]), cwd=tmp_path,
-            env_extra=fake_cache(tmp_path))
-    expect_one_line(r, "images_background.zip", "download it again")
+    refused("meta-train", QUICK, *omniglot_with(tmp_path, real[: len(real) // 3]), tmp_path=tmp_path,
+            needles=("images_background.zip", "download it again"), env_extra=fake_cache(tmp_path))
 
 
 def test_zip_whose_images_are_not_images(tmp_path, data_root):
@@ -158,8 +172,9 @@ def test_zip_whose_images_are_not_images(tmp_path, data_root):
             dst.writestr(info, b"<html>not a png</html>" if info.filename == bad else src.read(info))
     args = omniglot_with(tmp_path, buf.getvalue())
     shutil.copy(data_root / "omniglot" / "images_evaluation.zip", tmp_path / "data" / "omniglot")
-    r = run("meta-train", QUICK, *args, "--set", "data.workers=0", cwd=tmp_path, env_extra=fake_cache(tmp_path))
-    expect_one_line(r, "images_background.zip", bad.rsplit("/", 1)[-1], "not a readable image")
+    refused("meta-train", QUICK, *args, "--set", "data.workers=0", tmp_path=tmp_path,
+            needles=("images_background.zip", bad.rsplit("/", 1)[-1], "not a readable image"),
+            env_extra=fake_cache(tmp_path))
 
 
 def test_miniimagenet_pickle_that_is_html(tmp_path):
@@ -168,9 +183,8 @@ def test_miniimagenet_pickle_that_is_html(tmp_path):
     for split in ("train", "val", "test"):
         (root / f"mini-imagenet-cache-{split}.pkl").write_bytes(b"<!DOCTYPE html><html>Sign in</html>")
     cfg = REPO / "configs" / "miniimagenet" / "resnet12_5w1s_metaticket.yaml"
-    r = run("meta-train", str(cfg), "--set", f"data.root={tmp_path / 'data'}",
-            "--set", f"run.out_dir={tmp_path / 'runs'}", cwd=tmp_path, env_extra=fake_cache(tmp_path))
-    expect_one_line(r, "mini-imagenet-cache-", "pkl")
+    refused("meta-train", str(cfg), "--set", f"data.root={tmp_path / 'data'}", tmp_path=tmp_path,
+            needles=("mini-imagenet-cache-", "pkl"), env_extra=fake_cache(tmp_path))
 
 
 def test_imagefolder_with_an_empty_class(tmp_path):
@@ -182,9 +196,8 @@ def test_imagefolder_with_an_empty_class(tmp_path):
             if not (split == "train" and wnid == "n02"):
                 Image.new("RGB", (8, 8)).save(d / "a.JPEG")
     cfg = REPO / "configs" / "imagenet" / "resnet50_dense.yaml"
-    r = run("train", str(cfg), "--set", f"data.root={tmp_path / 'data'}", "--set", f"run.out_dir={tmp_path / 'r'}",
-            cwd=tmp_path, env_extra=fake_cache(tmp_path))
-    expect_one_line(r, "n02", "holds no images")
+    refused("train", str(cfg), "--set", f"data.root={tmp_path / 'data'}", tmp_path=tmp_path,
+            needles=("n02", "holds no images"), env_extra=fake_cache(tmp_path))
 
 
 def test_cifar_batches_that_are_not_pickles_of_arrays(tmp_path):
@@ -192,9 +205,8 @@ def test_cifar_batches_that_are_not_pickles_of_arrays(tmp_path):
     d.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
         (d / name).write_bytes(pickle.dumps({"data": "x"}) if name != "test_batch" else b"\x80\x04garbage")
-    r = run("train", CIFAR, "--set", f"data.root={tmp_path / 'data'}", "--set", f"run.out_dir={tmp_path / 'r'}",
-            cwd=tmp_path, env_extra=fake_cache(tmp_path))
-    expect_one_line(r, "cifar-10-batches-py")
+    refused("train", CIFAR, "--set", f"data.root={tmp_path / 'data'}", tmp_path=tmp_path,
+            needles=("cifar-10-batches-py",), env_extra=fake_cache(tmp_path))
 
 
 # ------------------------------------------------------------------------------------------ run folders, files
@@ -258,9 +270,8 @@ def test_export_of_a_folder_without_checkpoints(finished_run, tmp_path):
 
 
 def test_train_config_given_to_meta_train_and_back(tmp_path):
-    expect_one_line(run("meta-train", CIFAR, "--set", f"run.out_dir={tmp_path / 'r'}", cwd=tmp_path), "run.py train")
-    expect_one_line(run("train", QUICK, "--set", f"run.out_dir={tmp_path / 'r'}", cwd=tmp_path), "run.task = meta")
-    assert not (tmp_path / "r").exists()
+    refused("meta-train", CIFAR, tmp_path=tmp_path / "a", needles=("run.py train",))
+    refused("train", QUICK, tmp_path=tmp_path / "b", needles=("run.task = meta",))
 
 
 def test_the_catalogue_has_at_least_25_cases():
@@ -288,10 +299,9 @@ def test_omniglot_zip_with_an_escaping_or_link_member_is_refused(tmp_path, name,
     root.mkdir(parents=True)
     for part in ("images_background", "images_evaluation"):
         zip_with(root / f"{part}.zip", name, symlink)
-    r = run("meta-train", QUICK, "--set", f"data.root={tmp_path / 'data'}", "--set", f"run.out_dir={tmp_path / 'r'}",
-            "--quiet", cwd=tmp_path, env_extra=fake_cache(tmp_path))
-    expect_one_line(r, name, "refusing")
-    assert not (tmp_path / "evil.png").exists() and not (tmp_path / "r").exists()
+    refused("meta-train", QUICK, "--set", f"data.root={tmp_path / 'data'}", "--quiet", tmp_path=tmp_path,
+            needles=(name, "refusing"), env_extra=fake_cache(tmp_path))
+    assert not (tmp_path / "evil.png").exists()
 
 
 @pytest.mark.parametrize("kind", ["dotdot", "symlink", "hardlink"])
@@ -311,7 +321,24 @@ def test_cifar_tar_with_an_escaping_or_link_member_is_refused(tmp_path, kind):
         else:
             info.size = 4
             t.addfile(info, io.BytesIO(b"evil"))
-    r = run("train", CIFAR, "--set", f"data.root={d}", "--set", f"run.out_dir={tmp_path / 'r'}", "--quiet",
-            cwd=tmp_path, env_extra=fake_cache(tmp_path))
-    expect_one_line(r, "cifar-10-python.tar.gz", "refusing")
+    refused("train", CIFAR, "--set", f"data.root={d}", "--quiet", tmp_path=tmp_path,
+            needles=("cifar-10-python.tar.gz", "refusing"), env_extra=fake_cache(tmp_path))
+    assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize("name,symlink", [("tiny-imagenet-200/../../evil", False), ("/abs/evil", False),
+                                          ("tiny-imagenet-200/train/n01/images/link.JPEG", True)])
+def test_tinyimagenet_zip_with_an_escaping_or_link_member_is_refused(tmp_path, name, symlink):
+    """The zip branch of the shared archive reader (Tiny-ImageNet, CIFAR-10 JPEG archives)."""
+    d = tmp_path / "data"
+    d.mkdir()
+    with zipfile.ZipFile(d / "tiny-imagenet-200.zip", "w") as z:
+        z.writestr("tiny-imagenet-200/wnids.txt", "n01\n")
+        info = zipfile.ZipInfo(name)
+        if symlink:
+            info.external_attr = (0o120777 << 16)  # S_IFLNK
+        z.writestr(info, b"/etc/passwd" if symlink else b"evil")
+    cfg = REPO / "configs" / "tinyimagenet" / "conv4_5w5s_maml.yaml"
+    refused("meta-train", str(cfg), "--set", f"data.root={d}", "--quiet", tmp_path=tmp_path,
+            needles=("tiny-imagenet-200.zip", name, "refusing"), env_extra=fake_cache(tmp_path))
     assert not (tmp_path / "evil").exists()

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from test_cli import REPO, run
 from test_resume import TIMING
 
@@ -45,13 +46,40 @@ def test_same_config_and_seed_give_bit_identical_metrics(kind, tmp_path, data_ro
         assert r.returncode == 0, r.stderr
     a, b = metric_lines(tmp_path / "a" / "r"), metric_lines(tmp_path / "b" / "r")
     assert len(a) >= 5 and a == b  # floats compared exactly (JSON keeps every bit of a float64)
+    ckpts = sorted(p.name for p in (tmp_path / "a" / "r" / "checkpoints").iterdir())
+    assert ckpts and ckpts == sorted(p.name for p in (tmp_path / "b" / "r" / "checkpoints").iterdir())
+    for name in ckpts:  # weights, optimizer and RNG states, bit for bit
+        assert_identical(load_checkpoint(tmp_path / "a" / "r" / "checkpoints" / name),
+                         load_checkpoint(tmp_path / "b" / "r" / "checkpoints" / name), name)
     if kind == "train":
         assert json.loads((tmp_path / "a" / "r" / "train_summary.json").read_text())["top1"] == \
             json.loads((tmp_path / "b" / "r" / "train_summary.json").read_text())["top1"]
+    else:  # and the meta-test result of each
+        tested = [run("meta-test", str(tmp_path / n / "r"), "--tasks", "10", "--quiet", cwd=tmp_path) for n in "ab"]
+        assert all(t.returncode == 0 for t in tested), [t.stderr for t in tested]
+        assert json.loads(tested[0].stdout.splitlines()[-1]) == json.loads(tested[1].stdout.splitlines()[-1])
     # and the test can fail: another seed logs other numbers
     r = start(kind, tmp_path / "c", "run.seed=1")
     assert r.returncode == 0, r.stderr
     assert metric_lines(tmp_path / "c" / "r") != a
+
+
+def assert_identical(a: object, b: object, where: str) -> None:
+    """``a == b`` for nested checkpoint contents, tensors bit for bit (NaN equal to NaN); timing fields ignored."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b) or bool(((a == b) | (a.isnan() & b.isnan())).all()), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            if k not in TIMING:
+                assert_identical(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def digest(path: Path) -> str:
