@@ -361,7 +361,8 @@ def _load_weights(target, state: dict, run_dir: Path) -> None:
         target.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
         raise MetaticketError(f"{run_dir}: the checkpoint does not fit the model of its config.yaml "
-                              f"({str(e).splitlines()[0][:120]})") from None
+                              f"({str(e).splitlines()[0][:120]}); restore the model settings it was trained with, or "
+                              f"train a new run") from None
 
 
 def eval_run(run_dir: Path, quiet: bool) -> dict:

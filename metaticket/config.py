@@ -238,7 +238,8 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     for name, cls in SECTIONS.items():
         values = raw.get(name) or {}
         if not isinstance(values, dict):
-            raise ConfigError(f"{name}: expected a mapping of keys, got {type(values).__name__}")
+            raise ConfigError(f"{name}: expected a mapping of keys, got {type(values).__name__}; write its keys "
+                              f"indented under `{name}:`, e.g. `  steps: 100`")
         sections[name] = _build(cls, values, name)
     return Config(**sections)
 

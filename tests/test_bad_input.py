@@ -123,7 +123,7 @@ YAML_CASES: list[tuple[str, Callable[[Path], Path], tuple[str, ...]]] = [
     ("missing base file", lambda d: write(d / "c.yaml", "base: nowhere.yaml\n"), ("nowhere.yaml",)),
     ("not a mapping", lambda d: write(d / "list.yaml", "- 1\n- 2\n"), ("list.yaml",)),
     ("missing config file", lambda d: d / "absent.yaml", ("absent.yaml",)),
-    ("section is not a mapping", lambda d: write(d / "sec.yaml", "meta: 3\n"), ("meta",)),
+    ("section is not a mapping", lambda d: write(d / "sec.yaml", "meta: 3\n"), ("meta", "indented")),
 ]
 
 
@@ -148,7 +148,7 @@ def fake_cache(tmp_path: Path) -> dict[str, str]:
 
 def test_missing_data_root(tmp_path):
     refused("meta-train", QUICK, "--set", f"data.root={tmp_path / 'nowhere'}", tmp_path=tmp_path,
-            needles=(str(tmp_path / "nowhere"),), env_extra=fake_cache(tmp_path))
+            needles=(str(tmp_path / "nowhere"), "data.root", "images_background.zip"), env_extra=fake_cache(tmp_path))
 
 
 def test_empty_archive(tmp_path):
@@ -206,7 +206,7 @@ def test_cifar_batches_that_are_not_pickles_of_arrays(tmp_path):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
         (d / name).write_bytes(pickle.dumps({"data": "x"}) if name != "test_batch" else b"\x80\x04garbage")
     refused("train", CIFAR, "--set", f"data.root={tmp_path / 'data'}", tmp_path=tmp_path,
-            needles=("cifar-10-batches-py",), env_extra=fake_cache(tmp_path))
+            needles=("cifar-10-batches-py", "download"), env_extra=fake_cache(tmp_path))
 
 
 # ------------------------------------------------------------------------------------------ run folders, files
@@ -218,7 +218,7 @@ def test_checkpoint_from_a_different_architecture(finished_run, tmp_path):
     (other / "config.yaml").write_text(cfg)
     before = folder_state(other)
     r = run("meta-test", str(other), "--tasks", "5", cwd=tmp_path)
-    expect_one_line(r, str(other), "does not fit")
+    expect_one_line(r, str(other), "does not fit", "train a new run")
     assert folder_state(other) == before
 
 

@@ -86,7 +86,8 @@ def read_batches(source: Path) -> dict:
             data = batch.get(b"data") if isinstance(batch, dict) else None
             labels = batch.get(b"labels") if isinstance(batch, dict) else None
             if data is None or labels is None:
-                raise MetaticketError(f"{source}/{name} has no data/labels entries: not a CIFAR-10 batch")
+                raise MetaticketError(f"{source}/{name} has no data/labels entries: not a CIFAR-10 batch; download "
+                                      f"cifar-10-python.tar.gz again")
             xs.append(torch.as_tensor(data, dtype=torch.uint8).view(-1, 3, 32, 32))
             ys.append(torch.as_tensor(labels, dtype=torch.int64))
         out[f"{split}_x"] = torch.cat(xs)

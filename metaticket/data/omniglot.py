@@ -154,7 +154,8 @@ def _download(root: Path) -> None:
             TVOmniglot(str(root), background=background, download=True)
     except Exception as e:  # network errors come in many types
         raise MetaticketError(f"could not download Omniglot into {root} ({type(e).__name__}: {e}); without "
-                              f"internet, set METATICKET_DATA to a folder holding omniglot/images_*.zip") from None
+                              f"internet, point data.root (or METATICKET_DATA, when data.root is unset) at a "
+                              f"folder holding omniglot/images_background.zip and images_evaluation.zip") from None
 
 
 def load_split(characters: list[str], split_file: Path = SPLIT_FILE) -> dict[str, list[int]]:
