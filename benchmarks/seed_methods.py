@@ -36,40 +36,57 @@ AT_09 = [  # plain edge-popup / IteRand at overall sparsity 0.9, 5 epochs: init 
 ]
 
 
-def rows_of(runs: Path, name: str, only: str | None = None, **labels: object) -> list[dict]:
-    """Rows of one sweep's groups at width 0.25; `only` keeps the groups of one sweep method."""
+def _rows_of(runs: Path, name: str, only: str | None = None, earlier: list[dict] | None = None,
+            **labels: object) -> list[dict]:
+    """Rows of one sweep's groups at width 0.25; `only` keeps the groups of one sweep method.
+
+    A sweep missing under ``runs`` is an error, unless ``earlier`` (the rows of an earlier results file) holds
+    its rows: those are kept, marked ``"source": "earlier results"``.
+    """
     path = runs / f"{name}-sweep" / "sweep.json"
     if not path.is_file():
+        kept = [r for r in earlier or [] if r["run"] == name and r["method"] == labels.get("method")]
+        if kept:
+            return [{**r, "source": "earlier results"} for r in kept]
         raise SystemExit(f"{path} is missing: run the sweep for {name} first (commands in benchmarks/README.md)")
     table = json.loads(path.read_text())
     return [{**labels, "run": name, "accuracy": g["accuracy"], "ci95": g["ci95"], "sparsity": g["sparsity"],
-             "width": g["width"], "train_minutes": g.get("train_minutes"), "ms_per_iter": g.get("ms_per_iter")}
+             "width": g["width"], "train_minutes": g.get("train_minutes"), "ms_per_iter": g.get("ms_per_iter"),
+             "source": str(path)}
             for g in table["groups"] if g["width"] == 0.25 and (only is None or g["method"] == only)]
 
 
-def collect(runs: Path) -> list[dict]:
+def collect(runs: Path, earlier: list[dict] | None = None) -> list[dict]:
+    """Every row of the tables, read from the sweeps under ``runs`` (see :func:`_rows_of` for ``earlier``)."""
     rows: list[dict] = []
-    rows += rows_of(runs, "cifar10_conv6_dense_5ep", model="conv6", method="dense", epochs=5)
-    rows += rows_of(runs, "cifar10_conv6_dense_2ep", model="conv6", method="dense", epochs=2)
-    rows += rows_of(runs, "cifar10_resnet18_dense_1ep", model="resnet18", method="dense", epochs=1)
+
+    def rows_of(name: str, only: str | None = None, **labels: object) -> list[dict]:
+        return _rows_of(runs, name, only, earlier, **labels)
+
+    rows += rows_of("cifar10_conv6_dense_5ep", model="conv6", method="dense", epochs=5)
+    rows += rows_of("cifar10_conv6_dense_2ep", model="conv6", method="dense", epochs=2)
+    rows += rows_of("cifar10_resnet18_dense_1ep", model="resnet18", method="dense", epochs=1)
     for k in (2, 8):
         for sel in ("greedy", "sampled"):
-            rows += rows_of(runs, f"cifar10_conv6_slot_k{k}_{sel}_5ep", model="conv6", method=f"slot K={k} {sel}",
+            rows += rows_of(f"cifar10_conv6_slot_k{k}_{sel}_5ep", model="conv6", method=f"slot K={k} {sel}",
                             epochs=5)
+        # the authors' settings for sampled selection on Conv6: score lr 25, no weight decay
+        rows += rows_of(f"cifar10_conv6_slot_k{k}_sampled_lr25_5ep", model="conv6",
+                        method=f"slot K={k} sampled, lr 25", epochs=5)
     for k in (2, 8):  # the chosen values fine-tuned as ordinary weights (train.init_from), 2 more epochs
-        rows += rows_of(runs, f"cifar10_conv6_slot_k{k}_greedy_finetune_2ep", model="conv6",
+        rows += rows_of(f"cifar10_conv6_slot_k{k}_greedy_finetune_2ep", model="conv6",
                         method=f"slot K={k} greedy, fine-tuned", epochs="5+2")
     for rule in RULES:
-        rows += rows_of(runs, f"cifar10_conv6_randommask_{rule}_2ep", model="conv6", method="randommask",
+        rows += rows_of(f"cifar10_conv6_randommask_{rule}_2ep", model="conv6", method="randommask",
                         ratios=rule, epochs=2)
-        rows += rows_of(runs, f"cifar10_resnet18_randommask_{rule}_1ep", model="resnet18", method="randommask",
+        rows += rows_of(f"cifar10_resnet18_randommask_{rule}_1ep", model="resnet18", method="randommask",
                         ratios=rule, epochs=1)
-    rows += rows_of(runs, "cifar10_conv6_5ep", only="edgepopup", model="conv6", method="edge-popup", epochs=5)
-    rows += rows_of(runs, "cifar10_conv6_5ep", only="iterand", model="conv6", method="IteRand", epochs=5)
+    rows += rows_of("cifar10_conv6_5ep", only="edgepopup", model="conv6", method="edge-popup", epochs=5)
+    rows += rows_of("cifar10_conv6_5ep", only="iterand", model="conv6", method="IteRand", epochs=5)
     for name, label in AT_09:
-        rows += rows_of(runs, name, model="conv6", method=label, epochs=5)
+        rows += rows_of(name, model="conv6", method=label, epochs=5)
     for rule in ("erk", "balanced"):
-        rows += rows_of(runs, f"cifar10_conv6_randommask_edgepopup_{rule}_5ep", model="conv6",
+        rows += rows_of(f"cifar10_conv6_randommask_edgepopup_{rule}_5ep", model="conv6",
                         method="edge-popup inside random mask", ratios=rule, epochs=5)
     return rows
 
@@ -89,22 +106,23 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     n_bars = sum(1 for r in rows if str(r["epochs"]).startswith("5") and r["model"] == "conv6")
-    fig, axes = plt.subplots(1, 2, figsize=(12, max(4.0, 0.3 * n_bars + 1)))
-    ax = axes[0]
-    for rule in RULES:
-        pts = sorted((r["sparsity"], r["accuracy"], r["ci95"]) for r in rows
-                     if r["model"] == "conv6" and r["method"] == "randommask" and r["ratios"] == rule)
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                    label=rule)
-    for r in rows:
-        if r["model"] == "conv6" and r["method"] == "dense" and r["epochs"] == 2:
-            ax.axhline(r["accuracy"], color="black", ls="--", lw=1, label="dense (sparsity 0)")
-    ax.set_xlabel("overall sparsity of the fixed random mask")
-    ax.set_ylabel("CIFAR-10 test top-1 (%)")
-    ax.set_title("Conv6 w0.25: weights trained under\na fixed random mask, 2 epochs")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    ax = axes[1]
+    fig, axes = plt.subplots(1, 3, figsize=(17, max(4.0, 0.3 * n_bars + 1)), width_ratios=[1, 1, 1.4],
+                             layout="constrained")  # tight_layout spread the long bar labels over every gap
+    for ax, model, epochs, label in ((axes[0], "conv6", 2, "Conv6"), (axes[1], "resnet18", 1, "ResNet-18")):
+        for rule in RULES:
+            pts = sorted((r["sparsity"], r["accuracy"], r["ci95"]) for r in rows
+                         if r["model"] == model and r["method"] == "randommask" and r["ratios"] == rule)
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                        label=rule)
+        for r in rows:
+            if r["model"] == model and r["method"] == "dense" and r["epochs"] == epochs:
+                ax.axhline(r["accuracy"], color="black", ls="--", lw=1, label="dense (sparsity 0)")
+        ax.set_xlabel("overall sparsity of the fixed random mask")
+        ax.set_ylabel("CIFAR-10 test top-1 (%)")
+        ax.set_title(f"{label} w0.25: weights trained under\na fixed random mask, {epochs} epoch{'s' * (epochs > 1)}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    ax = axes[2]
     ref = [r for r in rows if str(r["epochs"]).startswith("5") and r["model"] == "conv6"]
     names = [r["method"] + (f" {r['ratios']}" if r.get("ratios") else "")
              + (f", sparsity {r['sparsity']:.1f}" if r["sparsity"] > 0 else "") for r in ref]
@@ -113,7 +131,6 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("CIFAR-10 test top-1 (%)")
     ax.set_title("Conv6 w0.25, 5 epochs (fine-tuned: 5 + 2)\n(slot machines prune nothing: sparsity 0)")
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -173,12 +190,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--time", type=int, default=0, metavar="N",
                         help="also time N training iterations of each method (0: skip)")
     parser.add_argument("--time-width", type=float, default=0.25, help="Conv6 width for --time")
+    parser.add_argument("--keep-missing", action="store_true",
+                        help="keep the rows of sweeps not found under --runs from the existing results JSON "
+                             "(marked 'source: earlier results') instead of stopping")
     args = parser.parse_args(argv)
     if args.time:
         timed = time_methods(args.time, args.time_width)
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / f"{args.name}_time.json").write_text(json.dumps({"rows": timed}, indent=2) + "\n")
-    rows = collect(args.runs)
+    out = args.results / f"{args.name}.json"
+    earlier = json.loads(out.read_text())["rows"] if args.keep_missing and out.is_file() else None
+    rows = collect(args.runs, earlier)
+    for r in rows:
+        if r["source"] == "earlier results":
+            print(f"kept from {out.name}: {r['run']} ({r['method']}, sparsity {r['sparsity']:.2f})")
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{args.name}.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     (args.results / f"{args.name}.md").write_text(markdown(rows))

@@ -98,7 +98,7 @@ def test_seed_methods_collects_sweeps_into_a_table_and_plot(tmp_path):
                                                              ("iterand", "_scalefan"), ("iterand", "_scalefan_lr0.1")]]
     names += [f"cifar10_conv6_slot_k{k}_greedy_finetune_2ep" for k in (2, 8)]
     names += [f"cifar10_conv6_slot_k{k}_{s}_5ep" for k in (2, 8)
-                                           for s in ("greedy", "sampled")]
+                                           for s in ("greedy", "sampled", "sampled_lr25")]
     for rule in ("uniform", "er", "erk", "balanced", "pyramidal"):
         names += [f"cifar10_conv6_randommask_{rule}_2ep", f"cifar10_resnet18_randommask_{rule}_1ep"]
     names += [f"cifar10_conv6_randommask_edgepopup_{rule}_5ep" for rule in ("erk", "balanced")]
@@ -121,3 +121,10 @@ def test_seed_methods_collects_sweeps_into_a_table_and_plot(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "seed_methods.py"), "--runs", str(runs), "--results",
                            str(tmp_path)], cwd=tmp_path, text=True, capture_output=True, timeout=120)
     assert proc.returncode != 0 and names[-1] in proc.stderr
+    # --keep-missing: the missing sweep's rows come from the results file already there, marked as such
+    bench("seed_methods.py", "--runs", str(runs), "--results", str(tmp_path), "--keep-missing", cwd=tmp_path)
+    again = json.loads((tmp_path / "cifar10_seed_methods.json").read_text())["rows"]
+    kept = [r for r in again if r["run"] == names[-1]]
+    assert len(again) == len(out["rows"]) and len(kept) == 2
+    assert all(r["source"] == "earlier results" for r in kept)
+    assert all(r["source"].endswith("sweep.json") for r in again if r["run"] != names[-1])

@@ -10,6 +10,7 @@ import torch
 from test_baselines import MEAN, STD, plan, snapshot, toy_data
 from test_benchmarks import bench
 from test_cli import REPO, run
+from test_monitoring import events
 
 from metaticket.baselines.train import train_supervised, trainable
 from metaticket.checkpoint import save_atomic
@@ -68,6 +69,21 @@ def test_sampled_slots_follow_the_scores_in_training_and_are_greedy_in_eval():
     assert torch.allclose(freq, torch.tensor([0.125, 0.375, 0.0, 0.5]), atol=0.01)
     assert bool((slot_index(scores, "sampled", training=False) == 3).all())
     assert bool((slot_index(scores, "greedy", training=True) == 3).all())
+
+
+def test_sampled_slots_pass_the_straight_through_gradient_of_the_drawn_weight_to_every_score():
+    layer = SlotLinear(7, 5, slots=4, select="sampled", generator=torch.Generator().manual_seed(0)).train()
+    x = torch.randn(3, 7)
+    torch.manual_seed(1)
+    w = layer.selected_weight()  # this forward pass's draw, with the straight-through path to the scores
+    drawn = w.detach()
+    assert not torch.equal(drawn, layer.weight)  # a draw, not the greedy choice (fails for greedy selection)
+    assert bool((layer.values == drawn.unsqueeze(0)).any(0).all())  # every entry is one of its K values
+    torch.nn.functional.linear(x, w, layer.bias).pow(2).sum().backward()
+    ref = drawn.clone().requires_grad_()
+    torch.nn.functional.linear(x, ref, layer.bias).pow(2).sum().backward()
+    assert torch.allclose(layer.scores.grad, ref.grad.unsqueeze(0) * layer.values, atol=1e-5)
+    assert bool((layer.scores.grad != 0).all())
 
 
 @pytest.mark.parametrize("name", ["mlp", "conv4", "conv6", "resnet18"])
@@ -347,15 +363,24 @@ def test_run_py_trains_slot_and_randommask_on_real_cifar10(tmp_path, data_root):
     assert r.returncode == 0, r.stderr
     exported = json.loads(r.stdout.strip().splitlines()[-1])
     assert exported["identical_outputs"] and exported["slot_bits"] == result["params_total"]  # K=2: 1 bit each
-    r = run("train", str(REPO / "configs" / "cifar10" / "conv6_randommask.yaml"), *small,
+    r = run("train", str(REPO / "configs" / "cifar10" / "conv6_randommask.yaml"), *small[:-1],  # not --quiet
             "--set", "model.ratios=pyramidal", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["method"] == "randommask" and result["sparsity"] == pytest.approx(0.8, abs=0.005)
-    rows = [json.loads(x) for x in (tmp_path / "cifar10_conv6_randommask" / "metrics.jsonl").read_text().splitlines()]
+    run_dir = tmp_path / "cifar10_conv6_randommask"
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = [row for row in rows if row["split"] == "randommask"]
     assert logged and logged[0]["sparsity"] == pytest.approx(0.8, abs=0.005)
-    assert sum(1 for k in logged[0] if k.startswith("sparsity/")) == 9  # one per Conv6 layer
+    per_layer = {k: v for k, v in logged[0].items() if k.startswith("sparsity/")}
+    assert len(per_layer) == 9  # one per Conv6 layer
+    # the same per-layer sparsities are printed at the start and reach TensorBoard
+    printed = next(line for line in r.stderr.splitlines() if line.startswith("random mask (pyramidal"))
+    for key, value in per_layer.items():
+        assert f"{key.split('/', 1)[1]} {value:.3f}" in printed, (key, printed)
+    tb = events(run_dir)
+    for key, value in per_layer.items():
+        assert tb.Scalars(f"randommask/{key}")[0].value == pytest.approx(value, abs=1e-6)
     # fine-tuning the slot run's chosen values as ordinary weights; a randommask run is no start for it
     r = run("train", str(REPO / "configs" / "cifar10" / "conv6_dense.yaml"), *small,
             "--set", f"train.init_from={tmp_path / 'cifar10_conv6_slot_k2_sampled'}", cwd=tmp_path)
