@@ -538,8 +538,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    finished = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        finished = True
+        return code
     except (ConfigError, MetaticketError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -547,4 +550,4 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 130
     finally:
-        shutdown()  # a no-op unless torchrun started a process group
+        shutdown(barrier=finished)  # a no-op unless torchrun started a process group
