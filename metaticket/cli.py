@@ -144,8 +144,9 @@ def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool, group: C
         raise MetaticketError(f"data.dataset = {config.data.dataset} offers only test tasks (cross-domain "
                               f"evaluation); meta-train on omniglot, tinyimagenet or miniimagenet")
     quiet = quiet or not group.main
-    learner = build_learner(config, device, collective=group)  # before the data: a model error fails at once
+    check_model_name(config)  # before the data is decoded: a misspelt model fails at once
     sets = samplers(config, quiet)
+    learner = build_learner(config, device, collective=group)
     if group.main:
         create_run_dir(config, run_dir, resume)
     monitor = Monitor(run_dir, quiet=quiet, write=group.main)
