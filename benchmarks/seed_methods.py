@@ -19,6 +19,7 @@ The commands that produce the runs are in benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -59,10 +60,7 @@ def _rows_of(runs: Path, name: str, only: str | None = None, earlier: list[dict]
 def collect(runs: Path, earlier: list[dict] | None = None) -> list[dict]:
     """Every row of the tables, read from the sweeps under ``runs`` (see :func:`_rows_of` for ``earlier``)."""
     rows: list[dict] = []
-
-    def rows_of(name: str, only: str | None = None, **labels: object) -> list[dict]:
-        return _rows_of(runs, name, only, earlier, **labels)
-
+    rows_of = functools.partial(_rows_of, runs, earlier=earlier)
     rows += rows_of("cifar10_conv6_dense_5ep", model="conv6", method="dense", epochs=5)
     rows += rows_of("cifar10_conv6_dense_2ep", model="conv6", method="dense", epochs=2)
     rows += rows_of("cifar10_resnet18_dense_1ep", model="resnet18", method="dense", epochs=1)
@@ -205,7 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if r["source"] == "earlier results":
             print(f"kept from {out.name}: {r['run']} ({r['method']}, sparsity {r['sparsity']:.2f})")
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{args.name}.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     (args.results / f"{args.name}.md").write_text(markdown(rows))
     plot(rows, args.results / f"{args.name}.png")
     print(markdown(rows))
