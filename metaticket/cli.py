@@ -444,6 +444,7 @@ def meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool, da
     result = {"method": config.meta.method, "dataset": target, "trained_on": config.data.dataset,
               "model": config.model.name,
               "width": config.model.width, "ways": config.data.ways, "shots": config.data.shots,
+              "queries": config.data.queries, "meta_steps": config.meta.steps, "meta_batch": config.meta.meta_batch,
               "accuracy": round(score.accuracy, 3), "ci95": round(score.ci95, 3), "tasks": score.tasks,
               "inner_steps_test": config.meta.inner_steps_test, "checkpoint": checkpoint, "step": learner.step,
               "sparsity": round(float(sparsity_report(learner.model)["overall"]), 4)}

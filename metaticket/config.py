@@ -55,6 +55,8 @@ class ModelConfig:
                             metadata=_check(lambda v: 0 <= v < 1, "sparsity is the fraction pruned, in [0, 1)"))
     init_sparsity: float = field(default=0.0,
                                  metadata=_check(lambda v: 0 <= v < 1, "init_sparsity is a fraction pruned, in [0, 1)"))
+    norm_eps: float = field(default=1e-5, metadata=_check(lambda v: 0 < v <= 1, "norm_eps is BatchNorm's epsilon, "
+                                                                             "in (0, 1], e.g. 1e-5"))
     dense_head: bool = True  # supermask models: keep the classifier dense (Meta-ticket does)
     scale_fan: bool = False  # edge-popup/IteRand: frozen weights times 1/sqrt(1 - sparsity) (kept fan-in's Kaiming std)
     slots: int = field(default=8, metadata=_check(lambda v: v >= 2, "Slot Machines need slots >= 2 values per "

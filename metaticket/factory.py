@@ -61,7 +61,8 @@ def build_meta_model(config: Config, device: torch.device | str = "cpu") -> nn.M
                               "set it to false")
     generator = torch.Generator().manual_seed(config.run.seed)
     layers = make_layers(supermask=METHODS[meta.method].needs_supermask, mask=m.mask, sparsity=m.sparsity,
-                         init=m.init, init_sparsity=m.init_sparsity, dense_head=m.dense_head, generator=generator)
+                         init=m.init, init_sparsity=m.init_sparsity, dense_head=m.dense_head, norm_eps=m.norm_eps,
+                         generator=generator)
     return _build(config, layers, config.data.ways, dataset_channels(config.data.dataset), device)
 
 
@@ -98,7 +99,7 @@ def build_classifier(config: Config, num_classes: int, device: torch.device | st
         supermask, sparsity = t.method in ("edgepopup", "iterand"), m.sparsity
     layers = make_layers(supermask=supermask, mask=m.mask, sparsity=sparsity, init=m.init,
                          init_sparsity=m.init_sparsity, dense_head=m.dense_head, generator=generator, norm="batch",
-                         norm_affine=learns_weights, slots=m.slots if t.method == "slot" else 0,
+                         norm_affine=learns_weights, norm_eps=m.norm_eps, slots=m.slots if t.method == "slot" else 0,
                          slot_select=m.slot_select)
     model = _build(config, layers, num_classes, 3, "cpu")
     if m.scale_fan:

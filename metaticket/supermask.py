@@ -71,6 +71,16 @@ def fan_in(shape: torch.Size) -> int:
     return int(math.prod(shape[1:]))
 
 
+def _portable_randn(shape: torch.Size, generator: torch.Generator | None, device: torch.device | str | None) -> Tensor:
+    """Standard normal float32 draws that are the same bits on every x86 CPU for a given generator state.
+
+    Why float64 first: torch's float32 ``randn`` on CPU runs a vectorized kernel (SLEEF log/sin/cos) only in its AVX2
+    build; the default and AVX-512 builds run the scalar one, and the two differ in the last bits (measured here with
+    ``ATEN_CPU_CAPABILITY=default`` vs ``avx2``). The float64 kernel is the scalar one in every build.
+    """
+    return torch.randn(shape, generator=generator, device=device, dtype=torch.float64).float()
+
+
 def sample_init(shape: torch.Size, init: str, generator: torch.Generator | None = None,
                 device: torch.device | str | None = None) -> Tensor:
     """Draw a weight tensor from a ReLU-gain Kaiming distribution (fan-in mode).
@@ -79,12 +89,12 @@ def sample_init(shape: torch.Size, init: str, generator: torch.Generator | None 
     """
     std = math.sqrt(2.0) / math.sqrt(fan_in(shape))
     if init == "kaiming_normal":
-        return torch.randn(shape, generator=generator, device=device) * std
+        return _portable_randn(shape, generator, device) * std
     if init == "kaiming_uniform":
         bound = math.sqrt(3.0) * std
         return (torch.rand(shape, generator=generator, device=device) * 2 - 1) * bound
     if init == "signed_constant":
-        return torch.randn(shape, generator=generator, device=device).sign() * std
+        return _portable_randn(shape, generator, device).sign() * std
     raise ValueError(f"unknown weight init {init!r}; known: {', '.join(WEIGHT_INITS)}")
 
 

@@ -63,6 +63,14 @@ def _meta_bn2d(n: int) -> nn.Module:
     return TaskBatchNorm2d(n)
 
 
+def _norm_factories(norm: str, affine: bool, eps: float) -> dict[str, Callable[[int], nn.Module]]:
+    """``norm1d``/``norm2d`` of :class:`Layers` for ``norm`` ("task" or "batch") with ``eps``."""
+    if norm == "task":
+        return dict(norm1d=lambda n: TaskBatchNorm1d(n, eps=eps), norm2d=lambda n: TaskBatchNorm2d(n, eps=eps))
+    return dict(norm1d=lambda n: nn.BatchNorm1d(n, eps=eps, affine=affine),
+                norm2d=lambda n: nn.BatchNorm2d(n, eps=eps, affine=affine))
+
+
 @dataclass(frozen=True)
 class Layers:
     """Factories a builder uses for its layers; swap them to get supermask or other variants.
@@ -111,21 +119,20 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 def make_layers(*, supermask: bool, mask: str = "threshold", sparsity: float = 0.0, init: str = "kaiming_normal",
                 init_sparsity: float = 0.0, dense_head: bool = True, generator: torch.Generator | None = None,
-                norm: str = "task", norm_affine: bool = True, slots: int = 0, slot_select: str = "greedy") -> Layers:
+                norm: str = "task", norm_affine: bool = True, norm_eps: float = 1e-5, slots: int = 0,
+                slot_select: str = "greedy") -> Layers:
     """Layer factories: every conv/linear drawn from ``init`` with ``generator``.
 
     With ``supermask=True`` the body (and the head unless ``dense_head``) are supermask layers; with
     ``slots=K`` (K >= 2) they are Slot Machine layers with K values per connection instead.
     ``norm="task"``: meta-model BatchNorm (each batch's own statistics); ``norm="batch"``: standard BatchNorm
     with running statistics for supervised training (``norm_affine=False`` for pruning, as edge-popup does).
+    ``norm_eps``: the BatchNorm epsilon (torch's 1e-5 by default; the Meta-ticket reference code uses 1e-3).
     """
     opts = dict(mask=mask, sparsity=sparsity, init=init, init_sparsity=init_sparsity, generator=generator)
     if norm not in ("task", "batch"):
         raise ValueError(f"unknown norm {norm!r}; known: task, batch")
-    norms: dict = {}
-    if norm == "batch":
-        norms = dict(norm1d=lambda n: nn.BatchNorm1d(n, affine=norm_affine),
-                     norm2d=lambda n: nn.BatchNorm2d(n, affine=norm_affine))
+    norms = _norm_factories(norm, norm_affine, norm_eps)
 
     def dense_linear(i: int, o: int, bias: bool = True) -> nn.Module:
         return _drawn(nn.Linear(i, o, bias=bias), init, generator)

@@ -1,0 +1,153 @@
+"""Benchmark: MAML vs Meta-ticket vs Meta-ticket + IteRand by width under the paper's Omniglot protocol (issue 18).
+
+    python benchmarks/paper_protocol.py train --widths 1 4 --steps 10000 --seeds 1 [--threads 1]
+    python benchmarks/paper_protocol.py report --steps 10000
+
+``train`` meta-trains every (method, width, seed) of ``configs/omniglot/paper/`` at one equal budget
+(``--steps`` x meta-batch 4) into ``runs/paper/``, resuming an interrupted run from its last checkpoint and
+skipping finished ones, then scores the last checkpoint on 1,000 test tasks. ``report`` collects the finished
+runs into ``benchmarks/results/paper_protocol_<steps>.json`` (meta-test lines, validation curves, ms per step)
+and draws test accuracy against width (one line per method) and the validation curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CONFIGS = ROOT / "configs" / "omniglot" / "paper"
+METHODS = ("maml", "metaticket", "metaticket_iterand")
+
+
+def run_dir(out: Path, method: str, width: int, seed: int, steps: int) -> Path:
+    return out / f"mlp-w{width}_5w1s_{method}_{steps}x4_seed{seed}"
+
+
+def train_one(out: Path, method: str, width: int, seed: int, steps: int, threads: int, extra: list[str]) -> dict:
+    """Meta-train (or resume) one run and meta-test its last checkpoint; returns the meta-test line."""
+    folder = run_dir(out, method, width, seed, steps)
+    result = folder / "meta_test_last.json"
+    if result.is_file():
+        return json.loads(result.read_text())
+    summary = folder / "train_summary.json"
+    cmd = [sys.executable, "run.py", "meta-train", str(CONFIGS / f"mlp-w{width}_5w1s_{method}.yaml"), "--quiet"]
+    for s in (f"meta.steps={steps}", f"run.seed={seed}", f"run.threads={threads}", f"run.out_dir={out}",
+              f"run.name={folder.name}", *extra):
+        cmd += ["--set", s]
+    if not summary.is_file():
+        if (folder / "checkpoints" / "last.pt").is_file():
+            cmd.append("--resume")
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    test = subprocess.run([sys.executable, "run.py", "meta-test", str(folder), "--checkpoint", "last", "--tasks",
+                           "1000", "--quiet"], cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)
+    line = json.loads(test.stdout.strip().splitlines()[-1])
+    result.write_text(json.dumps(line) + "\n")
+    return line
+
+
+def collect(out: Path, steps: int) -> list[dict]:
+    rows = []
+    for folder in sorted(out.glob(f"mlp-w*_5w1s_*_{steps}x4_seed*")):
+        result = folder / "meta_test_last.json"
+        if not result.is_file():
+            continue
+        name = folder.name.removeprefix("mlp-w")
+        width, rest = name.split("_5w1s_")
+        method, _, seed = rest.rpartition(f"_{steps}x4_seed")
+        metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        summary = json.loads((folder / "train_summary.json").read_text())
+        rows.append({"method": method, "width": int(width), "seed": int(seed), "test": json.loads(result.read_text()),
+                     "ms_per_step": round(summary["ms_per_step"], 1),
+                     "val_curve": [{"step": m["step"], "acc": m["acc"], "ci95": m["ci95"],
+                                    "sparsity": m.get("sparsity")} for m in metrics if m["split"] == "val"]})
+    return rows
+
+
+def table(rows: list[dict]) -> list[dict]:
+    """One line per (method, width): mean test accuracy over seeds, the per-seed CIs, sparsity."""
+    out = []
+    for method in METHODS:
+        for width in sorted({r["width"] for r in rows}):
+            sel = [r for r in rows if r["method"] == method and r["width"] == width]
+            if not sel:
+                continue
+            accs = [r["test"]["accuracy"] for r in sel]
+            out.append({"method": method, "width": width, "seeds": len(sel),
+                        "accuracy": round(statistics.mean(accs), 2),
+                        "ci95_tasks": round(max(r["test"]["ci95"] for r in sel), 2),
+                        "ci95_seeds": round(1.96 * statistics.stdev(accs) / len(accs) ** 0.5, 2) if len(accs) > 1
+                        else None, "sparsity": round(statistics.mean(r["test"]["sparsity"] for r in sel), 3)})
+    return out
+
+
+def plot(rows: list[dict], lines: list[dict], steps: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for method in METHODS:
+        sel = [t for t in lines if t["method"] == method]
+        if sel:
+            left.errorbar([t["width"] for t in sel], [t["accuracy"] for t in sel], yerr=[t["ci95_tasks"] for t in sel],
+                          marker="o", capsize=3, label=method)
+        for r in (r for r in rows if r["method"] == method):
+            c = r["val_curve"]
+            right.plot([p["step"] for p in c], [p["acc"] for p in c], label=f"{method} w{r['width']} s{r['seed']}")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("MLP width factor")
+    left.set_ylabel("test accuracy (%), 1,000 tasks, last checkpoint")
+    left.set_title(f"Omniglot 5w1s, paper protocol, {steps} x 4 meta-steps", fontsize=9)
+    right.set_xlabel("meta-step")
+    right.set_ylabel("validation accuracy (%), 200 tasks")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["train", "report"])
+    p.add_argument("--widths", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--steps", type=int, default=30000, help="meta-steps of every run (meta-batch 4)")
+    p.add_argument("--threads", type=int, default=0, help="run.threads of the training runs (0: torch's default)")
+    p.add_argument("--set", action="append", default=[], help="extra config override for every run")
+    p.add_argument("--runs", default=str(ROOT / "runs" / "paper"))
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    runs = Path(args.runs)
+    if args.action == "train":
+        for seed in args.seeds:
+            for width in args.widths:
+                for method in args.methods:
+                    line = train_one(runs, method, width, seed, args.steps, args.threads, args.set)
+                    print(json.dumps({"method": method, "width": width, "seed": seed, "accuracy": line["accuracy"],
+                                      "ci95": line["ci95"]}), flush=True)
+        return 0
+    rows = collect(runs, args.steps)
+    if not rows:
+        sys.exit(f"no finished runs of {args.steps} steps under {runs}; run the train action first")
+    lines = table(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"paper_protocol_{args.steps}"
+    (out / f"{tag}.json").write_text(json.dumps({"steps": args.steps, "meta_batch": 4, "table": lines, "runs": rows},
+                                                indent=1) + "\n")
+    plot(rows, lines, args.steps, out / f"{tag}.png")
+    for t in lines:
+        print(json.dumps(t))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
