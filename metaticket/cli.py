@@ -12,16 +12,20 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import json
 import os
 import random
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from metaticket.baselines.train import Plan, evaluate_classifier, param_counts, train_supervised
+from metaticket.checkpoint import check_checkpoint, load_checkpoint, read_json, write_text_atomic
 from metaticket.config import Config, ConfigError, dump_config, load_config
 from metaticket.data import DATASETS, dataset_channels, episode_samplers
 from metaticket.data.classification import CLASSIFICATION, classification_data
@@ -55,20 +59,71 @@ def data_root(config: Config) -> Path:
     return Path(env).expanduser() if env else cache_dir() / "data"
 
 
-def fresh_run_dir(run_dir: Path) -> Path:
-    """``run_dir``, or ``run_dir-N`` with the first free N when a run already lives there (never overwrite)."""
-    candidate, n = run_dir, 0
-    while (candidate / "config.yaml").exists() or (candidate / "checkpoints").exists():
+def claim_run_dir(run_dir: Path) -> Path:
+    """The first of ``run_dir``, ``run_dir-1``, ``run_dir-2``, ... that holds no run, claimed at once.
+
+    The claim is an exclusive create of the folder's (still empty) ``config.yaml``, so two runs started at the same
+    moment with the same name get two folders. :func:`release_run_dir` undoes a claim whose run never started.
+    """
+    n = 0
+    while True:
+        candidate = run_dir if n == 0 else run_dir.with_name(f"{run_dir.name}-{n}")
+        if not (candidate / "checkpoints").exists():
+            candidate.mkdir(parents=True, exist_ok=True)
+            try:
+                os.close(os.open(candidate / "config.yaml", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                return candidate
+            except FileExistsError:
+                pass
         n += 1
-        candidate = run_dir.with_name(f"{run_dir.name}-{n}")
-    return candidate
+
+
+def release_run_dir(run_dir: Path, keep: Path) -> None:
+    """Undo the claim of a run refused before it started (its ``config.yaml`` still empty): remove the file and the
+    folders made for it, up to ``keep`` (the deepest folder that existed before), while they are empty."""
+    claim = run_dir / "config.yaml"
+    if not claim.is_file() or claim.stat().st_size:
+        return
+    claim.unlink()
+    folder = run_dir
+    while folder != keep and folder != folder.parent:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: something else lives there
+            return
+        folder = folder.parent
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def run_in_claimed_dir(start: Callable[[Path], object], run_dir: Path, resume: bool, group: Collective) -> Path:
+    """Claim the run folder (rank 0, unless resuming), call ``start(folder)``, and release the claim when the run is
+    refused before it writes its config. Returns the folder."""
+    keep = _existing_ancestor(run_dir.parent)
+    if not resume and group.main:
+        run_dir = claim_run_dir(run_dir)
+    run_dir = Path(group.broadcast(str(run_dir)))  # rank 0 chose the folder
+    try:
+        start(run_dir)
+    except BaseException:
+        if not resume and group.main:
+            release_run_dir(run_dir, keep)
+        raise
+    return run_dir
 
 
 def create_run_dir(config: Config, run_dir: Path, resume: bool) -> None:
-    """Create ``run_dir`` with its config.yaml (rank 0), once data and model are built: a run refused before this
-    point leaves no folder, and the note on a diverted folder is printed only for a run that starts."""
+    """Write ``run_dir``'s config.yaml (rank 0) once data and model are built and a resumed checkpoint fits: a run
+    refused before this point leaves no folder, and the note on a diverted folder is printed only for a run that
+    starts."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, run_dir / "config.yaml")
+    tmp = run_dir / f".config.yaml.tmp{os.getpid()}"
+    dump_config(config, tmp)
+    os.replace(tmp, run_dir / "config.yaml")
     wanted = Path(config.run.out_dir) / config.run.name
     if not resume and run_dir.parent == wanted.parent and run_dir.name != wanted.name:
         print(f"{wanted} holds an earlier run; writing this one to {run_dir}", file=sys.stderr)
@@ -91,6 +146,40 @@ def samplers(config: Config, quiet: bool, dataset: str | None = None) -> dict:
                             workers=d.workers, progress=not quiet)
 
 
+# Images each dataset decodes into memory (uint8), for the memory check below; ImageNet is read from files.
+DECODED_IMAGES = {"omniglot": 32_460, "tinyimagenet": 110_000, "miniimagenet": 60_000, "cifar10": 60_000,
+                  "imagenet": 0}
+
+
+def machine_memory() -> int:
+    """Physical memory of this machine in bytes (0 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_memory(config: Config, dataset: str | None = None, memory: int | None = None) -> None:
+    """Refuse, before anything is decoded or allocated, a config whose decoded images plus one batch of float
+    inputs need more than 80% of this machine's memory (``data.image_size``, ``meta.meta_batch``, ...)."""
+    memory = machine_memory() if memory is None else memory
+    d = config.data
+    name = dataset or d.dataset
+    side = image_size(config)
+    channels = 1 if name == "omniglot" else 3
+    pixels = channels * side * side
+    if config.run.task == "meta":
+        per_task = d.ways * (d.shots + d.queries)
+        batch, what = max(config.meta.meta_batch, config.eval.batch) * per_task, "meta.meta_batch (or eval.batch) tasks"
+    else:
+        batch, what = max(config.train.batch_size, config.train.eval_batch), "train.batch_size"
+    need = DECODED_IMAGES.get(name, 0) * pixels + 3 * 4 * batch * pixels  # uint8 images; float batch, 2 copies+grad
+    if memory and need > 0.8 * memory:
+        raise MetaticketError(f"data.image_size = {side} with {what} = {batch} images needs about "
+                              f"{need / 2**30:.1f} GiB for decoded images and one batch, more than 80% of this "
+                              f"machine's {memory / 2**30:.1f} GiB; lower data.image_size or the batch")
+
+
 def _setup(config: Config) -> torch.device:
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
@@ -105,15 +194,30 @@ def _setup(config: Config) -> torch.device:
     return resolve_device(config.run.device)
 
 
-def _check_resumable(run_dir: Path, config: Config) -> None:
+GROWABLE = ("meta.steps", "train.epochs", "train.max_iterations")  # what a --resume may raise: train longer
+
+
+def _check_resumable(run_dir: Path, config: Config) -> dict:
+    """The checkpoint a ``--resume`` of ``run_dir`` continues, once the config is known to equal the saved one (but
+    for a larger :data:`GROWABLE` value) and the checkpoint to be readable and of this kind of run. Writes nothing."""
     saved = run_dir / "config.yaml"
-    if not saved.is_file():
+    if not saved.is_file() or not saved.stat().st_size:
         raise MetaticketError(f"cannot resume {run_dir}: it has no config.yaml; start a new run instead")
-    if load_config(saved) != config:
-        raise MetaticketError(f"cannot resume {run_dir}: the config differs from its saved config.yaml; "
-                              f"resume with the same config and --set values")
-    if not (run_dir / "checkpoints" / "last.pt").is_file():  # checked before anything is written into the folder
+    old, new = load_config(saved).to_dict(), config.to_dict()
+    diff = [(f"{sec}.{k}", old[sec][k], new[sec][k]) for sec in new for k in new[sec] if new[sec][k] != old[sec][k]]
+    fixed = [f"{k} (saved {a!r}, now {b!r})" for k, a, b in diff if k not in GROWABLE]
+    if fixed:
+        raise MetaticketError(f"cannot resume {run_dir}: the config differs from its saved config.yaml in "
+                              f"{', '.join(fixed[:4])}{' and more' if len(fixed) > 4 else ''}; resume with the saved "
+                              f"values (only {', '.join(GROWABLE)} may grow)")
+    for key, a, b in diff:
+        if b is not None and (a is None or b < a):  # null max_iterations: no limit
+            raise MetaticketError(f"cannot resume {run_dir}: {key} = {b} is below the saved {a}; a resumed run may "
+                                  f"train longer, not shorter")
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():  # checked before anything is written into the folder
         raise MetaticketError(f"cannot resume {run_dir}: it has no checkpoints/last.pt; start a new run instead")
+    return check_checkpoint(load_checkpoint(last), config.run.task, last)
 
 
 def _group(config: Config) -> tuple[Collective, torch.device]:
@@ -132,8 +236,7 @@ def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool, group: C
     In a distributed run every process calls this; only rank 0 validates and writes.
     """
     _expect_task(config, "meta", "meta-train")
-    if resume:
-        _check_resumable(run_dir, config)
+    state = _check_resumable(run_dir, config) if resume else None
     device = _setup(config)
     if group.world > 1:
         device = _group(config)[1]
@@ -145,8 +248,11 @@ def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool, group: C
                               f"evaluation); meta-train on omniglot, tinyimagenet or miniimagenet")
     quiet = quiet or not group.main
     check_model_name(config)  # before the data is decoded: a misspelt model fails at once
+    check_memory(config)
     sets = samplers(config, quiet)
     learner = build_learner(config, device, collective=group)
+    if state is not None:  # a checkpoint of another architecture is refused before anything is written
+        _load_weights(learner.model, state["learner"]["model"], run_dir)
     if group.main:
         create_run_dir(config, run_dir, resume)
     monitor = Monitor(run_dir, quiet=quiet, write=group.main)
@@ -161,7 +267,7 @@ def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool, group: C
         monitor.close()
     if not group.main:
         return summary
-    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(run_dir / "train_summary.json", json.dumps(summary, indent=2))
     if not quiet:
         print(f"trained {summary['steps']} steps ({summary['ms_per_step']:.0f} ms/step); best val accuracy "
               f"{summary['best_val_accuracy']:.2f}% at step {summary['best_step']}; run folder {run_dir}",
@@ -173,11 +279,8 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     _expect_task(config, "meta", "meta-train")
     group, _ = _group(config)
-    run_dir = Path(config.run.out_dir) / config.run.name
-    if not args.resume and group.main:
-        run_dir = fresh_run_dir(run_dir)
-    run_dir = Path(group.broadcast(str(run_dir)))  # rank 0 chose the folder
-    train_run(config, run_dir, args.resume, args.quiet, group)
+    run_dir = run_in_claimed_dir(lambda d: train_run(config, d, args.resume, args.quiet, group),
+                                 Path(config.run.out_dir) / config.run.name, args.resume, group)
     group.barrier()
     if args.test and group.main:
         print(json.dumps(meta_test(run_dir, tasks=None, checkpoint="best", quiet=args.quiet)))
@@ -197,6 +300,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     Runs go to ``<out_dir>/<name>-sweep/<point>/``; re-running the same command skips finished points and
     resumes interrupted ones. With only ``--seeds`` the table lists the seeds and their mean +- CI.
     """
+    for flag in ("seeds", "methods", "widths", "sparsities"):
+        values = getattr(args, flag) or []
+        if len(set(values)) < len(values):
+            twice = sorted({v for v in values if values.count(v) > 1}, key=str)
+            raise MetaticketError(f"--{flag} lists {', '.join(map(str, twice))} more than once; give each value once")
+    for seed in args.seeds or []:
+        if not 0 <= seed < 2**32:
+            raise MetaticketError(f"--seeds {seed} is out of range: seeds lie in [0, 2^32)")
     per_method = "{method}" in args.config  # one config file per method, e.g. configs/cifar10/conv6_{method}.yaml
     if per_method and not args.methods:
         raise MetaticketError(f"{args.config} names a {{method}} placeholder; list the methods with --methods")
@@ -228,8 +339,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     bar.close()
     table = grid_table(rows) if grid else seed_table(rows)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "sweep.json").write_text(json.dumps(table, indent=2))
-    (sweep_dir / "sweep.md").write_text(table["markdown"])
+    write_text_atomic(sweep_dir / "sweep.json", json.dumps(table, indent=2))
+    write_text_atomic(sweep_dir / "sweep.md", table["markdown"])
     if grid:
         try:
             plot_grid(table, sweep_dir / "sweep.png")
@@ -242,22 +353,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _sweep_point(config: Config, run_dir: Path, quiet: bool) -> dict:
     """Test result of one sweep run, training (or resuming) it first when it is not finished."""
-    done = run_dir / "test.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    done = read_json(run_dir / "test.json")  # None also when a crash tore it: scored again
+    if done is not None:
+        return done
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    summary = read_json(run_dir / "train_summary.json")
     if config.run.task == "meta":
-        summary = run_dir / "train_summary.json"
-        if not summary.is_file() or json.loads(summary.read_text())["steps"] < config.meta.steps:
+        if summary is None or summary.get("steps", 0) < config.meta.steps:
             train_run(config, run_dir, resume, quiet)
         result = meta_test(run_dir, tasks=None, checkpoint="best", quiet=quiet)
     else:
-        if not (run_dir / "train_summary.json").is_file():
+        if summary is None or "ms_per_iter" not in summary:
             supervised_run(config, run_dir, resume, quiet)
-        summary = json.loads((run_dir / "train_summary.json").read_text())
+            summary = read_json(run_dir / "train_summary.json") or {}
         result = {**eval_run(run_dir, quiet), "ms_per_iter": round(summary["ms_per_iter"], 1),
                   "train_minutes": round(summary["train_minutes"], 2)}
-    done.write_text(json.dumps(result))
+    write_text_atomic(run_dir / "test.json", json.dumps(result))
     return result
 
 
@@ -276,8 +387,7 @@ def supervised_run(config: Config, run_dir: Path, resume: bool, quiet: bool, gro
     In a distributed run every process calls this; each trains on its slice of every batch, rank 0 writes.
     """
     _expect_task(config, "train", "train")
-    if resume:
-        _check_resumable(run_dir, config)
+    state = _check_resumable(run_dir, config) if resume else None
     device = _setup(config)
     if group.world > 1:
         device = _group(config)[1]
@@ -286,6 +396,7 @@ def supervised_run(config: Config, run_dir: Path, resume: bool, quiet: bool, gro
                                   f"{group.world} processes; use a multiple of {group.world}")
     quiet = quiet or not group.main
     check_model_name(config)  # before loading data, like a wrong init_from folder: both fail at once
+    check_memory(config)
     if config.train.init_from and not resume:
         slot_run_config(config, config.train.init_from)
     data = _classification(config, quiet)
@@ -293,6 +404,8 @@ def supervised_run(config: Config, run_dir: Path, resume: bool, quiet: bool, gro
         model = from_slot_run(config, len(data.classes), config.train.init_from, device)
     else:
         model = build_classifier(config, len(data.classes), device)
+    if state is not None:  # a checkpoint of another architecture is refused before anything is written
+        _load_weights(model, state["model"], run_dir)
     if group.main:
         create_run_dir(config, run_dir, resume)
     t = config.train
@@ -318,7 +431,7 @@ def supervised_run(config: Config, run_dir: Path, resume: bool, quiet: bool, gro
         monitor.close()
     if not group.main:
         return summary
-    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(run_dir / "train_summary.json", json.dumps(summary, indent=2))
     if not quiet:
         print(f"trained {summary['iterations']} iterations ({summary['ms_per_iter']:.0f} ms/iteration); test top-1 "
               f"{summary['top1']:.2f}%; run folder {run_dir}", file=sys.stderr)
@@ -339,10 +452,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _expect_task(config, "train", "train")
         run_dir = Path(config.run.out_dir) / config.run.name
     group, _ = _group(config)
-    if not args.resume and group.main:
-        run_dir = fresh_run_dir(run_dir)
-    run_dir = Path(group.broadcast(str(run_dir)))  # rank 0 chose the folder
-    supervised_run(config, run_dir, bool(args.resume), args.quiet, group)
+    run_dir = run_in_claimed_dir(lambda d: supervised_run(config, d, bool(args.resume), args.quiet, group), run_dir,
+                                 bool(args.resume), group)
     group.barrier()
     if group.main:
         print(json.dumps(eval_run(run_dir, args.quiet)))
@@ -368,14 +479,14 @@ def _load_weights(target, state: dict, run_dir: Path) -> None:
 
 def eval_run(run_dir: Path, quiet: bool) -> dict:
     """Test scores of a supervised run's last checkpoint: top-1 (+ top-5 beyond 10 classes), sparsity, params."""
-    from metaticket.checkpoint import load_checkpoint
 
     config = _saved_config(run_dir, "the folder train")
     _expect_task(config, "train", "eval")
     device = _setup(config)
     data = _classification(config, quiet)
     model = build_classifier(config, len(data.classes), device)
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location=device)
+    path = run_dir / "checkpoints" / "last.pt"
+    state = check_checkpoint(load_checkpoint(path, map_location=device), "train", path)
     _load_weights(model, state["model"], run_dir)
     monitor = Monitor(run_dir, quiet=quiet, tensorboard=False)
     bar = monitor.progress(len(data.test), "evaluate")
@@ -421,20 +532,22 @@ def cmd_meta_test(args: argparse.Namespace) -> int:
 
 def meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool, dataset: str | None = None) -> dict:
     """Score a run's checkpoint on test tasks of its dataset, or of ``dataset`` (cross-domain)."""
-    from metaticket.checkpoint import load_checkpoint
-
     config = _saved_config(run_dir, "the folder meta-train")
     target = dataset or config.data.dataset
     if dataset_channels(target) != dataset_channels(config.data.dataset):
         raise MetaticketError(f"--dataset {target} has {dataset_channels(target)}-channel images but {run_dir} was "
                               f"trained on {dataset_channels(config.data.dataset)}-channel "
                               f"{config.data.dataset}; pick a dataset with the same channels")
+    check_memory(config, target)
     device = _setup(config)
     learner = build_learner(config, device)
-    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=device)
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    state = check_checkpoint(load_checkpoint(path, map_location=device), "meta", path)
     _load_weights(learner, state["learner"], run_dir)
     test = samplers(config, quiet, dataset=target)["test"]
-    n = tasks or config.eval.test_tasks
+    n = config.eval.test_tasks if tasks is None else tasks
+    if n < 1:
+        raise MetaticketError(f"--tasks {n}: score at least 1 test task")
     monitor = Monitor(run_dir, quiet=quiet, tensorboard=False)
     bar = monitor.progress(n, "meta-test")
     score = evaluate(learner, test, n, config.eval.batch, device, progress=bar.update)
@@ -460,22 +573,39 @@ def _head_classes(weights: dict, run_dir: Path) -> int:
                           f"classifier checkpoint")
 
 
+def _check_ticket_target(out: Path) -> None:
+    """``export -o`` writes a new file or replaces a ticket; a folder or any other file is refused."""
+    from metaticket.ticket import ticket_info
+
+    if out.is_dir():
+        raise MetaticketError(f"-o {out} is a folder; name the ticket file to write, e.g. {out / 'model.ticket'}")
+    if out.exists():
+        try:
+            ticket_info(out)
+        except MetaticketError:
+            raise MetaticketError(f"-o {out} exists and is not a ticket; choose another path (export replaces only "
+                                  f"an earlier ticket)") from None
+    if not out.parent.is_dir():
+        raise MetaticketError(f"-o {out}: the folder {out.parent} does not exist; create it or choose another path")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a run's network as a compact ticket and check that the rebuilt network computes the same outputs."""
-    from metaticket.checkpoint import load_checkpoint
     from metaticket.factory import build_network
     from metaticket.ticket import export_ticket, load_ticket, same_outputs
 
     run_dir = Path(args.run_dir)
     config = _saved_config(run_dir, "a folder meta-train or train")
+    out = Path(args.output) if args.output else run_dir / f"{config.run.name}.ticket"
+    _check_ticket_target(out)
     meta = config.run.task == "meta"
     which = args.checkpoint or ("best" if meta else "last")
-    state = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")
+    path = run_dir / "checkpoints" / f"{which}.pt"
+    state = check_checkpoint(load_checkpoint(path), config.run.task, path)
     weights = state["learner"]["model"] if meta else state["model"]
     num_classes = None if meta else _head_classes(weights, run_dir)
     model = build_network(config, num_classes)
     _load_weights(model, weights, run_dir)
-    out = Path(args.output) if args.output else run_dir / f"{config.run.name}.ticket"
     step = state["learner"]["step"] if meta else state["iteration"]
     report = export_ticket(model, config, out, num_classes=num_classes,
                            info={"run": str(run_dir), "checkpoint": which, "step": int(step)})
@@ -488,9 +618,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (no usage block), exit code 2 like every other refused input."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number (use at least 1)")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py", description="metaticket: sparse tickets in random networks")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="run.py", description="metaticket: sparse tickets in random networks")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("meta-train", help="meta-train a few-shot learner from a YAML config")
     t.add_argument("config", help="YAML config file (see configs/)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
@@ -500,7 +647,7 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_meta_train)
     e = sub.add_parser("meta-test", help="meta-test a run folder on the test split; prints one JSON line")
     e.add_argument("run_dir")
-    e.add_argument("--tasks", type=int, default=None, help="number of test tasks (default: eval.test_tasks)")
+    e.add_argument("--tasks", type=_positive_int, default=None, help="number of test tasks (default: eval.test_tasks)")
     e.add_argument("--checkpoint", choices=("best", "last"), default="best")
     e.add_argument("--dataset", choices=sorted(DATASETS), default=None,
                    help="cross-domain: test on this dataset's test classes instead of the run's own")
@@ -538,8 +685,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    """A full disk in TensorBoard's writer thread is reported once, by the main thread (see :func:`main`)."""
+    if isinstance(args.exc_value, OSError) and args.exc_value.errno in DISK_FULL:
+        return
+    threading.__excepthook__(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    threading.excepthook = _thread_excepthook
     finished = False
     try:
         code = args.func(args)
@@ -547,6 +705,12 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except (ConfigError, MetaticketError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk (or quota) while writing logs, events or results
+        if e.errno not in DISK_FULL:
+            raise
+        print(f"error: cannot write {e.filename or 'a run file'} ({e.strerror}); the last checkpoint written is "
+              f"kept: free disk space and continue with --resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)

@@ -30,6 +30,13 @@ def _check(rule: Callable[[Any], bool], hint: str) -> dict[str, Any]:
     return {"rule": rule, "hint": hint}
 
 
+def _one_path_component(name: str) -> bool:
+    """A run name stays one folder inside ``run.out_dir``: not empty, no separators, no leading dot (``.``, ``..``,
+    hidden folders), no control characters, and short enough for the ``-sweep`` / ``-N`` suffixes (255-byte limit)."""
+    return (name != "" and not name.startswith(".") and "/" not in name and "\\" not in name
+            and all(ord(c) >= 32 for c in name) and len(name.encode("utf-8", "surrogatepass")) <= 200)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: Literal["omniglot", "tinyimagenet", "miniimagenet", "cifar10", "imagenet"] = "omniglot"
@@ -39,16 +46,18 @@ class DataConfig:
     shots: int = field(default=1, metadata=_check(lambda v: v >= 1, "use at least 1 shot"))
     queries: int = field(default=15, metadata=_check(lambda v: v >= 1, "use at least 1 query per class"))
     image_size: int | None = field(default=None,  # null: the dataset's own (28, 64, 84, 32)
-                                   metadata=_check(lambda v: v is None or v >= 4, "use an image size of at least 4"))
+                                   metadata=_check(lambda v: v is None or 4 <= v <= 1024,
+                                                   "use an image size in [4, 1024] (or null: the dataset's own)"))
     rotations: bool = True  # Omniglot: 90/180/270-degree rotations as extra classes (MAML convention)
-    workers: int = field(default=2, metadata=_check(lambda v: v >= 0, "use workers >= 0 (0: load in the main process)"))
+    workers: int = field(default=2, metadata=_check(lambda v: 0 <= v <= 256,
+                                                    "use workers in [0, 256] (0: load in the main process)"))
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "mlp"
-    width: float = field(default=1.0, metadata=_check(lambda v: v > 0, "use a positive width factor"))
-    channels: int = field(default=64, metadata=_check(lambda v: v >= 1, "use at least 1 channel"))
+    width: float = field(default=1.0, metadata=_check(lambda v: 0 < v <= 64, "use a width factor in (0, 64]"))
+    channels: int = field(default=64, metadata=_check(lambda v: 1 <= v <= 8192, "use channels in [1, 8192]"))
     init: Literal["kaiming_normal", "kaiming_uniform", "signed_constant"] = "kaiming_normal"
     mask: Literal["threshold", "topk"] = "threshold"
     sparsity: float = field(default=0.5,
@@ -59,8 +68,8 @@ class ModelConfig:
                                                                              "in (0, 1], e.g. 1e-5"))
     dense_head: bool = True  # supermask models: keep the classifier dense (Meta-ticket does)
     scale_fan: bool = False  # edge-popup/IteRand: frozen weights times 1/sqrt(1 - sparsity) (kept fan-in's Kaiming std)
-    slots: int = field(default=8, metadata=_check(lambda v: v >= 2, "Slot Machines need slots >= 2 values per "
-                                                                    "connection"))
+    slots: int = field(default=8, metadata=_check(lambda v: 2 <= v <= 256,
+                                                  "Slot Machines need slots in [2, 256] values per connection"))
     slot_select: Literal["greedy", "sampled"] = "greedy"  # train.method slot: argmax of the scores, or a draw
     ratios: Literal["uniform", "er", "erk", "balanced", "pyramidal"] = "uniform"  # train.method randommask
     popup_sparsity: float = field(default=0.5, metadata=_check(
@@ -71,8 +80,8 @@ class ModelConfig:
 class MetaConfig:
     method: Literal["maml", "anil", "boil", "metaticket", "metaticket_boil"] = "metaticket"
     inner_lr: float = field(default=0.4, metadata=_check(lambda v: v > 0, "use a positive inner_lr"))
-    inner_steps: int = field(default=1, metadata=_check(lambda v: v >= 1, "use at least 1 inner step"))
-    inner_steps_test: int = field(default=3, metadata=_check(lambda v: v >= 1, "use at least 1 inner step"))
+    inner_steps: int = field(default=1, metadata=_check(lambda v: 1 <= v <= 1000, "use 1 to 1000 inner steps"))
+    inner_steps_test: int = field(default=3, metadata=_check(lambda v: 1 <= v <= 1000, "use 1 to 1000 inner steps"))
     first_order: bool = False
     meta_batch: int = field(default=32, metadata=_check(lambda v: v >= 1, "use a meta_batch of at least 1 task"))
     steps: int = field(default=10000, metadata=_check(lambda v: v >= 1, "train for at least 1 step"))
@@ -123,19 +132,24 @@ class EvalConfig:
     val_every: int = field(default=500, metadata=_check(lambda v: v >= 1, "validate at least every step"))
     val_tasks: int = field(default=200, metadata=_check(lambda v: v >= 1, "use at least 1 validation task"))
     test_tasks: int = field(default=600, metadata=_check(lambda v: v >= 1, "use at least 1 test task"))
-    task_seed: int = 1234  # the same validation/test tasks for every run and method
+    task_seed: int = field(default=1234, metadata=_check(lambda v: 0 <= v < 2**32, "seeds lie in [0, 2^32)"))
+    # task_seed: the same validation/test tasks for every run and method
     batch: int = field(default=50, metadata=_check(lambda v: v >= 1, "evaluate at least 1 task per batch"))
 
 
 @dataclass(frozen=True)
 class RunConfig:
     task: Literal["meta", "train"] = "meta"  # meta: few-shot meta-learning (meta-train); train: supervised (train)
-    name: str = "run"
-    out_dir: str = "runs"
-    seed: int = 0
+    name: str = field(default="run", metadata=_check(
+        lambda v: _one_path_component(v), "use one folder name: no / or \\, not starting with '.', no control "
+                                          "characters, at most 200 bytes"))
+    out_dir: str = field(default="runs", metadata=_check(lambda v: v.strip() != "" and "\0" not in v,
+                                                         "name the folder that holds run folders, e.g. runs"))
+    seed: int = field(default=0, metadata=_check(lambda v: 0 <= v < 2**32, "seeds lie in [0, 2^32)"))
     device: str = field(default="auto", metadata=_check(lambda v: v in ('auto', 'cpu') or v.startswith('cuda'),
                                                         "use auto, cpu or cuda[:N]"))
-    threads: int = field(default=0, metadata=_check(lambda v: v >= 0, "use threads >= 0 (0: torch's default)"))
+    threads: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 1024,
+                                                    "use threads in [0, 1024] (0: torch's default)"))
     checkpoint_every: int = field(default=1000, metadata=_check(lambda v: v >= 1, "use checkpoint_every >= 1"))
     log_every: int = field(default=50, metadata=_check(lambda v: v >= 1, "use log_every >= 1"))
 
@@ -174,18 +188,45 @@ def _mapping_no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_duplicates)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file (see configs/)")
+def _no_aliases(loader: _StrictLoader, parent: Any, index: Any) -> Any:
+    # Why: an alias repeats a node without copying it, so a few hundred bytes of nested aliases describe a structure
+    # with billions of leaves that any walk over it (merging, printing, dumping) expands. Configs never need them.
+    if loader.check_event(yaml.AliasEvent):
+        event = loader.peek_event()
+        raise ConfigError(f"line {event.start_mark.line + 1}: YAML alias *{event.anchor} is not allowed in a config; "
+                          f"write the value out")
+    return yaml.SafeLoader.compose_node(loader, parent, index)
+
+
+_StrictLoader.compose_node = _no_aliases  # type: ignore[method-assign]
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML ``text`` read safely (no tags, no aliases, no duplicate keys); errors are one line naming ``source``."""
     try:
-        data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML ({problem}); indent with spaces, not tabs") from None
-    except ConfigError as e:  # a duplicate key, found while reading
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{source}{where}: invalid YAML ({problem}); indent with spaces, not tabs") from None
+    except ConfigError as e:  # a duplicate key or an alias, found while reading
+        raise ConfigError(f"{source}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply; write a flat config") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file (see configs/)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path} ({e.strerror}); check the path and its "
+                          f"permissions") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -223,9 +264,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if not sep or not dot or not name:
             raise ConfigError(f"--set {item!r}: write section.key=value, e.g. --set meta.steps=100")
         try:
-            value = yaml.safe_load(text) if text else None
-        except yaml.YAMLError:
-            value = text
+            value = parse_yaml(text, f"--set {item!r}") if text else None
+        except ConfigError as e:
+            if "alias" in str(e) or "nested too deeply" in str(e):
+                raise
+            value = text  # not YAML: the plain string
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"--set {item!r}: {section} is not a section")

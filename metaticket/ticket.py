@@ -34,7 +34,7 @@ import yaml
 from torch import Tensor, nn
 
 from metaticket.checkpoint import load_checkpoint, save_atomic
-from metaticket.config import Config, ConfigError, config_from_dict
+from metaticket.config import Config, ConfigError, config_from_dict, parse_yaml
 from metaticket.errors import MetaticketError
 from metaticket.factory import build_network
 from metaticket.slots import freeze_slots, index_bits, slot_layers
@@ -204,8 +204,58 @@ def _read(path: Path) -> dict:
 def ticket_info(path: str | Path) -> dict[str, Any]:
     """What a ticket says about itself (config as a dict, class count, torch version, export info)."""
     payload = _read(Path(path))
-    return {"config": yaml.safe_load(payload["config"]), "num_classes": payload["num_classes"],
-            "torch": payload["torch"], "mask_layers": list(payload["mask_layers"]), **payload["info"]}
+    _check_fields(payload, Path(path))
+    try:
+        config = parse_yaml(payload["config"], f"ticket {path}: its config")
+    except ConfigError as e:
+        raise MetaticketError(str(e)) from None
+    return {"config": config, "num_classes": payload["num_classes"], "torch": payload["torch"],
+            "mask_layers": list(payload["mask_layers"]), **payload["info"]}
+
+
+def _is_int(v: Any, lo: int = 0, hi: int = 2**62) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_uint8(v: Any) -> bool:
+    return isinstance(v, Tensor) and v.dtype == torch.uint8 and v.dim() == 1
+
+
+def _check_fields(payload: dict, path: Path) -> None:
+    """Every field a ticket's loader uses, checked for presence, type and internal consistency before use, so a
+    damaged or crafted file fails with one line instead of an exception deep inside the rebuild."""
+    def bad(what: str) -> MetaticketError:
+        return MetaticketError(f"ticket {path}: {what}; the file is damaged or not a ticket, export it again")
+
+    for key, ok in (("config", lambda v: isinstance(v, str)), ("torch", lambda v: isinstance(v, str)),
+                    ("num_classes", lambda v: v is None or _is_int(v, 1, 100_000)),
+                    ("mask_layers", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+                    ("mask_numel", lambda v: isinstance(v, list) and all(_is_int(x, 1) for x in v)),
+                    ("mask_bits", _is_uint8),
+                    ("resampled", lambda v: isinstance(v, dict)), ("dense", lambda v: isinstance(v, dict)),
+                    ("init_sha256", lambda v: isinstance(v, str)), ("sha256", lambda v: isinstance(v, str)),
+                    ("info", lambda v: isinstance(v, dict))):
+        if key not in payload:
+            raise bad(f"it has no {key}")
+        if not ok(payload[key]):
+            raise bad(f"its {key} has the wrong type or range")
+    if len(payload["mask_layers"]) != len(payload["mask_numel"]):
+        raise bad("its mask layer names and sizes differ in number")
+    if payload["mask_bits"].numel() != (sum(payload["mask_numel"]) + 7) // 8:
+        raise bad(f"it holds {payload['mask_bits'].numel()} mask bytes for {sum(payload['mask_numel'])} mask bits")
+    slots = [payload.get(k, []) for k in ("slot_layers", "slot_numel", "slot_bits")]
+    if not all(isinstance(x, list) for x in slots) or len({len(x) for x in slots}) != 1 \
+            or not all(isinstance(x, str) for x in slots[0]) or not all(_is_int(x, 1) for x in slots[1]) \
+            or not all(_is_uint8(x) for x in slots[2]):
+        raise bad("its slot layer fields disagree")
+    for key, r in payload["resampled"].items():
+        if not (isinstance(key, str) and isinstance(r, dict) and isinstance(r.get("index"), Tensor)
+                and isinstance(r.get("value"), Tensor) and not r["index"].is_floating_point()
+                and r["value"].is_floating_point() and r["index"].dim() == 1
+                and r["index"].shape == r["value"].shape):
+            raise bad(f"its re-sampled weights of {key!r} are not (index, value) tensors of one length")
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in payload["dense"].items()):
+        raise bad("its stored tensors are not named tensors")
 
 
 @torch.no_grad()
@@ -213,9 +263,10 @@ def load_ticket(path: str | Path, device: torch.device | str = "cpu") -> nn.Modu
     """Rebuild the network a ticket describes (in eval mode) and verify both of its checksums."""
     path = Path(path)
     payload = _read(path)
+    _check_fields(payload, path)
     try:
-        config = config_from_dict(yaml.safe_load(payload["config"]))
-    except (ConfigError, yaml.YAMLError) as e:
+        config = config_from_dict(parse_yaml(payload["config"], f"ticket {path}: its config"))
+    except (ConfigError, TypeError, AttributeError) as e:
         raise MetaticketError(f"ticket {path}: its config does not load ({str(e)[:160]}); the file is damaged "
                               f"or from another metaticket version") from None
     model = build_network(config, payload["num_classes"])
@@ -224,7 +275,8 @@ def load_ticket(path: str | Path, device: torch.device | str = "cpu") -> nn.Modu
                               f"(exported with torch {payload['torch']}, this is torch {torch.__version__}); "
                               f"load it with the exporter's torch version, or the file is corrupted")
     layers = dict(supermask_layers(model))
-    if list(payload["mask_layers"]) != list(layers):
+    if list(payload["mask_layers"]) != list(layers) or \
+            list(payload["mask_numel"]) != [layer.scores.numel() for layer in layers.values()]:
         raise MetaticketError(f"ticket {path}: its mask layers do not match the rebuilt network; the file is damaged")
     bits = unpack_bits(payload["mask_bits"], sum(payload["mask_numel"]))
     offset = 0
@@ -245,8 +297,11 @@ def load_ticket(path: str | Path, device: torch.device | str = "cpu") -> nn.Modu
     for name, n, packed in zip(payload.get("slot_layers", []), payload.get("slot_numel", []),
                                payload.get("slot_bits", [])):
         layer = slots[name]
+        if n != layer.scores.shape[1:].numel() or packed.numel() != (n * index_bits(layer.k) + 7) // 8:
+            raise MetaticketError(f"ticket {path}: slot layer {name} does not fit the rebuilt network; the file "
+                                  f"is damaged")
         index = unpack_index(packed, n, layer.k)
-        if n != layer.scores.shape[1:].numel() or int(index.max()) >= layer.k:
+        if int(index.max()) >= layer.k:
             raise MetaticketError(f"ticket {path}: slot layer {name} does not fit the rebuilt network; the file "
                                   f"is damaged")
         one_hot = torch.zeros_like(layer.scores).view(layer.k, -1)
@@ -256,7 +311,11 @@ def load_ticket(path: str | Path, device: torch.device | str = "cpu") -> nn.Modu
     for key, r in payload["resampled"].items():
         if key not in state:
             raise MetaticketError(f"ticket {path}: re-sampled weights of unknown tensor {key}; the file is damaged")
-        state[key].view(-1)[r["index"].long()] = r["value"].to(state[key].dtype)
+        index = r["index"].long()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= state[key].numel()):
+            raise MetaticketError(f"ticket {path}: re-sampled weight indices of {key} lie outside its "
+                                  f"{state[key].numel()} entries; the file is damaged")
+        state[key].view(-1)[index] = r["value"].to(state[key].dtype)
     for key, value in payload["dense"].items():
         if key not in state or state[key].shape != value.shape:
             raise MetaticketError(f"ticket {path}: stored tensor {key} does not fit the rebuilt network; "

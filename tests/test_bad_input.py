@@ -15,16 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
-from test_cli import REPO, run, tiny
+from test_cli import REPO, folder_state, run, tiny
 
 QUICK = str(REPO / "configs" / "omniglot" / "quickstart.yaml")
 CIFAR = str(REPO / "configs" / "cifar10" / "conv6_edgepopup.yaml")
-
-
-def folder_state(root: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime_ns) of every file and folder under ``root``: what 'nothing written' is checked against."""
-    return {p.relative_to(root).as_posix(): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*"))}
 
 
 def earlier_run(out: Path) -> dict[str, tuple[int, int]]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from metaticket.config import load_config
+
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "configs" / "omniglot" / "quickstart.yaml"
 
@@ -24,6 +26,12 @@ def tiny(out: Path, name: str = "t") -> list[str]:
     return ["--set", f"run.out_dir={out}", "--set", f"run.name={name}", "--set", "meta.steps=4",
             "--set", "meta.meta_batch=2", "--set", "eval.val_every=2", "--set", "eval.val_tasks=4",
             "--set", "eval.test_tasks=10", "--set", "run.log_every=2", "--set", "meta.warmup_steps=1", "--quiet"]
+
+
+def folder_state(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every file and folder under ``root``: what 'nothing written' is checked against."""
+    return {p.relative_to(root).as_posix(): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
 
 
 def test_meta_train_then_meta_test(tmp_path, data_root):
@@ -54,11 +62,21 @@ def test_resume_continues_to_the_planned_steps(tmp_path, data_root):
     args = tiny(tmp_path, "r")
     r = run("meta-train", str(QUICK), *args[:-1], "--set", "meta.steps=2", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    # resuming with a different config is refused; with the saved one it runs on to the end
-    bad = run("meta-train", str(QUICK), *args, "--resume", cwd=tmp_path)
-    assert bad.returncode == 2 and "config differs" in bad.stderr
+    # resuming with another config is refused, naming the key, and writes nothing; fewer steps are refused too
+    before = folder_state(tmp_path / "r")
+    bad = run("meta-train", str(QUICK), *args, "--set", "meta.inner_lr=0.3", "--resume", cwd=tmp_path)
+    assert bad.returncode == 2 and "config differs" in bad.stderr and "meta.inner_lr (saved 0.4, now 0.3)" in \
+        bad.stderr, bad.stderr
+    shorter = run("meta-train", str(QUICK), *args[:-1], "--set", "meta.steps=1", "--resume", cwd=tmp_path)
+    assert shorter.returncode == 2 and "meta.steps = 1 is below the saved 2" in shorter.stderr, shorter.stderr
+    assert folder_state(tmp_path / "r") == before
+    # with the saved one it runs on to the end, and a larger meta.steps extends the run
     ok = run("meta-train", str(QUICK), *args[:-1], "--set", "meta.steps=2", "--resume", "--quiet", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
+    longer = run("meta-train", str(QUICK), *args, "--resume", "--quiet", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    assert json.loads((tmp_path / "r" / "train_summary.json").read_text())["steps"] == 4
+    assert load_config(tmp_path / "r" / "config.yaml").meta.steps == 4
 
 
 @pytest.mark.parametrize(("args", "message"), [

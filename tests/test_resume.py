@@ -133,7 +133,7 @@ def test_an_error_while_writing_keeps_the_previous_checkpoint_and_no_temp_file(t
         raise OSError("disk full")
 
     monkeypatch.setattr("metaticket.checkpoint.torch.save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(MetaticketError, match="disk full.*the previous file is kept"):
         save_atomic({"step": 2}, path)
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,24 +12,37 @@ import torch
 
 
 def fingerprint(sources: list[Path]) -> str:
-    """SHA-256 over archive bytes, or over (relative path, size) of every file in a folder."""
+    """SHA-256 over the bytes of every source: an archive, or every file in a folder (with its relative path), so
+    a changed image gives another key even when names and sizes stay the same."""
     h = hashlib.sha256()
     for src in sources:
-        if src.is_file():
-            with open(src, "rb") as f:
+        files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+        for p in files:
+            if p is not src:
+                h.update(f"{p.relative_to(src).as_posix()}\0".encode())
+            with open(p, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
-        else:
-            for p in sorted(src.rglob("*")):
-                if p.is_file():
-                    h.update(f"{p.relative_to(src)}:{p.stat().st_size}".encode())
     return h.hexdigest()
 
 
-def cached(path: Path, build: Callable[[], dict]) -> dict:
-    """Load ``path`` (a dict of tensors and lists) or build it and write it atomically."""
+def _load(path: Path, keys: tuple[str, ...]) -> dict | None:
+    """The cache file's dict, or None when it is truncated, not a tensor file, or lacks ``keys`` (then rebuilt)."""
+    try:
+        blob = torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 (any unreadable file is rebuilt from the sources, which are the truth)
+        return None
+    return blob if isinstance(blob, dict) and all(k in blob for k in keys) else None
+
+
+def cached(path: Path, build: Callable[[], dict], keys: tuple[str, ...] = ()) -> dict:
+    """Load ``path`` (a dict of tensors and lists holding ``keys``) or build it and write it atomically. A cache
+    file that does not load (truncated, foreign, an older layout) is built again and replaced, with a note."""
     if path.exists():
-        return torch.load(path, weights_only=True)
+        blob = _load(path, keys)
+        if blob is not None:
+            return blob
+        print(f"note: the cache file {path} is damaged or foreign; decoding the data set again", file=sys.stderr)
     blob = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

@@ -17,7 +17,7 @@ from torch import Tensor
 from metaticket.data.archive import iter_files
 from metaticket.data.cache import cached, fingerprint
 from metaticket.data.images import decode_rgb
-from metaticket.data.safe_pickle import loads_pickle
+from metaticket.data.safe_pickle import int_list, loads_pickle, uint8_array
 from metaticket.errors import MetaticketError
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -65,7 +65,8 @@ def load_cifar10(root: Path, cache_dir: Path, progress: bool = True) -> Cifar10:
     kind, source = found
     key = fingerprint([source])[:16]
     build = (lambda: read_batches(source)) if kind == "batches" else (lambda: read_image_folders(source, progress))
-    blob = cached(cache_dir / f"cifar10-{kind}-{key}.pt", build)
+    blob = cached(cache_dir / f"cifar10-{kind}-{key}.pt", build,
+                  keys=("train_x", "train_y", "test_x", "test_y", "classes"))
     return Cifar10(blob["train_x"], blob["train_y"], blob["test_x"], blob["test_y"], list(blob["classes"]))
 
 
@@ -88,7 +89,16 @@ def read_batches(source: Path) -> dict:
             if data is None or labels is None:
                 raise MetaticketError(f"{source}/{name} has no data/labels entries: not a CIFAR-10 batch; download "
                                       f"cifar-10-python.tar.gz again")
-            xs.append(torch.as_tensor(data, dtype=torch.uint8).view(-1, 3, 32, 32))
+            where = f"{source}/{name}"
+            data = uint8_array(data, where, "data", 2)
+            if data.shape[1] != 3 * 32 * 32:
+                raise MetaticketError(f"{where}: data rows hold {data.shape[1]} bytes, expected 3072 (3 x 32 x 32); "
+                                      f"not a CIFAR-10 batch, download cifar-10-python.tar.gz again")
+            labels = int_list(labels, where, "labels", len(CLASSES))
+            if len(labels) != data.shape[0]:
+                raise MetaticketError(f"{where}: {data.shape[0]} images but {len(labels)} labels; the batch is "
+                                      f"damaged, download cifar-10-python.tar.gz again")
+            xs.append(torch.as_tensor(data).view(-1, 3, 32, 32))
             ys.append(torch.as_tensor(labels, dtype=torch.int64))
         out[f"{split}_x"] = torch.cat(xs)
         out[f"{split}_y"] = torch.cat(ys)

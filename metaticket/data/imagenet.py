@@ -12,9 +12,10 @@ import math
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
+from metaticket.data.images import open_image
 from metaticket.errors import MetaticketError
 
 EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -93,10 +94,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         path, label = self.samples[i]
-        try:
-            img = Image.open(path).convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise MetaticketError(f"{path} is not a readable image ({e}); remove or replace it") from None
+        img = open_image(Path(path), str(path), "RGB")
         if self.train:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
             box = random_resized_box(img.size, g)

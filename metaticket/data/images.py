@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import warnings
+from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -10,14 +12,35 @@ from torch import Tensor
 
 from metaticket.errors import MetaticketError
 
+# The most pixels an image of a data set may declare: 16.7 M (4096 x 4096) is far beyond any file of the supported
+# data sets (ImageNet's largest are about 10 M); PIL's own guard only warns below 89 M and errors at 179 M.
+MAX_PIXELS = 4096 * 4096
+
+
+def open_image(raw: bytes | str | Path, name: str, mode: str) -> Image.Image:
+    """Decode image bytes (or a file) into a loaded PIL image of ``mode``; a file that is not an image, is
+    truncated, or declares more than :data:`MAX_PIXELS` pixels (a decompression bomb) is one error naming ``name``
+    (``archive: member`` or the file)."""
+    bomb = (f"beyond the {MAX_PIXELS:,} an image of a data set may have (a decompression bomb?); remove it or "
+            f"download the data set again")
+    try:
+        with warnings.catch_warnings():  # PIL warns past 89 M pixels; the check below refuses far earlier
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw) if isinstance(raw, bytes) else raw)
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise MetaticketError(f"{name} declares {width} x {height} pixels, {bomb}")
+        return img.convert(mode)
+    except Image.DecompressionBombError:
+        raise MetaticketError(f"{name} declares more pixels than PIL opens, {bomb}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise MetaticketError(f"{name} is not a readable image ({type(e).__name__}: {str(e)[:120]}); the data set is "
+                              f"damaged, download it again") from None
+
 
 def decode_rgb(raw: bytes, size: int, name: str) -> Tensor:
     """JPEG/PNG bytes -> uint8 [3, size, size] (bilinear resize only when the size differs)."""
-    try:
-        img = Image.open(io.BytesIO(raw)).convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise MetaticketError(f"{name} is not a readable image ({e}); the data set is damaged, "
-                              f"download it again") from None
+    img = open_image(raw, name, "RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from metaticket.data.cache import cached, fingerprint
 from metaticket.data.images import decode_rgb, resize_uint8
-from metaticket.data.safe_pickle import load_pickle, looks_like_html
+from metaticket.data.safe_pickle import int_list, load_pickle, looks_like_html, uint8_array
 from metaticket.errors import MetaticketError
 
 SPLITS = ("train", "val", "test")
@@ -53,7 +53,7 @@ def load_miniimagenet(root: Path, cache_dir: Path, image_size: int = 84, progres
     key = fingerprint(sources)[:16]
     build = (lambda: _from_pickles(sources, image_size)) if kind == "pickle" else \
         (lambda: _from_csv(sources, image_size, progress))
-    blob = cached(cache_dir / f"miniimagenet-{key}-{image_size}px.pt", build)
+    blob = cached(cache_dir / f"miniimagenet-{key}-{image_size}px.pt", build, keys=("images", "classes", "split"))
     return MiniImageNet(blob["images"], list(blob["classes"]), {k: list(v) for k, v in blob["split"].items()})
 
 
@@ -85,12 +85,15 @@ def _from_pickles(pickles: list[Path], size: int) -> dict:
         data = load_pickle(path)
         if not isinstance(data, dict) or "image_data" not in data or "class_dict" not in data:
             raise MetaticketError(f"{path} has no 'image_data'/'class_dict': it is not a miniImageNet cache pickle")
-        arr = torch.as_tensor(data["image_data"])  # [N, H, W, 3] uint8
-        if arr.dim() != 4 or arr.shape[-1] != 3 or arr.dtype != torch.uint8:
-            raise MetaticketError(f"{path}: image_data has shape {tuple(arr.shape)} / {arr.dtype}, expected "
-                                  f"uint8 [N, H, W, 3]")
+        arr = torch.as_tensor(uint8_array(data["image_data"], str(path), "image_data", 4))  # [N, H, W, 3] uint8
+        if arr.shape[-1] != 3 or arr.shape[0] == 0:
+            raise MetaticketError(f"{path}: image_data has shape {tuple(arr.shape)}, expected uint8 [N, H, W, 3]")
         arr = arr.permute(0, 3, 1, 2)
-        per_split[s] = {str(c): [arr[i] for i in idx] for c, idx in data["class_dict"].items()}
+        if not isinstance(data["class_dict"], dict):
+            raise MetaticketError(f"{path}: class_dict is not a mapping of class -> image indices; the file is "
+                                  f"damaged, download it again")
+        per_split[s] = {str(c): [arr[i] for i in int_list(idx, str(path), f"class_dict[{c!r}]", arr.shape[0])]
+                        for c, idx in data["class_dict"].items()}
     return _assemble(per_split, size)
 
 

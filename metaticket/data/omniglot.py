@@ -11,7 +11,6 @@ Images are stored inverted (strokes 255, background 0) and resized to ``image_si
 
 from __future__ import annotations
 
-import io
 import json
 import stat
 import zipfile
@@ -23,8 +22,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from metaticket.data.archive import check_member
+from metaticket.data.archive import check_member, check_size, read_zip_member
 from metaticket.data.cache import cached, fingerprint
+from metaticket.data.images import open_image
 from metaticket.errors import MetaticketError
 
 PARTS = ("images_background", "images_evaluation")
@@ -55,7 +55,7 @@ def load_omniglot(root: str | Path, cache_dir: str | Path, image_size: int = 28,
             f"omniglot/, or allow the download")
     key = fingerprint(sources)
     blob = cached(Path(cache_dir) / f"omniglot-{key[:16]}-{image_size}px.pt",
-                  lambda: _decode(sources, image_size, workers, progress))
+                  lambda: _decode(sources, image_size, workers, progress), keys=("images", "characters"))
     return Omniglot(blob["images"], list(blob["characters"]))
 
 
@@ -103,11 +103,13 @@ def _decode_character(args: tuple[str, list[str], int]) -> Tensor:
         zf = _OPEN_ZIPS.get(src) or _OPEN_ZIPS.setdefault(src, zipfile.ZipFile(src))
     out = torch.empty(len(names), size, size, dtype=torch.uint8)
     for i, n in enumerate(names):
-        raw = zf.read(n) if zf is not None else (Path(src).parent / n).read_bytes()
-        try:
-            img = Image.open(io.BytesIO(raw)).convert("L").resize((size, size), Image.LANCZOS)
-        except (OSError, ValueError) as e:  # PIL raises these for files that are not images
-            raise ValueError(f"{src}: member {n} is not a readable image ({type(e).__name__})") from None
+        if zf is not None:
+            raw = read_zip_member(zf, zf.getinfo(n), Path(src))
+        else:
+            file = Path(src).parent / n
+            check_size(Path(src), n, file.stat().st_size)
+            raw = file.read_bytes()
+        img = open_image(raw, f"{src}: member {n}", "L").resize((size, size), Image.LANCZOS)
         out[i] = 255 - torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size)
     return out
 

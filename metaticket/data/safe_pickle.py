@@ -58,3 +58,27 @@ def _unpickle(f: BinaryIO, name: str, encoding: str) -> Any:
     except (EOFError, ValueError, TypeError, AttributeError, ImportError) as e:
         raise MetaticketError(f"{name} is not a readable data pickle ({type(e).__name__}: {e}); "
                               f"download it again") from None
+
+
+def uint8_array(value: Any, name: str, what: str, dims: int) -> Any:
+    """``value`` if it is a ``dims``-dimensional uint8 numpy array (what a data pickle must hold), else a one-line
+    error naming the file ``name`` and the field ``what``."""
+    shape, dtype = getattr(value, "shape", None), str(getattr(value, "dtype", ""))
+    if type(value).__name__ != "ndarray" or dtype != "uint8" or len(shape) != dims:
+        got = f"{type(value).__name__} {dtype} {tuple(shape) if shape is not None else ''}".strip()
+        raise MetaticketError(f"{name}: {what} is {got}, expected a {dims}-D uint8 array; the file is damaged, "
+                              f"download it again")
+    return value
+
+
+def int_list(value: Any, name: str, what: str, below: int) -> list[int]:
+    """``value`` as a list of ints in ``[0, below)``, else a one-line error naming the file and the field."""
+    try:
+        items = [int(v) for v in value]
+        ok = all(not isinstance(v, (bool, float, str, bytes)) for v in value)
+    except (TypeError, ValueError, OverflowError):
+        items, ok = [], False
+    if not ok or any(not 0 <= v < below for v in items):
+        raise MetaticketError(f"{name}: {what} must be whole numbers in [0, {below}); the file is damaged, "
+                              f"download it again")
+    return items

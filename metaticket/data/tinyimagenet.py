@@ -53,7 +53,8 @@ def load_tinyimagenet(root: Path, cache_dir: Path, image_size: int = 64, progres
                               f"tiny-imagenet-200*.zip / .tar.gz) there or in {root / 'tiny-imagenet'}; set "
                               f"METATICKET_DATA or data.root to the folder holding it")
     key = fingerprint([source])[:16]
-    blob = cached(cache_dir / f"tinyimagenet-{key}-{image_size}px.pt", lambda: _decode(source, image_size, progress))
+    blob = cached(cache_dir / f"tinyimagenet-{key}-{image_size}px.pt", lambda: _decode(source, image_size, progress),
+                  keys=("train", "val", "wnids"))
     return TinyImageNet(blob["train"], blob["val"], list(blob["wnids"]))
 
 

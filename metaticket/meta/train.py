@@ -53,11 +53,15 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
         if not last.is_file():
             raise MetaticketError(f"cannot resume {run_dir}: it has no checkpoints/last.pt; start a new run instead")
         state = load_checkpoint(last, map_location=device)
-        learner.load_state_dict(state["learner"])
-        train.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
-        best = state["best"]
-        window, window_n = state.get("window", ({}, 0))
+        try:
+            learner.load_state_dict(state["learner"])
+            train.load_state_dict(state["sampler"])
+            set_rng_state(state["rng"])
+            best = dict(state["best"])
+            window, window_n = state.get("window", ({}, 0))
+        except (KeyError, RuntimeError, TypeError, ValueError) as e:
+            raise MetaticketError(f"cannot resume from {last}: it does not fit this run ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:120] if str(e) else ''}); start a new run") from None
         monitor.print(f"resumed {run_dir} at step {learner.step}")
 
     def save(name: str) -> None:
