@@ -69,7 +69,11 @@ def claim_run_dir(run_dir: Path) -> Path:
     while True:
         candidate = run_dir if n == 0 else run_dir.with_name(f"{run_dir.name}-{n}")
         if not (candidate / "checkpoints").exists():
-            candidate.mkdir(parents=True, exist_ok=True)
+            try:
+                candidate.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise MetaticketError(f"cannot create the run folder {candidate} ({e.strerror}); point run.out_dir at "
+                                      f"a folder you can write to") from None
             try:
                 os.close(os.open(candidate / "config.yaml", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
                 return candidate
@@ -180,6 +184,23 @@ def check_memory(config: Config, dataset: str | None = None, memory: int | None 
                               f"machine's {memory / 2**30:.1f} GiB; lower data.image_size or the batch")
 
 
+def check_forward(model: torch.nn.Module, config: Config, channels: int, device: torch.device) -> None:
+    """One forward pass on two blank images of the config's size, without side effects (eval mode, global RNG
+    kept): an image size the architecture cannot take is refused in one line before the run folder is written."""
+    side = image_size(config)
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.eval()
+            model(torch.zeros(2, channels, side, side, device=device))
+    except (RuntimeError, ValueError, IndexError) as e:
+        first = str(e).strip().splitlines()[0][:140] if str(e).strip() else type(e).__name__
+        raise MetaticketError(f"model.name = {config.model.name} cannot take {side} x {side} images (data.image_size) "
+                              f"({first}); use a larger data.image_size or another model") from None
+    finally:
+        model.train(was_training)
+
+
 def _setup(config: Config) -> torch.device:
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
@@ -251,6 +272,7 @@ def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool, group: C
     check_memory(config)
     sets = samplers(config, quiet)
     learner = build_learner(config, device, collective=group)
+    check_forward(learner.model, config, dataset_channels(config.data.dataset), device)
     if state is not None:  # a checkpoint of another architecture is refused before anything is written
         _load_weights(learner.model, state["learner"]["model"], run_dir)
     if group.main:
@@ -404,6 +426,7 @@ def supervised_run(config: Config, run_dir: Path, resume: bool, quiet: bool, gro
         model = from_slot_run(config, len(data.classes), config.train.init_from, device)
     else:
         model = build_classifier(config, len(data.classes), device)
+    check_forward(model, config, 3, device)
     if state is not None:  # a checkpoint of another architecture is refused before anything is written
         _load_weights(model, state["model"], run_dir)
     if group.main:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -146,8 +147,8 @@ class RunConfig:
     out_dir: str = field(default="runs", metadata=_check(lambda v: v.strip() != "" and "\0" not in v,
                                                          "name the folder that holds run folders, e.g. runs"))
     seed: int = field(default=0, metadata=_check(lambda v: 0 <= v < 2**32, "seeds lie in [0, 2^32)"))
-    device: str = field(default="auto", metadata=_check(lambda v: v in ('auto', 'cpu') or v.startswith('cuda'),
-                                                        "use auto, cpu or cuda[:N]"))
+    device: str = field(default="auto", metadata=_check(lambda v: re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,3})?", v)
+                                                        is not None, "use auto, cpu or cuda[:N]"))
     threads: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 1024,
                                                     "use threads in [0, 1024] (0: torch's default)"))
     checkpoint_every: int = field(default=1000, metadata=_check(lambda v: v >= 1, "use checkpoint_every >= 1"))

@@ -24,10 +24,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
     lines = path.read_text().splitlines()
     for n, line in enumerate(lines, 1):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError(line[:40])
+            rows.append(row)
+        except ValueError:  # JSONDecodeError is a ValueError
             if n < len(lines):  # only a run killed mid-write leaves a torn last line
-                raise MetaticketError(f"{path} line {n} is not JSON; the file is damaged") from None
+                raise MetaticketError(f"{path} line {n} is not a JSON record with a step; the file is damaged") \
+                    from None
     return rows
 
 

@@ -251,3 +251,19 @@ def test_check_checkpoint_names_what_a_file_is(tmp_path):
                                          "history")}, "meta", tmp_path / "x.pt")
     with pytest.raises(MetaticketError, match="not a train checkpoint"):
         check_checkpoint([1, 2], "train", tmp_path / "x.pt")
+
+
+def test_an_out_dir_that_is_a_file_and_an_image_size_the_model_cannot_take(tmp_path, data_root):
+    (tmp_path / "afile").write_text("x")
+    r = run("meta-train", str(QUICK), "--set", f"run.out_dir={tmp_path / 'afile'}", "--quiet", cwd=tmp_path)
+    expect_one_line(r, "afile", "run.out_dir")
+    refused("meta-train", str(QUICK), "--set", "model.name=conv4", "--set", "data.image_size=4", "--quiet",
+            tmp_path=tmp_path / "small", needles=("conv4", "data.image_size"))
+
+
+def test_a_cache_folder_that_cannot_be_written(tmp_path):
+    from metaticket.data.cache import cached
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(MetaticketError, match="METATICKET_CACHE"):
+        cached(tmp_path / "afile" / "c.pt", lambda: {"a": torch.ones(1)})

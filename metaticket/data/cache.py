@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from metaticket.errors import MetaticketError
+
 
 def fingerprint(sources: list[Path]) -> str:
     """SHA-256 over the bytes of every source: an archive, or every file in a folder (with its relative path), so
@@ -44,8 +46,15 @@ def cached(path: Path, build: Callable[[], dict], keys: tuple[str, ...] = ()) ->
             return blob
         print(f"note: the cache file {path} is damaged or foreign; decoding the data set again", file=sys.stderr)
     blob = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)  # a crash never leaves a half-written cache
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(blob, tmp)
+        os.replace(tmp, path)  # a crash never leaves a half-written cache
+    except (OSError, RuntimeError) as e:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
+        raise MetaticketError(f"cannot write the decoded data set to {path} ({reason}); set METATICKET_CACHE to a "
+                              f"writable folder with space") from None
     return blob
