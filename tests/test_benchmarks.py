@@ -128,3 +128,17 @@ def test_seed_methods_collects_sweeps_into_a_table_and_plot(tmp_path):
     assert len(again) == len(out["rows"]) and len(kept) == 2
     assert all(r["source"] == "earlier results" for r in kept)
     assert all(r["source"].endswith("sweep.json") for r in again if r["run"] != names[-1])
+
+
+def test_paper_protocol_trains_resumes_and_reports(tmp_path, data_root):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    args = ["--widths", "1", "--steps", "3", "--runs", str(runs), "--out", str(out), "--set", "eval.val_every=3",
+            "--set", "eval.val_tasks=4", "--set", "run.log_every=3"]
+    lines = bench("paper_protocol.py", "train", *args, "--methods", "maml", "metaticket", cwd=tmp_path).stdout
+    assert [json.loads(x)["method"] for x in lines.splitlines()] == ["maml", "metaticket"]
+    test = json.loads((runs / "mlp-w1_5w1s_maml_3x4_seed1" / "meta_test_last.json").read_text())
+    assert test["queries"] == 1 and test["checkpoint"] == "last" and test["tasks"] == 1000 and test["meta_batch"] == 4
+    bench("paper_protocol.py", "report", *args, cwd=tmp_path)
+    report = json.loads((out / "paper_protocol_3.json").read_text())
+    assert {(t["method"], t["width"]) for t in report["table"]} == {("maml", 1), ("metaticket", 1)}
+    assert (out / "paper_protocol_3.png").stat().st_size > 0
