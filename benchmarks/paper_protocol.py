@@ -93,15 +93,19 @@ def plot(rows: list[dict], lines: list[dict], steps: int, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for method in METHODS:
+    styles = {1: "-", 2: "-.", 4: "--", 8: ":"}  # one colour per method, one line style per width
+    for colour, method in zip(("C0", "C1", "C2"), METHODS):
         sel = [t for t in lines if t["method"] == method]
         if sel:
             left.errorbar([t["width"] for t in sel], [t["accuracy"] for t in sel], yerr=[t["ci95_tasks"] for t in sel],
-                          marker="o", capsize=3, label=method)
+                          marker="o", capsize=3, label=method, color=colour)
         for r in (r for r in rows if r["method"] == method):
             c = r["val_curve"]
-            right.plot([p["step"] for p in c], [p["acc"] for p in c], label=f"{method} w{r['width']} s{r['seed']}")
+            right.plot([p["step"] for p in c], [p["acc"] for p in c], color=colour,
+                       linestyle=styles.get(r["width"], "-"), label=f"{method} w{r['width']} s{r['seed']}")
+    widths = sorted({t["width"] for t in lines})
     left.set_xscale("log", base=2)
+    left.set_xticks(widths, [str(w) for w in widths])
     left.set_xlabel("MLP width factor")
     left.set_ylabel("test accuracy (%), 1,000 tasks, last checkpoint")
     left.set_title(f"Omniglot 5w1s, paper protocol, {steps} x 4 meta-steps", fontsize=9)
