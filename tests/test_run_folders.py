@@ -267,3 +267,34 @@ def test_a_cache_folder_that_cannot_be_written(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(MetaticketError, match="METATICKET_CACHE"):
         cached(tmp_path / "afile" / "c.pt", lambda: {"a": torch.ones(1)})
+
+
+def test_ticket_fields_are_checked_before_use(done, tmp_path):
+    import time
+
+    from metaticket.ticket import load_ticket
+
+    ticket = tmp_path / "t.ticket"
+    r = run("export", str(done), "-o", str(ticket), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    good = torch.load(ticket, weights_only=True)
+    bomb = "a: &a [x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    cases = [("config", bomb, "alias"), ("mask_bits", good["mask_bits"][:-1], "mask bytes"),
+             ("mask_numel", [n + 1 for n in good["mask_numel"]], "mask"), ("num_classes", 10**9, "num_classes"),
+             ("resampled", {"features.0.weight": {"index": torch.tensor([10**9]), "value": torch.ones(1)}},
+              "outside"), ("resampled", {"features.0.weight": {"index": torch.ones(2)}}, "re-sampled"),
+             ("dense", {"head.weight": torch.ones(3)}, "does not fit"), ("sha256", None, "sha256")]
+    for key, value, needle in cases:
+        payload = dict(good)
+        payload[key] = value
+        torch.save(payload, ticket)
+        t0 = time.perf_counter()
+        with pytest.raises(MetaticketError, match=needle) as e:
+            load_ticket(ticket)
+        assert time.perf_counter() - t0 < 1.0 and "\n" not in str(e.value), key
+    payload = dict(good)
+    del payload["mask_layers"]
+    torch.save(payload, ticket)
+    with pytest.raises(MetaticketError, match="no mask_layers"):
+        load_ticket(ticket)
