@@ -170,16 +170,16 @@ def check_memory(config: Config, dataset: str | None = None, memory: int | None 
     d = config.data
     name = dataset or d.dataset
     side = image_size(config)
-    channels = 1 if name == "omniglot" else 3
-    pixels = channels * side * side
-    if config.run.task == "meta":
-        per_task = d.ways * (d.shots + d.queries)
-        batch, what = max(config.meta.meta_batch, config.eval.batch) * per_task, "meta.meta_batch (or eval.batch) tasks"
+    meta = config.run.task == "meta"
+    pixels = (dataset_channels(name) if meta else 3) * side * side
+    if meta:
+        batch = max(config.meta.meta_batch, config.eval.batch) * d.ways * (d.shots + d.queries)
+        what = "meta.meta_batch or eval.batch tasks x data.ways x (shots + queries)"
     else:
-        batch, what = max(config.train.batch_size, config.train.eval_batch), "train.batch_size"
+        batch, what = max(config.train.batch_size, config.train.eval_batch), "train.batch_size or train.eval_batch"
     need = DECODED_IMAGES.get(name, 0) * pixels + 3 * 4 * batch * pixels  # uint8 images; float batch, 2 copies+grad
     if memory and need > 0.8 * memory:
-        raise MetaticketError(f"data.image_size = {side} with {what} = {batch} images needs about "
+        raise MetaticketError(f"data.image_size = {side} with batches of {batch} images ({what}) needs about "
                               f"{need / 2**30:.1f} GiB for decoded images and one batch, more than 80% of this "
                               f"machine's {memory / 2**30:.1f} GiB; lower data.image_size or the batch")
 
