@@ -26,7 +26,7 @@ from metaticket.ticket import load_ticket
 
 FAST = settings(max_examples=150, deadline=5000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-SLOW = settings(max_examples=12, deadline=120_000, derandomize=True, database=None,
+SLOW = settings(max_examples=8, deadline=120_000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 KEYS = [f"{section}.{key}" for section, keys in load_config(QUICK).to_dict().items() for key in keys]
