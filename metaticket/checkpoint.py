@@ -6,6 +6,8 @@ import json
 import os
 import pickle
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,18 @@ def read_json(path: str | Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+@contextmanager
+def restoring(path: str | Path) -> Iterator[None]:
+    """Around loading a checkpoint's states into a run: an error there (another model, a state of the wrong shape)
+    becomes one line naming the file."""
+    try:
+        yield
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        raise MetaticketError(f"cannot resume from {path}: it does not fit this run ({type(e).__name__}: {first}); "
+                              f"start a new run") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

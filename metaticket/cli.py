@@ -26,7 +26,7 @@ import torch
 
 from metaticket.baselines.train import Plan, evaluate_classifier, param_counts, train_supervised
 from metaticket.checkpoint import check_checkpoint, load_checkpoint, read_json, write_text_atomic
-from metaticket.config import Config, ConfigError, dump_config, load_config
+from metaticket.config import Config, ConfigError, config_yaml, load_config
 from metaticket.data import DATASETS, dataset_channels, episode_samplers
 from metaticket.data.classification import CLASSIFICATION, classification_data
 from metaticket.distributed import SINGLE, Collective, from_environment, shutdown
@@ -125,9 +125,7 @@ def create_run_dir(config: Config, run_dir: Path, resume: bool) -> None:
     refused before this point leaves no folder, and the note on a diverted folder is printed only for a run that
     starts."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".config.yaml.tmp{os.getpid()}"
-    dump_config(config, tmp)
-    os.replace(tmp, run_dir / "config.yaml")
+    write_text_atomic(run_dir / "config.yaml", config_yaml(config))
     wanted = Path(config.run.out_dir) / config.run.name
     if not resume and run_dir.parent == wanted.parent and run_dir.name != wanted.name:
         print(f"{wanted} holds an earlier run; writing this one to {run_dir}", file=sys.stderr)

@@ -357,6 +357,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover (a bug in this file)
 
 
+def config_yaml(config: Config) -> str:
+    """The resolved config as YAML text (loadable by :func:`load_config`)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def dump_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (loadable by :func:`load_config`)."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    Path(path).write_text(config_yaml(config))

@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from metaticket.checkpoint import load_checkpoint, save_atomic
-from metaticket.config import Config, ConfigError, config_from_dict, parse_yaml
+from metaticket.config import Config, ConfigError, config_from_dict, config_yaml, parse_yaml
 from metaticket.errors import MetaticketError
 from metaticket.factory import build_network
 from metaticket.slots import freeze_slots, index_bits, slot_layers
@@ -161,7 +160,7 @@ def export_ticket(model: nn.Module, config: Config, path: str | Path, *, num_cla
              if k not in skip and k not in weight_keys and not torch.equal(v.cpu(), ref[k].cpu())}
     payload = {
         "format": FORMAT, "version": VERSION, "torch": str(torch.__version__),
-        "config": yaml.safe_dump(config.to_dict(), sort_keys=False), "num_classes": num_classes,
+        "config": config_yaml(config), "num_classes": num_classes,
         "mask_layers": layers, "mask_numel": numels,
         "mask_bits": torch.cat(bit_chunks) if bit_chunks else torch.zeros(0, dtype=torch.uint8),
         "resampled": resampled, "dense": dense, "slot_layers": slot_names, "slot_numel": slot_numel,

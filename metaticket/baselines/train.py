@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaticket.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from metaticket.checkpoint import load_checkpoint, restoring, rng_state, save_atomic, set_rng_state
 from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import MetaticketError
 from metaticket.monitor import Monitor, log_masks
@@ -199,16 +199,13 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
         if not ckpt.is_file():
             raise MetaticketError(f"cannot resume {run_dir}: it has no checkpoints/last.pt; start a new run instead")
         state = load_checkpoint(ckpt, map_location=device)
-        try:
+        with restoring(ckpt):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             rerand.load_state_dict(state["rerand"])
             set_rng_state(state["rng"])
             it, history = int(state["iteration"]), list(state["history"])
-        except (KeyError, RuntimeError, TypeError, ValueError) as e:
-            raise MetaticketError(f"cannot resume from {ckpt}: it does not fit this run ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:120] if str(e) else ''}); start a new run") from None
         monitor.print(f"resumed {run_dir} at iteration {it} (epoch {it // per_epoch})")
 
     def save() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from metaticket.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from metaticket.checkpoint import load_checkpoint, restoring, rng_state, save_atomic, set_rng_state
 from metaticket.data.episodes import EpisodeSampler
 from metaticket.errors import MetaticketError
 from metaticket.meta.evaluate import Score, evaluate
@@ -53,15 +53,12 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
         if not last.is_file():
             raise MetaticketError(f"cannot resume {run_dir}: it has no checkpoints/last.pt; start a new run instead")
         state = load_checkpoint(last, map_location=device)
-        try:
+        with restoring(last):
             learner.load_state_dict(state["learner"])
             train.load_state_dict(state["sampler"])
             set_rng_state(state["rng"])
             best = dict(state["best"])
             window, window_n = state.get("window", ({}, 0))
-        except (KeyError, RuntimeError, TypeError, ValueError) as e:
-            raise MetaticketError(f"cannot resume from {last}: it does not fit this run ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:120] if str(e) else ''}); start a new run") from None
         monitor.print(f"resumed {run_dir} at step {learner.step}")
 
     def save(name: str) -> None:
