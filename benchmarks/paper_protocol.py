@@ -1,19 +1,24 @@
 """Benchmark: MAML vs Meta-ticket vs Meta-ticket + IteRand by width under the paper's Omniglot protocol (issue 18).
 
     python benchmarks/paper_protocol.py train --widths 1 4 --steps 10000 --seeds 1 [--threads 1]
+    python benchmarks/paper_protocol.py train --arch conv4 --methods maml metaticket --steps 5000
+    python benchmarks/paper_protocol.py train --widths 1 --tag q15 --set data.queries=15 --steps 10000
     python benchmarks/paper_protocol.py report --steps 10000
 
 ``train`` meta-trains every (method, width, seed) of ``configs/omniglot/paper/`` at one equal budget
 (``--steps`` x meta-batch 4) into ``runs/paper/``, resuming an interrupted run from its last checkpoint and
-skipping finished ones, then scores the last checkpoint on 1,000 test tasks. ``report`` collects the finished
-runs into ``benchmarks/results/paper_protocol_<steps>.json`` (meta-test lines, validation curves, ms per step)
-and draws test accuracy against width (one line per method) and the validation curves.
+skipping finished ones, then scores the last checkpoint on 1,000 test tasks. ``--arch conv4`` trains the Conv4
+configs instead of the MLP widths; ``--tag NAME`` with ``--set`` overrides names a controlled variant of the
+protocol (its runs get their own folders and their own table rows). ``report`` collects the finished runs into
+``benchmarks/results/paper_protocol_<steps>.json`` (meta-test lines, validation curves, ms per step) and draws
+test accuracy against width (one line per method, protocol runs only) and the validation curves.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -23,29 +28,48 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = ROOT / "configs" / "omniglot" / "paper"
 METHODS = ("maml", "metaticket", "metaticket_iterand")
+# run folder: <arch>_5w1s_<method>[_<tag>]_<steps>x4_seed<seed>, arch "mlp-w<width>" or "conv4"
+FOLDER = re.compile(
+    r"^(?P<arch>mlp-w\d+|conv4)_5w1s_(?P<method>"
+    + "|".join(sorted(METHODS, key=len, reverse=True))
+    + r")(?:_(?P<tag>[a-z0-9-]+))?_(?P<steps>\d+)x4_seed(?P<seed>\d+)$"
+)
 
 
-def run_dir(out: Path, method: str, width: int, seed: int, steps: int) -> Path:
-    return out / f"mlp-w{width}_5w1s_{method}_{steps}x4_seed{seed}"
+def run_dir(out: Path, arch: str, method: str, seed: int, steps: int, tag: str = "") -> Path:
+    return out / f"{arch}_5w1s_{method}{'_' + tag if tag else ''}_{steps}x4_seed{seed}"
 
 
-def train_one(out: Path, method: str, width: int, seed: int, steps: int, threads: int, extra: list[str]) -> dict:
+def train_one(
+    out: Path, arch: str, method: str, seed: int, steps: int, threads: int, extra: list[str], tag: str = ""
+) -> dict:
     """Meta-train (or resume) one run and meta-test its last checkpoint; returns the meta-test line."""
-    folder = run_dir(out, method, width, seed, steps)
+    folder = run_dir(out, arch, method, seed, steps, tag)
     result = folder / "meta_test_last.json"
     if result.is_file():
         return json.loads(result.read_text())
     summary = folder / "train_summary.json"
-    cmd = [sys.executable, "run.py", "meta-train", str(CONFIGS / f"mlp-w{width}_5w1s_{method}.yaml"), "--quiet"]
-    for s in (f"meta.steps={steps}", f"run.seed={seed}", f"run.threads={threads}", f"run.out_dir={out}",
-              f"run.name={folder.name}", *extra):
+    cmd = [sys.executable, "run.py", "meta-train", str(CONFIGS / f"{arch}_5w1s_{method}.yaml"), "--quiet"]
+    for s in (
+        f"meta.steps={steps}",
+        f"run.seed={seed}",
+        f"run.threads={threads}",
+        f"run.out_dir={out}",
+        f"run.name={folder.name}",
+        *extra,
+    ):
         cmd += ["--set", s]
     if not summary.is_file():
         if (folder / "checkpoints" / "last.pt").is_file():
             cmd.append("--resume")
         subprocess.run(cmd, cwd=ROOT, check=True)
-    test = subprocess.run([sys.executable, "run.py", "meta-test", str(folder), "--checkpoint", "last", "--tasks",
-                           "1000", "--quiet"], cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)
+    test = subprocess.run(
+        [sys.executable, "run.py", "meta-test", str(folder), "--checkpoint", "last", "--tasks", "1000", "--quiet"],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = json.loads(test.stdout.strip().splitlines()[-1])
     result.write_text(json.dumps(line) + "\n")
     return line
@@ -53,36 +77,56 @@ def train_one(out: Path, method: str, width: int, seed: int, steps: int, threads
 
 def collect(out: Path, steps: int) -> list[dict]:
     rows = []
-    for folder in sorted(out.glob(f"mlp-w*_5w1s_*_{steps}x4_seed*")):
+    for folder in sorted(out.glob(f"*_5w1s_*_{steps}x4_seed*")):
         result = folder / "meta_test_last.json"
-        if not result.is_file():
+        match = FOLDER.match(folder.name)
+        if not result.is_file() or match is None:
             continue
-        name = folder.name.removeprefix("mlp-w")
-        width, rest = name.split("_5w1s_")
-        method, _, seed = rest.rpartition(f"_{steps}x4_seed")
+        arch, method, tag, seed = match["arch"], match["method"], match["tag"] or "", match["seed"]
+        width = int(arch.removeprefix("mlp-w")) if arch.startswith("mlp-w") else None
         metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
         summary = json.loads((folder / "train_summary.json").read_text())
-        rows.append({"method": method, "width": int(width), "seed": int(seed), "test": json.loads(result.read_text()),
-                     "ms_per_step": round(summary["ms_per_step"], 1),
-                     "val_curve": [{"step": m["step"], "acc": m["acc"], "ci95": m["ci95"],
-                                    "sparsity": m.get("sparsity")} for m in metrics if m["split"] == "val"]})
+        rows.append(
+            {
+                "arch": arch,
+                "method": method,
+                "tag": tag,
+                "width": width,
+                "seed": int(seed),
+                "test": json.loads(result.read_text()),
+                "ms_per_step": round(summary["ms_per_step"], 1),
+                "val_curve": [
+                    {"step": m["step"], "acc": m["acc"], "ci95": m["ci95"], "sparsity": m.get("sparsity")}
+                    for m in metrics
+                    if m["split"] == "val"
+                ],
+            }
+        )
     return rows
 
 
 def table(rows: list[dict]) -> list[dict]:
-    """One line per (method, width): mean test accuracy over seeds, the per-seed CIs, sparsity."""
+    """One line per (arch, tag, method): mean test accuracy over seeds, the per-seed CIs, sparsity."""
     out = []
-    for method in METHODS:
-        for width in sorted({r["width"] for r in rows}):
-            sel = [r for r in rows if r["method"] == method and r["width"] == width]
+    for arch, tag in sorted({(r["arch"], r["tag"]) for r in rows}, key=lambda k: (k[1], k[0] == "conv4", k[0])):
+        for method in METHODS:
+            sel = [r for r in rows if (r["arch"], r["tag"], r["method"]) == (arch, tag, method)]
             if not sel:
                 continue
             accs = [r["test"]["accuracy"] for r in sel]
-            out.append({"method": method, "width": width, "seeds": len(sel),
-                        "accuracy": round(statistics.mean(accs), 2),
-                        "ci95_tasks": round(max(r["test"]["ci95"] for r in sel), 2),
-                        "ci95_seeds": round(1.96 * statistics.stdev(accs) / len(accs) ** 0.5, 2) if len(accs) > 1
-                        else None, "sparsity": round(statistics.mean(r["test"]["sparsity"] for r in sel), 3)})
+            out.append(
+                {
+                    "arch": arch,
+                    "tag": tag,
+                    "method": method,
+                    "width": sel[0]["width"],
+                    "seeds": len(sel),
+                    "accuracy": round(statistics.mean(accs), 2),
+                    "ci95_tasks": round(max(r["test"]["ci95"] for r in sel), 2),
+                    "ci95_seeds": round(1.96 * statistics.stdev(accs) / len(accs) ** 0.5, 2) if len(accs) > 1 else None,
+                    "sparsity": round(statistics.mean(r["test"]["sparsity"] for r in sel), 3),
+                }
+            )
     return out
 
 
@@ -94,15 +138,30 @@ def plot(rows: list[dict], lines: list[dict], steps: int, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     styles = {1: "-", 2: "-.", 4: "--", 8: ":"}  # one colour per method, one line style per width
+    # the by-width question: MLP runs of the protocol itself (controlled variants and Conv4 are in the table)
+    rows = [r for r in rows if r["width"] is not None and not r["tag"]]
+    lines = [t for t in lines if t["width"] is not None and not t["tag"]]
     for colour, method in zip(("C0", "C1", "C2"), METHODS):
         sel = [t for t in lines if t["method"] == method]
         if sel:
-            left.errorbar([t["width"] for t in sel], [t["accuracy"] for t in sel], yerr=[t["ci95_tasks"] for t in sel],
-                          marker="o", capsize=3, label=method, color=colour)
+            left.errorbar(
+                [t["width"] for t in sel],
+                [t["accuracy"] for t in sel],
+                yerr=[t["ci95_tasks"] for t in sel],
+                marker="o",
+                capsize=3,
+                label=method,
+                color=colour,
+            )
         for r in (r for r in rows if r["method"] == method):
             c = r["val_curve"]
-            right.plot([p["step"] for p in c], [p["acc"] for p in c], color=colour,
-                       linestyle=styles.get(r["width"], "-"), label=f"{method} w{r['width']} s{r['seed']}")
+            right.plot(
+                [p["step"] for p in c],
+                [p["acc"] for p in c],
+                color=colour,
+                linestyle=styles.get(r["width"], "-"),
+                label=f"{method} w{r['width']} s{r['seed']}",
+            )
     widths = sorted({t["width"] for t in lines})
     left.set_xscale("log", base=2)
     left.set_xticks(widths, [str(w) for w in widths])
@@ -120,7 +179,9 @@ def plot(rows: list[dict], lines: list[dict], steps: int, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["train", "report"])
+    p.add_argument("--arch", choices=["mlp", "conv4"], default="mlp", help="the MLP at --widths, or Conv4")
     p.add_argument("--widths", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--tag", default="", help="name of a controlled variant set with --set (lowercase, digits, -)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--steps", type=int, default=30000, help="meta-steps of every run (meta-batch 4)")
@@ -130,13 +191,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     runs = Path(args.runs)
+    if args.tag and not re.fullmatch(r"[a-z0-9-]+", args.tag):
+        p.error(f"--tag {args.tag!r}: use lowercase letters, digits and '-'")
     if args.action == "train":
+        archs = [f"mlp-w{w}" for w in args.widths] if args.arch == "mlp" else ["conv4"]
         for seed in args.seeds:
-            for width in args.widths:
+            for arch in archs:
                 for method in args.methods:
-                    line = train_one(runs, method, width, seed, args.steps, args.threads, args.set)
-                    print(json.dumps({"method": method, "width": width, "seed": seed, "accuracy": line["accuracy"],
-                                      "ci95": line["ci95"]}), flush=True)
+                    line = train_one(runs, arch, method, seed, args.steps, args.threads, args.set, args.tag)
+                    print(
+                        json.dumps(
+                            {
+                                "arch": arch,
+                                "method": method,
+                                "tag": args.tag,
+                                "seed": seed,
+                                "accuracy": line["accuracy"],
+                                "ci95": line["ci95"],
+                            }
+                        ),
+                        flush=True,
+                    )
         return 0
     rows = collect(runs, args.steps)
     if not rows:
@@ -145,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"paper_protocol_{args.steps}"
-    (out / f"{tag}.json").write_text(json.dumps({"steps": args.steps, "meta_batch": 4, "table": lines, "runs": rows},
-                                                indent=1) + "\n")
+    (out / f"{tag}.json").write_text(
+        json.dumps({"steps": args.steps, "meta_batch": 4, "table": lines, "runs": rows}, indent=1) + "\n"
+    )
     plot(rows, lines, args.steps, out / f"{tag}.png")
     for t in lines:
         print(json.dumps(t))

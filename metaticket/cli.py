@@ -27,8 +27,8 @@ import torch
 from metaticket.baselines.train import Plan, evaluate_classifier, param_counts, train_supervised
 from metaticket.checkpoint import check_checkpoint, load_checkpoint, read_json, write_text_atomic
 from metaticket.config import Config, ConfigError, config_yaml, load_config
-from metaticket.data import DATASETS, dataset_channels, episode_samplers
-from metaticket.data.classification import CLASSIFICATION, classification_data
+from metaticket.data import episode_samplers, get_dataset, list_datasets
+from metaticket.data.classification import classification_data
 from metaticket.distributed import SINGLE, Collective, from_environment, shutdown
 from metaticket.errors import MetaticketError
 from metaticket.factory import (
@@ -148,11 +148,6 @@ def samplers(config: Config, quiet: bool, dataset: str | None = None) -> dict:
                             workers=d.workers, progress=not quiet)
 
 
-# Images each dataset decodes into memory (uint8), for the memory check below; ImageNet is read from files.
-DECODED_IMAGES = {"omniglot": 32_460, "tinyimagenet": 110_000, "miniimagenet": 60_000, "cifar10": 60_000,
-                  "imagenet": 0}
-
-
 def machine_memory() -> int:
     """Physical memory of this machine in bytes (0 where the OS does not say)."""
     try:
@@ -169,13 +164,14 @@ def check_memory(config: Config, dataset: str | None = None, memory: int | None 
     name = dataset or d.dataset
     side = image_size(config)
     meta = config.run.task == "meta"
-    pixels = (dataset_channels(name) if meta else 3) * side * side
+    spec = get_dataset(name)
+    pixels = (spec.channels if meta else 3) * side * side
     if meta:
         batch = max(config.meta.meta_batch, config.eval.batch) * d.ways * (d.shots + d.queries)
         what = "meta.meta_batch or eval.batch tasks x data.ways x (shots + queries)"
     else:
         batch, what = max(config.train.batch_size, config.train.eval_batch), "train.batch_size or train.eval_batch"
-    need = DECODED_IMAGES.get(name, 0) * pixels + 3 * 4 * batch * pixels  # uint8 images; float batch, 2 copies+grad
+    need = spec.decoded_images * pixels + 3 * 4 * batch * pixels  # uint8 images; float batch, 2 copies+grad
     if memory and need > 0.8 * memory:
         raise MetaticketError(f"data.image_size = {side} with batches of {batch} images ({what}) needs about "
                               f"{need / 2**30:.1f} GiB for decoded images and one batch, more than 80% of this "
@@ -262,15 +258,17 @@ def train_run(config: Config, run_dir: Path, resume: bool, quiet: bool, group: C
         if config.meta.meta_batch < group.world:
             raise MetaticketError(f"meta.meta_batch = {config.meta.meta_batch} cannot be split over {group.world} "
                                   f"processes; use at least one task per process")
-    if "train" not in DATASETS[config.data.dataset][2]:
-        raise MetaticketError(f"data.dataset = {config.data.dataset} offers only test tasks (cross-domain "
-                              f"evaluation); meta-train on omniglot, tinyimagenet or miniimagenet")
+    spec = get_dataset(config.data.dataset)
+    if "train" not in spec.episode_splits:
+        trainable = [n for n in list_datasets(episodes=True) if "train" in get_dataset(n).episode_splits]
+        what = "offers only test tasks (cross-domain evaluation)" if spec.episodes else "has no few-shot tasks"
+        raise MetaticketError(f"data.dataset = {config.data.dataset} {what}; meta-train on {', '.join(trainable)}")
     quiet = quiet or not group.main
     check_model_name(config)  # before the data is decoded: a misspelt model fails at once
     check_memory(config)
     sets = samplers(config, quiet)
     learner = build_learner(config, device, collective=group)
-    check_forward(learner.model, config, dataset_channels(config.data.dataset), device)
+    check_forward(learner.model, config, spec.channels, device)
     if state is not None:  # a checkpoint of another architecture is refused before anything is written
         _load_weights(learner.model, state["learner"]["model"], run_dir)
     if group.main:
@@ -394,9 +392,6 @@ def _sweep_point(config: Config, run_dir: Path, quiet: bool) -> dict:
 
 # ----------------------------------------------------------------------------------------------- supervised
 def _classification(config: Config, quiet: bool):
-    if config.data.dataset not in CLASSIFICATION:
-        raise MetaticketError(f"data.dataset = {config.data.dataset} is a few-shot dataset; supervised training "
-                              f"takes one of: {', '.join(CLASSIFICATION)}")
     return classification_data(config.data.dataset, data_root(config), cache_dir(), image_size(config),
                                augment=config.train.augment, seed=config.run.seed, progress=not quiet)
 
@@ -555,9 +550,10 @@ def meta_test(run_dir: Path, tasks: int | None, checkpoint: str, quiet: bool, da
     """Score a run's checkpoint on test tasks of its dataset, or of ``dataset`` (cross-domain)."""
     config = _saved_config(run_dir, "the folder meta-train")
     target = dataset or config.data.dataset
-    if dataset_channels(target) != dataset_channels(config.data.dataset):
-        raise MetaticketError(f"--dataset {target} has {dataset_channels(target)}-channel images but {run_dir} was "
-                              f"trained on {dataset_channels(config.data.dataset)}-channel "
+    have, need = get_dataset(target).channels, get_dataset(config.data.dataset).channels
+    if have != need:
+        raise MetaticketError(f"--dataset {target} has {have}-channel images but {run_dir} was "
+                              f"trained on {need}-channel "
                               f"{config.data.dataset}; pick a dataset with the same channels")
     check_memory(config, target)
     device = _setup(config)
@@ -630,7 +626,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     step = state["learner"]["step"] if meta else state["iteration"]
     report = export_ticket(model, config, out, num_classes=num_classes,
                            info={"run": str(run_dir), "checkpoint": which, "step": int(step)})
-    channels = dataset_channels(config.data.dataset) if meta else 3
+    channels = get_dataset(config.data.dataset).channels if meta else 3
     size = image_size(config)
     example = torch.randn(16, channels, size, size, generator=torch.Generator().manual_seed(0))
     diff = same_outputs(model, load_ticket(out), example)
@@ -670,7 +666,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--tasks", type=_positive_int, default=None, help="number of test tasks (default: eval.test_tasks)")
     e.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    e.add_argument("--dataset", choices=sorted(DATASETS), default=None,
+    e.add_argument("--dataset", choices=list_datasets(episodes=True), default=None,
                    help="cross-domain: test on this dataset's test classes instead of the run's own")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_meta_test)

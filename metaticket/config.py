@@ -40,7 +40,7 @@ def _one_path_component(name: str) -> bool:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["omniglot", "tinyimagenet", "miniimagenet", "cifar10", "imagenet"] = "omniglot"
+    dataset: str = "omniglot"  # a registered dataset (metaticket.data.list_datasets()), checked when a run starts
     root: str | None = None  # folder holding the dataset (default: $METATICKET_DATA, else the download cache)
     download: bool = True
     ways: int = field(default=5, metadata=_check(lambda v: v >= 2, "use at least 2 ways"))

@@ -14,8 +14,7 @@ from torch import nn
 
 from metaticket.checkpoint import load_checkpoint
 from metaticket.config import Config, ConfigError, load_config
-from metaticket.data import DATASETS, dataset_channels
-from metaticket.data.classification import CLASSIFICATION
+from metaticket.data import get_dataset
 from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import MetaticketError
 from metaticket.meta.learner import METHODS, MetaLearner
@@ -28,9 +27,7 @@ from metaticket.supermask import scale_fan_in
 
 def image_size(config: Config) -> int:
     """``data.image_size``, or the dataset's own image side when it is null."""
-    d = config.data.dataset
-    native = DATASETS[d][1] if d in DATASETS else CLASSIFICATION[d][1]
-    return config.data.image_size or native
+    return config.data.image_size or get_dataset(config.data.dataset).image_size
 
 
 def check_model_name(config: Config) -> None:
@@ -63,7 +60,7 @@ def build_meta_model(config: Config, device: torch.device | str = "cpu") -> nn.M
     layers = make_layers(supermask=METHODS[meta.method].needs_supermask, mask=m.mask, sparsity=m.sparsity,
                          init=m.init, init_sparsity=m.init_sparsity, dense_head=m.dense_head, norm_eps=m.norm_eps,
                          generator=generator)
-    return _build(config, layers, config.data.ways, dataset_channels(config.data.dataset), device)
+    return _build(config, layers, config.data.ways, get_dataset(config.data.dataset).channels, device)
 
 
 def build_learner(config: Config, device: torch.device | str = "cpu", collective: Collective = SINGLE) -> MetaLearner:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaticket.data import DATASETS, episode_samplers
+from metaticket.data import episode_samplers, get_dataset
 from metaticket.meta.learner import METHODS, MetaLearner
 from metaticket.models import build_model
 from metaticket.models.registry import make_layers
@@ -32,7 +32,7 @@ def samplers(data_root, cache_dir, tmp_path_factory):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_method_runs_on_dataset(samplers, dataset, method):
     layers = make_layers(supermask=METHODS[method].needs_supermask, generator=torch.Generator().manual_seed(0))
-    net = build_model("conv4", num_classes=5, in_channels=DATASETS[dataset][0], image_size=16, channels=4,
+    net = build_model("conv4", num_classes=5, in_channels=get_dataset(dataset).channels, image_size=16, channels=4,
                       layers=layers)
     lrn = MetaLearner(net, method=method, inner_lr=0.3, steps=3)
     out = lrn.meta_step(samplers[dataset]["train"].sample(2))

@@ -16,11 +16,15 @@ from torch import Tensor
 
 from metaticket.data.archive import iter_files
 from metaticket.data.cache import cached, fingerprint
-from metaticket.data.images import decode_rgb
+from metaticket.data.classification import Classification, TensorImages
+from metaticket.data.images import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, resize_uint8
+from metaticket.data.registry import ClassImages, DatasetSpec, Source, register_dataset
 from metaticket.data.safe_pickle import int_list, loads_pickle, uint8_array
 from metaticket.errors import MetaticketError
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
 BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
@@ -137,3 +141,21 @@ def read_image_folders(source: Path, progress: bool) -> dict:
 
 
 __all__ = ["CLASSES", "Cifar10", "load_cifar10", "read_batches", "read_image_folders"]
+
+
+def _episodes(src: Source) -> ClassImages:
+    """10 classes: a cross-domain test set of few-shot tasks only."""
+    data = load_cifar10(src.root, src.cache_dir, progress=src.progress)
+    images = resize_uint8(data.by_class("test"), src.image_size)
+    return ClassImages(images, {"test": list(range(images.shape[0]))}, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _classification(src: Source, augment: bool, seed: int) -> Classification:
+    c = load_cifar10(src.root, src.cache_dir, progress=src.progress)
+    train = TensorImages(resize_uint8(c.train_x, src.image_size), c.train_y, augment, seed)
+    test = TensorImages(resize_uint8(c.test_x, src.image_size), c.test_y, False)
+    return Classification(train, test, c.classes, CIFAR_MEAN, CIFAR_STD, src.image_size)
+
+
+register_dataset(DatasetSpec("cifar10", channels=3, image_size=32, decoded_images=60_000, episodes=_episodes,
+                             episode_splits=("test",), classification=_classification, classes=10))

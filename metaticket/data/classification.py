@@ -13,14 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metaticket.data.images import IMAGENET_MEAN, IMAGENET_STD, resize_uint8
+from metaticket.data.registry import Source, get_dataset, list_datasets
 from metaticket.errors import MetaticketError
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-# name -> (classes, native image size)
-CLASSIFICATION: dict[str, tuple[int, int]] = {"cifar10": (10, 32), "tinyimagenet": (200, 64), "imagenet": (1000, 224)}
 
 
 @dataclass
@@ -67,30 +61,10 @@ class TensorImages(torch.utils.data.Dataset):
 
 def classification_data(dataset: str, root: Path, cache_dir: Path, image_size: int, augment: bool, seed: int,
                         progress: bool = True) -> Classification:
-    """Train and test sets of ``dataset`` (CIFAR-10 test set; Tiny-ImageNet and ImageNet validation sets)."""
-    if dataset == "cifar10":
-        from metaticket.data.cifar10 import load_cifar10
-
-        c = load_cifar10(root, cache_dir, progress=progress)
-        train = TensorImages(resize_uint8(c.train_x, image_size), c.train_y, augment, seed)
-        test = TensorImages(resize_uint8(c.test_x, image_size), c.test_y, False)
-        return Classification(train, test, c.classes, CIFAR_MEAN, CIFAR_STD, image_size)
-    if dataset == "tinyimagenet":
-        from metaticket.data.tinyimagenet import load_tinyimagenet
-
-        t = load_tinyimagenet(root, cache_dir, progress=progress)
-        sets = []
-        for images in (t.train, t.val):  # [200, M, 3, 64, 64]
-            labels = torch.arange(images.shape[0]).repeat_interleave(images.shape[1])
-            sets.append((resize_uint8(images.flatten(0, 1), image_size), labels))
-        return Classification(TensorImages(*sets[0], augment, seed), TensorImages(*sets[1], False), t.wnids,
-                              IMAGENET_MEAN, IMAGENET_STD, image_size)
-    if dataset == "imagenet":
-        from metaticket.data.imagenet import ImageFiles, scan_imagenet
-
-        classes, train, val = scan_imagenet(root)
-        return Classification(ImageFiles(train, image_size, train=augment, seed=seed),
-                              ImageFiles(val, image_size, train=False), classes, IMAGENET_MEAN, IMAGENET_STD,
-                              image_size)
-    raise MetaticketError(f"data.dataset = {dataset} has no supervised split; use one of: "
-                          f"{', '.join(CLASSIFICATION)}")
+    """Train and test sets of ``dataset`` from its registered reader (e.g. the CIFAR-10 test set, the Tiny-ImageNet
+    and ImageNet validation sets)."""
+    spec = get_dataset(dataset)
+    if spec.classification is None:
+        raise MetaticketError(f"data.dataset = {dataset} is a few-shot dataset; supervised training takes one of: "
+                              f"{', '.join(list_datasets(classification=True))}")
+    return spec.classification(Source(Path(root), Path(cache_dir), image_size, progress=progress), augment, seed)

@@ -15,7 +15,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from metaticket.data.images import open_image
+from metaticket.data.classification import Classification
+from metaticket.data.images import IMAGENET_MEAN, IMAGENET_STD, open_image
+from metaticket.data.registry import DatasetSpec, Source, register_dataset
 from metaticket.errors import MetaticketError
 
 EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -129,3 +131,14 @@ def random_resized_box(size: tuple[int, int], g: torch.Generator, scale: tuple[f
             return left, top, left + cw, top + ch
     side = min(w, h)  # fallback: the central square
     return (w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side
+
+
+def _classification(src: Source, augment: bool, seed: int) -> Classification:
+    classes, train, val = scan_imagenet(src.root)
+    return Classification(ImageFiles(train, src.image_size, train=augment, seed=seed),
+                          ImageFiles(val, src.image_size, train=False), classes, IMAGENET_MEAN, IMAGENET_STD,
+                          src.image_size)
+
+
+register_dataset(DatasetSpec("imagenet", channels=3, image_size=224, decoded_images=0, classification=_classification,
+                             classes=1000))

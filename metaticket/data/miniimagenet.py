@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from metaticket.data.cache import cached, fingerprint
-from metaticket.data.images import decode_rgb, resize_uint8
+from metaticket.data.images import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, resize_uint8
+from metaticket.data.registry import ClassImages, DatasetSpec, Source, register_dataset
 from metaticket.data.safe_pickle import int_list, load_pickle, looks_like_html, uint8_array
 from metaticket.errors import MetaticketError
 
@@ -119,3 +120,12 @@ def _from_csv(sources: list[Path], size: int, progress: bool) -> dict:
                 raise MetaticketError(f"{path} names {r[0]}, which is not in {images_dir}")
             per_split[s].setdefault(r[1], []).append(decode_rgb(file.read_bytes(), size, str(file)))
     return _assemble(per_split, size)
+
+
+def _episodes(src: Source) -> ClassImages:
+    data = load_miniimagenet(src.root, src.cache_dir, image_size=src.image_size, progress=src.progress)
+    return ClassImages(data.images, data.split, IMAGENET_MEAN, IMAGENET_STD)
+
+
+register_dataset(DatasetSpec("miniimagenet", channels=3, image_size=84, decoded_images=60_000, episodes=_episodes,
+                             episode_splits=("train", "val", "test")))

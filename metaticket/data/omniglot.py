@@ -25,6 +25,7 @@ from torch import Tensor
 from metaticket.data.archive import check_member, check_size, read_zip_member
 from metaticket.data.cache import cached, fingerprint
 from metaticket.data.images import open_image
+from metaticket.data.registry import ClassImages, DatasetSpec, Source, register_dataset
 from metaticket.errors import MetaticketError
 
 PARTS = ("images_background", "images_evaluation")
@@ -172,3 +173,13 @@ def load_split(characters: list[str], split_file: Path = SPLIT_FILE) -> dict[str
                                   f"the loaded Omniglot; the archives differ from the official ones")
         out[name] = [index[c] for c in spec[name]]
     return out
+
+
+def _episodes(src: Source) -> ClassImages:
+    data = load_omniglot(src.root, src.cache_dir, image_size=src.image_size, download=src.download,
+                         workers=src.workers, progress=src.progress)
+    return ClassImages(data.images, load_split(data.characters))
+
+
+register_dataset(DatasetSpec("omniglot", channels=1, image_size=28, decoded_images=32_460, episodes=_episodes,
+                             episode_splits=("train", "val", "test"), rotations=True))

@@ -18,7 +18,9 @@ from torch import Tensor
 
 from metaticket.data.archive import is_archive, iter_files
 from metaticket.data.cache import cached, fingerprint
-from metaticket.data.images import decode_rgb
+from metaticket.data.classification import Classification, TensorImages
+from metaticket.data.images import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, resize_uint8
+from metaticket.data.registry import ClassImages, DatasetSpec, Source, register_dataset
 from metaticket.errors import MetaticketError
 
 TOP = "tiny-imagenet-200"
@@ -122,3 +124,24 @@ def load_split(wnids: list[str], split_file: Path = SPLIT_FILE) -> dict[str, lis
         raise MetaticketError(f"{split_file}: class {missing[0]} is not in the loaded Tiny-ImageNet "
                               f"({len(missing)} missing); the download differs from Tiny-ImageNet-200")
     return {k: [index[w] for w in spec[k]] for k in ("train", "val", "test")}
+
+
+def _episodes(src: Source) -> ClassImages:
+    data = load_tinyimagenet(src.root, src.cache_dir, progress=src.progress)
+    images = resize_uint8(torch.cat([data.train, data.val], dim=1), src.image_size)
+    return ClassImages(images, load_split(data.wnids), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _classification(src: Source, augment: bool, seed: int) -> Classification:
+    """Train on the training images, test on the official validation images (labels from val_annotations.txt)."""
+    t = load_tinyimagenet(src.root, src.cache_dir, progress=src.progress)
+    sets = []
+    for images in (t.train, t.val):  # [200, M, 3, 64, 64]
+        labels = torch.arange(images.shape[0]).repeat_interleave(images.shape[1])
+        sets.append((resize_uint8(images.flatten(0, 1), src.image_size), labels))
+    return Classification(TensorImages(*sets[0], augment, seed), TensorImages(*sets[1], False), t.wnids,
+                          IMAGENET_MEAN, IMAGENET_STD, src.image_size)
+
+
+register_dataset(DatasetSpec("tinyimagenet", channels=3, image_size=64, decoded_images=110_000, episodes=_episodes,
+                             episode_splits=("train", "val", "test"), classification=_classification, classes=200))
