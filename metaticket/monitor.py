@@ -29,6 +29,7 @@ class Monitor:
     def __init__(self, run_dir: str | Path, quiet: bool = False, tensorboard: bool = True, write: bool = True) -> None:
         """``write=False`` (the non-main processes of a distributed run): no files, no output, logging is a no-op."""
         self.run_dir = Path(run_dir)
+        self.write = write
         self.quiet = quiet or not write
         self._jsonl = None
         self._tb = None

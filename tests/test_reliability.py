@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -96,10 +97,10 @@ def draw_digests(kind: str) -> dict[str, str]:
     network, the first meta-batches / epoch batches and their augmentation, the validation tasks, the IteRand
     re-draws. All come from integer generators (float64 for normal draws), the same bits on every CPU."""
     from metaticket.baselines.train import EpochBatches
-    from metaticket.cli import samplers
     from metaticket.data.classification import TensorImages
     from metaticket.data.episodes import EpisodeSampler
     from metaticket.factory import build_classifier, build_learner
+    from metaticket.runs import Context, samplers
     from metaticket.supermask import IteRandSchedule
 
     config_path, sets = SMALL[kind]
@@ -113,7 +114,7 @@ def draw_digests(kind: str) -> dict[str, str]:
         for step in (config.meta.rerand_every, 2 * config.meta.rerand_every):
             learner.iterand(learner.model, step)
         out["iterand"] = _state_digest(learner.model)
-        real = samplers(config, quiet=True)
+        real = samplers(config, Context.from_environment(os.environ))
         for split, reseed in (("train", None), ("val", config.eval.task_seed)):
             s = real[split]
             ident = EpisodeSampler(_identity_images(s.images), s.rows.tolist(), ways=s.ways, shots=s.shots,

@@ -16,9 +16,10 @@ from test_bad_input import expect_one_line, refused
 from test_cli import QUICK, REPO, folder_state, run, tiny
 
 from metaticket.checkpoint import check_checkpoint, load_checkpoint, read_json, save_atomic, write_text_atomic
-from metaticket.cli import check_memory, claim_run_dir, release_run_dir
 from metaticket.config import ConfigError, load_config
 from metaticket.errors import MetaticketError
+from metaticket.rundir import claim_run_dir, release_run_dir
+from metaticket.runs import check_memory
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", ".", "", ".hidden", "../escape", "a\\b", "x" * 201, "a\nb",

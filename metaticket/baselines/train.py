@@ -23,6 +23,7 @@ from metaticket.checkpoint import load_checkpoint, restoring, rng_state, save_at
 from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import MetaticketError
 from metaticket.monitor import Monitor, log_masks
+from metaticket.rundir import last_checkpoint
 from metaticket.slots import slot_layers
 from metaticket.supermask import IteRandSchedule, masked_layers, sparsity_report, supermask_layers
 
@@ -196,8 +197,7 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
     it = 0
     history: list[dict] = []
     if resume:
-        if not ckpt.is_file():
-            raise MetaticketError(f"cannot resume {run_dir}: it has no checkpoints/last.pt; start a new run instead")
+        last_checkpoint(run_dir)
         state = load_checkpoint(ckpt, map_location=device)
         with restoring(ckpt):
             model.load_state_dict(state["model"])

@@ -14,6 +14,7 @@ from metaticket.errors import MetaticketError
 from metaticket.meta.evaluate import Score, evaluate
 from metaticket.meta.learner import MetaLearner
 from metaticket.monitor import Monitor, log_masks
+from metaticket.rundir import last_checkpoint
 from metaticket.supermask import sparsity_report
 
 
@@ -49,9 +50,7 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
     window: dict[str, float] = {}  # sums of the step outputs since the last train log line
     window_n = 0
     if resume:
-        last = ckpt_dir / "last.pt"
-        if not last.is_file():
-            raise MetaticketError(f"cannot resume {run_dir}: it has no checkpoints/last.pt; start a new run instead")
+        last = last_checkpoint(run_dir)
         state = load_checkpoint(last, map_location=device)
         with restoring(last):
             learner.load_state_dict(state["learner"])
