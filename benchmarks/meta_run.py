@@ -4,7 +4,8 @@
 
 Writes ``benchmarks/results/<tag>.json`` (config overrides, wall time, ms per meta-step, peak RSS,
 validation curve, meta-test accuracy with 95% CI) and ``benchmarks/results/<tag>.png``.
-Data comes from ``$METATICKET_DATA`` as for ``run.py``.
+Data comes from ``$METATICKET_DATA`` as for ``run.py``. Training and testing run in this process through
+``metaticket.runs`` (the functions ``run.py`` calls); a relative config path is read from the repository root.
 """
 
 from __future__ import annotations
@@ -13,21 +14,19 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))
 
-
-def run(cmd: list[str]) -> str:
-    """Run ``cmd`` from the repo root; return its stdout (stderr passes through for progress)."""
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
-    return proc.stdout
+from metaticket import runs  # noqa: E402
+from metaticket.config import ConfigError, load_config  # noqa: E402
+from metaticket.errors import MetaticketError  # noqa: E402
 
 
 def curve(run_dir: Path) -> list[dict]:
@@ -69,17 +68,19 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = ROOT / "runs" / "bench" / args.tag
     if run_dir.exists():
         sys.exit(f"{run_dir} exists; remove it or choose another --tag")
-    sets = [*args.set, "run.out_dir=runs/bench", f"run.name={args.tag}"]
-    set_args = [a for s in sets for a in ("--set", s)]
+    config_path = Path(args.config) if Path(args.config).is_absolute() else ROOT / args.config
+    ctx = runs.Context.from_environment(os.environ, quiet=False)
     t0 = time.time()
-    run([sys.executable, "run.py", "meta-train", args.config, *set_args])
-    train_minutes = (time.time() - t0) / 60
-    test = json.loads(run([sys.executable, "run.py", "meta-test", str(run_dir), "--tasks", str(args.tasks)])
-                      .strip().splitlines()[-1])
-    summary = json.loads((run_dir / "train_summary.json").read_text())
+    try:
+        config = load_config(config_path, [*args.set, f"run.out_dir={run_dir.parent}", f"run.name={args.tag}"])
+        summary = runs.meta_train(config, ctx)
+        train_minutes = (time.time() - t0) / 60
+        test = runs.meta_test(Path(summary["run_dir"]), ctx, tasks=args.tasks)
+    except (ConfigError, MetaticketError) as e:
+        sys.exit(f"error: {e}")
     points = curve(run_dir)
-    torch_version = run([sys.executable, "-c", "import torch; print(torch.__version__)"]).strip()
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    torch_version = torch.__version__
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"tag": args.tag, "config": args.config, "overrides": args.set, "train_minutes": round(train_minutes, 2),
               "ms_per_meta_step": round(summary["ms_per_step"], 1), "steps": summary["steps"],
               "best_val_accuracy": summary["best_val_accuracy"], "best_step": summary["best_step"],

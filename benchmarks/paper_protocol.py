@@ -18,13 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from metaticket import runs  # noqa: E402
+from metaticket.config import load_config  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = ROOT / "configs" / "omniglot" / "paper"
 METHODS = ("maml", "metaticket", "metaticket_iterand")
@@ -41,36 +47,23 @@ def run_dir(out: Path, arch: str, method: str, seed: int, steps: int, tag: str =
 
 
 def train_one(
-    out: Path, arch: str, method: str, seed: int, steps: int, threads: int, extra: list[str], tag: str = ""
+    out: Path, arch: str, method: str, seed: int, steps: int, threads: int, extra: list[str], tag: str = "",
+    test_tasks: int = 1000,
 ) -> dict:
     """Meta-train (or resume) one run and meta-test its last checkpoint; returns the meta-test line."""
     folder = run_dir(out, arch, method, seed, steps, tag)
     result = folder / "meta_test_last.json"
     if result.is_file():
         return json.loads(result.read_text())
-    summary = folder / "train_summary.json"
-    cmd = [sys.executable, "run.py", "meta-train", str(CONFIGS / f"{arch}_5w1s_{method}.yaml"), "--quiet"]
-    for s in (
-        f"meta.steps={steps}",
-        f"run.seed={seed}",
-        f"run.threads={threads}",
-        f"run.out_dir={out}",
-        f"run.name={folder.name}",
-        *extra,
-    ):
-        cmd += ["--set", s]
-    if not summary.is_file():
-        if (folder / "checkpoints" / "last.pt").is_file():
-            cmd.append("--resume")
-        subprocess.run(cmd, cwd=ROOT, check=True)
-    test = subprocess.run(
-        [sys.executable, "run.py", "meta-test", str(folder), "--checkpoint", "last", "--tasks", "1000", "--quiet"],
-        cwd=ROOT,
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = json.loads(test.stdout.strip().splitlines()[-1])
+    sets = [f"meta.steps={steps}", f"run.seed={seed}", f"run.threads={threads}", f"run.out_dir={out}",
+            f"run.name={folder.name}", *extra]
+    ctx = runs.Context.from_environment(os.environ)
+    if not (folder / "train_summary.json").is_file():
+        resume = (folder / "checkpoints" / "last.pt").is_file()
+        if not resume and folder.exists():  # killed before its first checkpoint: start again in the same folder
+            shutil.rmtree(folder)
+        runs.meta_train(load_config(CONFIGS / f"{arch}_5w1s_{method}.yaml", sets), ctx, resume=resume)
+    line = runs.meta_test(folder, ctx, tasks=test_tasks, checkpoint="last")
     result.write_text(json.dumps(line) + "\n")
     return line
 
@@ -186,11 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--steps", type=int, default=30000, help="meta-steps of every run (meta-batch 4)")
     p.add_argument("--threads", type=int, default=0, help="run.threads of the training runs (0: torch's default)")
+    p.add_argument("--test-tasks", type=int, default=1000, help="test tasks scored per run (the protocol: 1,000)")
     p.add_argument("--set", action="append", default=[], help="extra config override for every run")
     p.add_argument("--runs", default=str(ROOT / "runs" / "paper"))
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
-    runs = Path(args.runs)
+    runs_dir = Path(args.runs)
     if args.tag and not re.fullmatch(r"[a-z0-9-]+", args.tag):
         p.error(f"--tag {args.tag!r}: use lowercase letters, digits and '-'")
     if args.action == "train":
@@ -198,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for arch in archs:
                 for method in args.methods:
-                    line = train_one(runs, arch, method, seed, args.steps, args.threads, args.set, args.tag)
+                    line = train_one(runs_dir, arch, method, seed, args.steps, args.threads, args.set, args.tag,
+                                     args.test_tasks)
                     print(
                         json.dumps(
                             {
@@ -213,9 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
         return 0
-    rows = collect(runs, args.steps)
+    rows = collect(runs_dir, args.steps)
     if not rows:
-        sys.exit(f"no finished runs of {args.steps} steps under {runs}; run the train action first")
+        sys.exit(f"no finished runs of {args.steps} steps under {runs_dir}; run the train action first")
     lines = table(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -132,13 +132,19 @@ def test_seed_methods_collects_sweeps_into_a_table_and_plot(tmp_path):
 
 def test_paper_protocol_trains_resumes_and_reports(tmp_path, data_root):
     runs, out = tmp_path / "runs", tmp_path / "out"
-    args = ["--widths", "1", "--steps", "3", "--runs", str(runs), "--out", str(out), "--set", "eval.val_every=3",
+    args = ["--widths", "1", "--steps", "3", "--runs", str(runs), "--out", str(out), "--test-tasks", "20",
+            "--set", "eval.val_every=3",
             "--set", "eval.val_tasks=4", "--set", "run.log_every=3"]
     lines = bench("paper_protocol.py", "train", *args, "--methods", "maml", "metaticket", cwd=tmp_path).stdout
     assert [json.loads(x)["method"] for x in lines.splitlines()] == ["maml", "metaticket"]
     test = json.loads((runs / "mlp-w1_5w1s_maml_3x4_seed1" / "meta_test_last.json").read_text())
-    assert test["queries"] == 1 and test["checkpoint"] == "last" and test["tasks"] == 1000 and test["meta_batch"] == 4
+    assert test["queries"] == 1 and test["checkpoint"] == "last" and test["tasks"] == 20 and test["meta_batch"] == 4
+    variant = bench("paper_protocol.py", "train", *args, "--methods", "maml", "--tag", "q2", "--set", "data.queries=2",
+                    cwd=tmp_path).stdout
+    assert json.loads(variant)["tag"] == "q2"
+    assert json.loads((runs / "mlp-w1_5w1s_maml_q2_3x4_seed1" / "meta_test_last.json").read_text())["queries"] == 2
     bench("paper_protocol.py", "report", *args, cwd=tmp_path)
     report = json.loads((out / "paper_protocol_3.json").read_text())
-    assert {(t["method"], t["width"]) for t in report["table"]} == {("maml", 1), ("metaticket", 1)}
+    assert {(t["method"], t["width"], t["tag"]) for t in report["table"]} == {
+        ("maml", 1, ""), ("metaticket", 1, ""), ("maml", 1, "q2")}
     assert (out / "paper_protocol_3.png").stat().st_size > 0
