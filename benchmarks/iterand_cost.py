@@ -32,7 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metaticket.baselines.train import Plan, train_supervised  # noqa: E402
+from metaticket.baselines.train import TrainPlan, train_supervised  # noqa: E402
+from metaticket.config import TrainConfig  # noqa: E402
 from metaticket.data.classification import classification_data  # noqa: E402
 from metaticket.models import build_model  # noqa: E402
 from metaticket.models.registry import make_layers  # noqa: E402
@@ -51,8 +52,9 @@ def conv6(width: float, seed: int = 0) -> torch.nn.Module:
 
 def run_loop(method: str, width: float, data, test, iterations: int, rerand_every: int) -> dict:
     """Train a fresh Conv6 for ``iterations`` iterations; return ms/iteration (compute) and loop wall seconds."""
-    plan = Plan(method=method, epochs=1, batch_size=128, lr=0.3, weight_decay=1e-4, max_iterations=iterations,
-                rerand_every=rerand_every, rerand_rate=0.1, checkpoint_every=10**9, log_every=10**9, seed=0)
+    train = TrainConfig(method=method, epochs=1, batch_size=128, lr=0.3, weight_decay=1e-4, max_iterations=iterations,
+                        rerand_every=rerand_every, rerand_rate=0.1)
+    plan = TrainPlan(train, checkpoint_every=10**9, log_every=10**9, workers=0, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         monitor = Monitor(tmp, quiet=True, tensorboard=False)
         t0 = time.perf_counter()

@@ -11,10 +11,12 @@ The public API (each name is documented in the README with an example):
   ``apply_random_masks`` (fixed random masks with layer-wise ratios);
 - tickets: ``export_ticket``, ``load_ticket``, ``ticket_info``;
 - configs: ``load_config`` and the builders ``build_learner`` / ``build_classifier`` / ``build_network`` that
-  ``run.py`` uses; supervised training: ``train_supervised``, ``evaluate_classifier``, ``Plan``.
+  ``run.py`` uses; supervised training: ``train_supervised``, ``evaluate_classifier``, ``TrainPlan``;
+- whole runs as functions (what ``run.py`` calls): ``metaticket.runs`` (``meta_train``, ``meta_test``, ``train``,
+  ``evaluate``, ``export``, ``sweep``, with a ``Context``); datasets: ``metaticket.data`` (``register_dataset``).
 """
 
-from metaticket.baselines.train import Plan, evaluate_classifier, train_supervised
+from metaticket.baselines.train import TrainPlan, evaluate_classifier, train_supervised
 from metaticket.config import Config, ConfigError, load_config
 from metaticket.data.episodes import EpisodeSampler, Tasks
 from metaticket.errors import MetaticketError
@@ -38,8 +40,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ANIL", "BOIL", "MAML", "Config", "ConfigError", "EpisodeSampler", "IteRandSchedule", "Layers", "MetaLearner",
-    "MetaTicket", "MetaticketError", "Plan", "SlotConv2d", "SlotLinear", "SupermaskConv2d", "SupermaskLinear",
-    "Tasks", "apply_random_masks", "build_classifier", "build_learner", "build_model", "build_network", "convert",
+    "MetaTicket", "MetaticketError", "SlotConv2d", "SlotLinear", "SupermaskConv2d", "SupermaskLinear", "Tasks",
+    "TrainPlan", "apply_random_masks", "build_classifier", "build_learner", "build_model", "build_network", "convert",
     "evaluate_classifier", "export_ticket", "freeze_slots", "layer_sparsities", "list_models", "load_config",
     "load_ticket", "make_layers", "register_model", "rerandomize", "sparsity_report", "ticket_info",
     "train_supervised",

@@ -7,6 +7,7 @@ argv or the environment.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from metaticket.config import Config, ConfigError, load_config
 from metaticket.data import get_dataset
 from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import MetaticketError
-from metaticket.meta.learner import METHODS, MetaLearner
+from metaticket.meta.learner import METHODS, MetaLearner, outer_defaults
 from metaticket.models import build_model, list_models
 from metaticket.models.registry import Layers, make_layers
 from metaticket.randommask import apply_random_masks
@@ -28,6 +29,34 @@ from metaticket.supermask import scale_fan_in
 def image_size(config: Config) -> int:
     """``data.image_size``, or the dataset's own image side when it is null."""
     return config.data.image_size or get_dataset(config.data.dataset).image_size
+
+
+# the keys whose ``auto``/null a run resolves before it starts; config.yaml records what ran
+RESOLVED = ("data.image_size", "meta.optimizer", "meta.outer_lr", "meta.schedule", "meta.warmup_steps",
+            "meta.vectorize")
+
+
+def resolve(config: Config, saved: Config | None = None, vectorize: str | None = None) -> Config:
+    """``config`` with each ``auto``/null of :data:`RESOLVED` replaced by the value a run uses: the dataset's image
+    side, the method's outer optimizer, lr, schedule and warm-up (:func:`~metaticket.meta.learner.outer_defaults`),
+    and ``vectorize`` (what the learner chose for the model). A resumed run takes them from its ``saved`` config
+    first, so a run that grows ``meta.steps`` keeps the warm-up it started with."""
+    values = {sec: dict(keys) for sec, keys in config.to_dict().items()}
+    old = saved.to_dict() if saved is not None else None
+    for key in RESOLVED:
+        sec, name = key.split(".")
+        if values[sec][name] in (None, "auto") and old is not None and old[sec][name] not in (None, "auto"):
+            values[sec][name] = old[sec][name]
+    d, m = values["data"], values["meta"]
+    if d["image_size"] is None:
+        d["image_size"] = get_dataset(config.data.dataset).image_size
+    if config.run.task == "meta":
+        m["optimizer"], m["outer_lr"], m["schedule"], m["warmup_steps"] = outer_defaults(
+            m["method"], m["optimizer"], m["outer_lr"], m["schedule"], m["warmup_steps"], m["steps"])
+    if m["vectorize"] == "auto" and vectorize is not None:
+        m["vectorize"] = vectorize
+    return dataclasses.replace(config, **{sec: dataclasses.replace(getattr(config, sec), **values[sec])
+                                          for sec in ("data", "meta")})
 
 
 def check_model_name(config: Config) -> None:

@@ -109,13 +109,20 @@ def create_run_dir(config: Config, run_dir: Path, resume: bool) -> None:
 GROWABLE = ("meta.steps", "train.epochs", "train.max_iterations")  # what a --resume may raise: train longer
 
 
-def check_resumable(run_dir: Path, config: Config) -> dict:
-    """The checkpoint a ``--resume`` of ``run_dir`` continues, once the config is known to equal the saved one (but
-    for a larger :data:`GROWABLE` value) and the checkpoint to be readable and of this kind of run. Writes nothing."""
+def check_resumable(run_dir: Path, config: Config,
+                    resolve: Callable[..., Config] = lambda c, saved=None: c) -> tuple[dict, Config]:
+    """The checkpoint a ``--resume`` of ``run_dir`` continues and the config it continues with, once the config is
+    known to equal the saved one (but for a larger :data:`GROWABLE` value) and the checkpoint to be readable and of
+    this kind of run. Writes nothing.
+
+    ``resolve(config, saved)`` fills ``auto``/null values (:func:`metaticket.factory.resolve`): the saved config is
+    resolved on its own (folders of older versions saved ``auto``), the new one from the saved values first."""
     saved = run_dir / "config.yaml"
     if not saved.is_file() or not saved.stat().st_size:
         raise MetaticketError(f"cannot resume {run_dir}: it has no config.yaml; start a new run instead")
-    old, new = load_config(saved).to_dict(), config.to_dict()
+    old_config = resolve(load_config(saved))
+    config = resolve(config, old_config)
+    old, new = old_config.to_dict(), config.to_dict()
     diff = [(f"{sec}.{k}", old[sec][k], new[sec][k]) for sec in new for k in new[sec] if new[sec][k] != old[sec][k]]
     fixed = [f"{k} (saved {a!r}, now {b!r})" for k, a, b in diff if k not in GROWABLE]
     if fixed:
@@ -127,4 +134,4 @@ def check_resumable(run_dir: Path, config: Config) -> dict:
             raise MetaticketError(f"cannot resume {run_dir}: {key} = {b} is below the saved {a}; a resumed run may "
                                   f"train longer, not shorter")
     last = last_checkpoint(run_dir)  # checked before anything is written into the folder
-    return check_checkpoint(load_checkpoint(last), config.run.task, last)
+    return check_checkpoint(load_checkpoint(last), config.run.task, last), config

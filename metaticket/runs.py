@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from metaticket.baselines.train import Plan, evaluate_classifier, param_counts, train_supervised
+from metaticket.baselines.train import TrainPlan, evaluate_classifier, param_counts, train_supervised
 from metaticket.checkpoint import check_checkpoint, load_checkpoint, read_json, write_text_atomic
 from metaticket.config import Config, load_config
 from metaticket.data import EpisodeSampler, episode_samplers, get_dataset, list_datasets
@@ -39,10 +39,11 @@ from metaticket.factory import (
     check_model_name,
     from_slot_run,
     image_size,
+    resolve,
     slot_run_config,
 )
 from metaticket.meta.evaluate import evaluate as evaluate_tasks
-from metaticket.meta.train import Schedule
+from metaticket.meta.train import MetaPlan
 from metaticket.meta.train import meta_train as meta_train_loop
 from metaticket.monitor import Monitor
 from metaticket.rundir import check_resumable, create_run_dir, run_in_claimed_dir, saved_config
@@ -211,7 +212,7 @@ def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> 
     """
     group, quiet = ctx.group, ctx.quiet
     expect_task(config, "meta", "meta-train")
-    state = check_resumable(run_dir, config) if resume else None
+    state, config = check_resumable(run_dir, config, resolve) if resume else (None, resolve(config))
     device = setup(config)
     if group.world > 1:
         device = ctx.device or resolve_device(config.run.device)
@@ -228,16 +229,14 @@ def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> 
     check_memory(config)
     sets = samplers(config, replace(ctx, quiet=quiet))
     learner = build_learner(config, device, collective=group)
+    config = resolve(config, vectorize=learner.vectorize)  # config.yaml records what ran, not "auto"
     check_forward(learner.model, config, spec.channels, device)
     if state is not None:  # a checkpoint of another architecture is refused before anything is written
         load_weights(learner.model, state["learner"]["model"], run_dir)
     if group.main:
         create_run_dir(config, run_dir, resume)
     monitor = Monitor(run_dir, quiet=quiet, write=group.main)
-    e = config.eval
-    plan = Schedule(steps=config.meta.steps, meta_batch=config.meta.meta_batch, val_every=e.val_every,
-                    val_tasks=e.val_tasks, val_seed=e.task_seed, eval_batch=e.batch,
-                    checkpoint_every=config.run.checkpoint_every, log_every=config.run.log_every)
+    plan = MetaPlan.of(config)
     return _finish(lambda: meta_train_loop(learner, sets["train"], sets["val"], plan, run_dir, monitor, device,
                                            resume=resume, main=group.main),
                    run_dir, monitor, group.main and not quiet,
@@ -266,7 +265,7 @@ def train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> dict:
     """
     group, quiet = ctx.group, ctx.quiet
     expect_task(config, "train", "train")
-    state = check_resumable(run_dir, config) if resume else None
+    state, config = check_resumable(run_dir, config, resolve) if resume else (None, resolve(config))
     device = setup(config)
     if group.world > 1:
         device = ctx.device or resolve_device(config.run.device)
@@ -289,13 +288,7 @@ def train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> dict:
     if group.main:
         create_run_dir(config, run_dir, resume)
     t = config.train
-    plan = Plan(method=t.method, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
-                weight_decay=t.weight_decay, schedule=t.schedule, warmup_epochs=t.warmup_epochs,
-                label_smoothing=t.label_smoothing, max_iterations=t.max_iterations, rerand_every=t.rerand_every,
-                rerand_unit=t.rerand_unit, rerand_rate=t.rerand_rate, eval_every=t.eval_every,
-                eval_batch=t.eval_batch, checkpoint_every=config.run.checkpoint_every,
-                log_every=config.run.log_every, workers=config.data.workers, seed=config.run.seed,
-                channels_last=t.channels_last, randommask_learns=t.randommask_learns)
+    plan = TrainPlan.of(config)
     monitor = Monitor(run_dir, quiet=quiet, write=group.main)
     if t.method == "randommask":
         report = sparsity_report(model)

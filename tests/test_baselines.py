@@ -14,12 +14,13 @@ from test_cli import REPO, run
 
 from metaticket.baselines.train import (
     EpochBatches,
-    Plan,
+    TrainPlan,
     evaluate_classifier,
     param_counts,
     train_supervised,
     trainable,
 )
+from metaticket.config import TrainConfig
 from metaticket.data.classification import TensorImages, classification_data
 from metaticket.data.imagenet import ImageFiles, random_resized_box, scan_imagenet
 from metaticket.errors import MetaticketError
@@ -42,10 +43,9 @@ def toy_data(n: int = 64, seed: int = 0) -> TensorImages:
                         torch.randint(0, 4, (n,), generator=g), augment=True, seed=seed)
 
 
-def plan(method: str, **kw) -> Plan:
-    base = dict(method=method, epochs=2, batch_size=16, lr=0.1, log_every=1, rerand_every=3, rerand_rate=0.5,
-                checkpoint_every=2, eval_batch=32)
-    return Plan(**{**base, **kw})
+def plan(method: str, checkpoint_every: int = 2, **kw) -> TrainPlan:
+    train = dict(method=method, epochs=2, batch_size=16, lr=0.1, rerand_every=3, rerand_rate=0.5, eval_batch=32)
+    return TrainPlan(TrainConfig(**{**train, **kw}), checkpoint_every=checkpoint_every, log_every=1, workers=0, seed=0)
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaticket.checkpoint import load_checkpoint, restoring, rng_state, save_atomic, set_rng_state
+from metaticket.config import Config, TrainConfig
 from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import MetaticketError
 from metaticket.monitor import Monitor, log_masks
@@ -32,30 +33,20 @@ LEARNS = ("weights", "scores")
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Optimization and bookkeeping of one supervised run (iterations are optimizer steps)."""
+class TrainPlan:
+    """One supervised run: its config's ``train`` section (method, optimizer, schedule, IteRand, evaluation) and the
+    run's bookkeeping (checkpoint and log intervals in iterations, i.e. optimizer steps; loader workers; seed)."""
 
-    method: str
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    max_iterations: int | None = None
-    rerand_every: int = 300
-    rerand_unit: str = "iterations"
-    rerand_rate: float = 0.1
-    eval_every: int = 1
-    eval_batch: int = 500
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    workers: int = 0
-    seed: int = 0
-    channels_last: bool = True  # NHWC convolutions: about 20% faster for Conv6 on this CPU
-    randommask_learns: str = "weights"  # randommask: train the weights under the mask, or edge-popup "scores"
+    train: TrainConfig
+    checkpoint_every: int
+    log_every: int
+    workers: int
+    seed: int
+
+    @classmethod
+    def of(cls, config: Config) -> TrainPlan:
+        return cls(config.train, config.run.checkpoint_every, config.run.log_every, config.data.workers,
+                   config.run.seed)
 
 
 def trainable(model: nn.Module, method: str, randommask_learns: str = "weights") -> list[nn.Parameter]:
@@ -156,13 +147,13 @@ def param_counts(model: nn.Module) -> dict[str, int]:
     return {"params_total": total, "params_kept": total - pruned}
 
 
-def _lr_factor(plan: Plan, total: int, per_epoch: int):
-    warm = plan.warmup_epochs * per_epoch
+def _lr_factor(plan: TrainPlan, total: int, per_epoch: int):
+    warm = plan.train.warmup_epochs * per_epoch
 
     def factor(it: int) -> float:
         if it < warm:
             return (it + 1) / warm
-        if plan.schedule == "constant":
+        if plan.train.schedule == "constant":
             return 1.0
         return 0.5 * (1 + math.cos(math.pi * (it - warm) / max(total - warm, 1)))
 
@@ -170,16 +161,17 @@ def _lr_factor(plan: Plan, total: int, per_epoch: int):
 
 
 def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test_set: torch.utils.data.Dataset,
-                     mean: tuple[float, ...], std: tuple[float, ...], plan: Plan, run_dir: Path, monitor: Monitor,
+                     mean: tuple[float, ...], std: tuple[float, ...], plan: TrainPlan, run_dir: Path, monitor: Monitor,
                      device: torch.device, resume: bool = False, collective: Collective = SINGLE) -> dict:
-    """Train ``model`` by ``plan.method``; evaluate on ``test_set`` every ``eval_every`` epochs and at the end.
+    """Train ``model`` by ``plan.train.method``; evaluate on ``test_set`` every ``eval_every`` epochs and at the end.
 
     Writes ``checkpoints/last.pt``; returns the final test scores and timing. With a ``collective`` of several
     processes, each trains on its slice of every batch under ``DistributedDataParallel`` (gradients averaged;
     BatchNorm statistics are per process, DDP's default) and only rank 0 evaluates and writes.
     """
-    params = trainable(model, plan.method, plan.randommask_learns)
-    if plan.channels_last:
+    t = plan.train
+    params = trainable(model, t.method, t.randommask_learns)
+    if t.channels_last:
         model.to(memory_format=torch.channels_last)
     main = collective.main
     net: nn.Module = model
@@ -187,12 +179,12 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.SGD(params, lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
-    sampler = EpochBatches(len(train_set), plan.batch_size, plan.seed, (collective.rank, collective.world))
+    optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    sampler = EpochBatches(len(train_set), t.batch_size, plan.seed, (collective.rank, collective.world))
     per_epoch = len(sampler)
-    total = min(plan.epochs * per_epoch, plan.max_iterations or plan.epochs * per_epoch)
+    total = min(t.epochs * per_epoch, t.max_iterations or t.epochs * per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(plan, total, per_epoch))
-    rerand = IteRandSchedule(plan.rerand_every if plan.method == "iterand" else 0, plan.rerand_rate, plan.seed + 1)
+    rerand = IteRandSchedule(t.rerand_every if t.method == "iterand" else 0, t.rerand_rate, plan.seed + 1)
     ckpt = run_dir / "checkpoints" / "last.pt"
     it = 0
     history: list[dict] = []
@@ -217,8 +209,8 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
 
     def evaluate_now(epoch: int) -> dict:
         bar = monitor.progress(len(test_set), "evaluate")
-        score = evaluate_classifier(model, test_set, mean, std, plan.eval_batch, device, plan.workers, bar.update,
-                                    plan.channels_last)
+        score = evaluate_classifier(model, test_set, mean, std, t.eval_batch, device, plan.workers, bar.update,
+                                    t.channels_last)
         bar.close()
         report = sparsity_report(model)
         values = {**score, "sparsity": report["overall"], **{f"sparsity/{k}": v for k, v in report["layers"].items()}}
@@ -233,7 +225,7 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
         random.seed(plan.seed)
     started = time.perf_counter()
     model.train()
-    bar = monitor.progress(total, f"train {plan.method}", initial=it)
+    bar = monitor.progress(total, f"train {t.method}", initial=it)
     window = {"loss": 0.0, "acc": 0.0, "n": 0}
     busy = 0.0
     timed = 0
@@ -246,16 +238,16 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=plan.workers)
         for x, y in loader:
             t0 = time.perf_counter()
-            x = normalize(x.to(device, non_blocking=True), mean, std, plan.channels_last)
+            x = normalize(x.to(device, non_blocking=True), mean, std, t.channels_last)
             y = y.to(device, non_blocking=True)
             logits = net(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=plan.label_smoothing)
+            loss = F.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             it += 1
-            if plan.rerand_unit == "iterations":
+            if t.rerand_unit == "iterations":
                 changed = rerand(model, it)
                 rerandomized += changed or 0.0
             seen = torch.stack([loss.detach(), (logits.detach().argmax(1) == y).float().mean()])
@@ -277,15 +269,15 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
                 ms = 1000 * busy / max(timed, 1)
                 monitor.log(it, "train", {"loss": window["loss"] / n, "acc": 100 * window["acc"] / n,
                                           "lr": optimizer.param_groups[0]["lr"], "ms_per_iter": ms,
-                                          "images_per_s": plan.batch_size * 1000 / ms if ms else 0.0,
+                                          "images_per_s": t.batch_size * 1000 / ms if ms else 0.0,
                                           "rerandomized": rerandomized, "epoch": it / per_epoch})
                 bar.set_postfix(loss=f"{window['loss'] / n:.3f}", acc=f"{100 * window['acc'] / n:.1f}")
                 window = {"loss": 0.0, "acc": 0.0, "n": 0}
                 rerandomized = 0.0
             end_of_epoch = it % per_epoch == 0
-            if end_of_epoch and plan.rerand_unit == "epochs":
+            if end_of_epoch and t.rerand_unit == "epochs":
                 rerandomized += rerand(model, it // per_epoch) or 0.0
-            if main and end_of_epoch and (it // per_epoch) % plan.eval_every == 0 and it < total:
+            if main and end_of_epoch and (it // per_epoch) % t.eval_every == 0 and it < total:
                 evaluate_now(it // per_epoch)
             if it == total:
                 break

@@ -74,6 +74,19 @@ def _vmap_wins(model: nn.Module) -> bool:
     return max((m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)), default=0) <= VMAP_MAX_WEIGHT
 
 
+def outer_defaults(method: str, optimizer: str = "auto", outer_lr: float | None = None, schedule: str = "auto",
+                   warmup_steps: int | None = None, steps: int = 10000) -> tuple[str, float, str, int]:
+    """(optimizer, outer lr, lr schedule, warm-up steps) with ``auto``/None replaced by the method's defaults, the one
+    place these live: Meta-ticket methods SGD (+ momentum) lr 10 with a cosine schedule and min(1000, steps / 10)
+    warm-up steps, as in the paper; the dense methods Adam lr 1e-3 at a constant rate without warm-up (MAML)."""
+    masks = METHODS[method].needs_supermask
+    opt = ("sgd" if masks else "adam") if optimizer == "auto" else optimizer
+    lr = outer_lr if outer_lr is not None else (10.0 if opt == "sgd" else 1e-3)
+    sched = ("cosine" if masks else "constant") if schedule == "auto" else schedule
+    warmup = warmup_steps if warmup_steps is not None else (min(1000, steps // 10) if sched == "cosine" else 0)
+    return opt, lr, sched, warmup
+
+
 def cosine_warmup(steps: int, warmup: int) -> Callable[[int], float]:
     """LR factor: linear warmup over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
 
@@ -116,24 +129,18 @@ class MetaLearner:
         self.outer_names = [n for n, _ in model.named_parameters() if self.roles.outer(n)]
         for n, p in model.named_parameters():  # only the outer parameters take part in outer autograd
             p.requires_grad_(n in self.outer_names)
-        self.vectorize = vectorize
-        if vectorize == "auto":
-            self.vectorize = "vmap" if _vmap_wins(self.twin) else "loop"
+        self.vectorize = vectorize if vectorize != "auto" else ("vmap" if _vmap_wins(self.twin) else "loop")
         # outside vmap the fused batch_norm kernel is correct (and faster); under vmap only the plain-op version is
         for m in self.twin.modules():
             if isinstance(m, TaskBatchNorm1d):
                 m.fused = self.vectorize == "loop"
 
-        default_opt = "sgd" if self.roles.needs_supermask else "adam"
-        opt_name = default_opt if optimizer == "auto" else optimizer
-        lr = outer_lr if outer_lr is not None else (10.0 if opt_name == "sgd" else 1e-3)
+        opt_name, lr, sched, warmup = outer_defaults(method, optimizer, outer_lr, schedule, warmup_steps, steps)
         params = [p for n, p in model.named_parameters() if n in self.outer_names]
         if opt_name == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
         else:
             self.optimizer = torch.optim.Adam(params, lr=lr)
-        sched = ("cosine" if self.roles.needs_supermask else "constant") if schedule == "auto" else schedule
-        warmup = warmup_steps if warmup_steps is not None else (min(1000, steps // 10) if sched == "cosine" else 0)
         factor = cosine_warmup(steps, warmup) if sched == "cosine" else (lambda t: min(1.0, (t + 1) / warmup)
                                                                           if warmup else 1.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)

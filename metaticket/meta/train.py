@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from metaticket.checkpoint import load_checkpoint, restoring, rng_state, save_atomic, set_rng_state
+from metaticket.config import Config, EvalConfig, MetaConfig
 from metaticket.data.episodes import EpisodeSampler
 from metaticket.errors import MetaticketError
 from metaticket.meta.evaluate import Score, evaluate
@@ -19,28 +20,29 @@ from metaticket.supermask import sparsity_report
 
 
 @dataclass(frozen=True)
-class Schedule:
-    """How long to train and how often to validate, log and checkpoint (all in outer steps)."""
+class MetaPlan:
+    """One meta-training run: how long and how wide (``meta.steps``, ``meta.meta_batch``), how often to validate
+    on which tasks (the ``eval`` section) and how often to log and checkpoint (all in outer steps)."""
 
-    steps: int
-    meta_batch: int
-    val_every: int
-    val_tasks: int
-    val_seed: int
-    eval_batch: int
+    meta: MetaConfig
+    eval: EvalConfig
     checkpoint_every: int
     log_every: int
 
+    @classmethod
+    def of(cls, config: Config) -> MetaPlan:
+        return cls(config.meta, config.eval, config.run.checkpoint_every, config.run.log_every)
 
-def validate(learner: MetaLearner, sampler: EpisodeSampler, plan: Schedule, device: torch.device) -> Score:
+
+def validate(learner: MetaLearner, sampler: EpisodeSampler, plan: MetaPlan, device: torch.device) -> Score:
     """Score on the same ``val_tasks`` tasks every time (the sampler is re-seeded)."""
-    sampler.generator.manual_seed(plan.val_seed)
-    return evaluate(learner, sampler, plan.val_tasks, plan.eval_batch, device)
+    sampler.generator.manual_seed(plan.eval.task_seed)
+    return evaluate(learner, sampler, plan.eval.val_tasks, plan.eval.batch, device)
 
 
-def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler, plan: Schedule, run_dir: Path,
+def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler, plan: MetaPlan, run_dir: Path,
                monitor: Monitor, device: torch.device, resume: bool = False, main: bool = True) -> dict:
-    """Train until ``plan.steps``; keeps ``checkpoints/last.pt`` and the best-validation ``checkpoints/best.pt``.
+    """Train until ``plan.meta.steps``; keeps ``checkpoints/last.pt`` and the best-validation ``checkpoints/best.pt``.
 
     ``main=False`` (the other processes of a distributed run): the same steps, but no validation and no files.
     Returns a summary with the best validation accuracy and the mean time per meta-step.
@@ -69,9 +71,9 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
 
     step_time = 0.0
     timed_steps = 0
-    bar = monitor.progress(plan.steps, f"meta-train {learner.method}", initial=learner.step)
-    while learner.step < plan.steps:
-        tasks = train.sample(plan.meta_batch).to(device)
+    bar = monitor.progress(plan.meta.steps, f"meta-train {learner.method}", initial=learner.step)
+    while learner.step < plan.meta.steps:
+        tasks = train.sample(plan.meta.meta_batch).to(device)
         t0 = time.perf_counter()
         out = learner.meta_step(tasks)
         dt = time.perf_counter() - t0
@@ -86,21 +88,21 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
                                   f"checkpoint is {ckpt_dir / 'last.pt'}; lower meta.outer_lr or meta.inner_lr")
         bar.update(1)
         step = learner.step
-        if step % plan.log_every == 0 or step == plan.steps:
+        if step % plan.log_every == 0 or step == plan.meta.steps:
             means = {k: v / window_n for k, v in window.items()}
             means["ms_per_step"] = 1000.0 * step_time / max(timed_steps, 1)
-            means["tasks_per_s"] = plan.meta_batch * timed_steps / max(step_time, 1e-9)
+            means["tasks_per_s"] = plan.meta.meta_batch * timed_steps / max(step_time, 1e-9)
             means["inner_lr"] = learner.inner_lr
             monitor.log(step, "train", means)
             bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{100 * means['acc']:.1f}")
             window, window_n = {}, 0
-        if main and (step % plan.val_every == 0 or step == plan.steps):
+        if main and (step % plan.eval.val_every == 0 or step == plan.meta.steps):
             score = validate(learner, val, plan, device)
             report = sparsity_report(learner.model)
             values = {"acc": score.accuracy, "ci95": score.ci95, "loss": score.loss, "sparsity": report["overall"]}
             values.update({f"sparsity/{k}": v for k, v in report["layers"].items()})
-            val.generator.manual_seed(plan.val_seed)  # where adaptation moves the weights, on fixed tasks
-            change = learner.inner_change(val.sample(min(plan.eval_batch, 8)).to(device))
+            val.generator.manual_seed(plan.eval.task_seed)  # where adaptation moves the weights, on fixed tasks
+            change = learner.inner_change(val.sample(min(plan.eval.batch, 8)).to(device))
             values.update({f"inner_change/{k}": v for k, v in change.items()})
             monitor.log(step, "val", values)
             log_masks(monitor, learner.model, step)
@@ -109,7 +111,7 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
             if score.accuracy > best["accuracy"]:
                 best = {"accuracy": score.accuracy, "step": step}
                 save("best.pt")
-        if step % plan.checkpoint_every == 0 or step == plan.steps:
+        if step % plan.checkpoint_every == 0 or step == plan.meta.steps:
             save("last.pt")
     bar.close()
     return {"best_val_accuracy": best["accuracy"], "best_step": best["step"],
