@@ -205,26 +205,38 @@ def meta_train(config: Config, ctx: Context, resume: bool = False) -> dict:
                     resume, ctx.group)
 
 
+def _prepare(config: Config, run_dir: Path, ctx: Context, resume: bool) -> tuple[Config, dict | None, torch.device,
+                                                                              bool]:
+    """What every training process starts from: the resolved config, the checkpoint a resume continues (None for a
+    new run), this process's device (seeded, threads set) and whether it stays quiet (all but rank 0 do)."""
+    meta = config.run.task == "meta"
+    expect_task(config, config.run.task, "meta-train" if meta else "train")
+    state, config = check_resumable(run_dir, config, resolve) if resume else (None, resolve(config))
+    device = setup(config)
+    world = ctx.group.world
+    if world > 1:
+        device = ctx.device or resolve_device(config.run.device)
+        if meta and config.meta.meta_batch < world:
+            raise MetaticketError(f"meta.meta_batch = {config.meta.meta_batch} cannot be split over {world} "
+                                  f"processes; use at least one task per process")
+        if not meta and config.train.batch_size % world:
+            raise MetaticketError(f"train.batch_size = {config.train.batch_size} does not split evenly over "
+                                  f"{world} processes; use a multiple of {world}")
+    return config, state, device, ctx.quiet or not ctx.group.main
+
+
 def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> dict:
     """Meta-train ``config`` into the given ``run_dir`` (claimed already, or continued with ``resume``).
 
     In a distributed run every process calls this; only rank 0 validates and writes.
     """
-    group, quiet = ctx.group, ctx.quiet
-    expect_task(config, "meta", "meta-train")
-    state, config = check_resumable(run_dir, config, resolve) if resume else (None, resolve(config))
-    device = setup(config)
-    if group.world > 1:
-        device = ctx.device or resolve_device(config.run.device)
-        if config.meta.meta_batch < group.world:
-            raise MetaticketError(f"meta.meta_batch = {config.meta.meta_batch} cannot be split over {group.world} "
-                                  f"processes; use at least one task per process")
+    group = ctx.group
+    config, state, device, quiet = _prepare(config, run_dir, ctx, resume)
     spec = get_dataset(config.data.dataset)
     if "train" not in spec.episode_splits:
         trainable = [n for n in list_datasets(episodes=True) if "train" in get_dataset(n).episode_splits]
         what = "offers only test tasks (cross-domain evaluation)" if spec.episodes else "has no few-shot tasks"
         raise MetaticketError(f"data.dataset = {config.data.dataset} {what}; meta-train on {', '.join(trainable)}")
-    quiet = quiet or not group.main
     check_model_name(config)  # before the data is decoded: a misspelt model fails at once
     check_memory(config)
     sets = samplers(config, replace(ctx, quiet=quiet))
@@ -263,16 +275,8 @@ def train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> dict:
 
     In a distributed run every process calls this; each trains on its slice of every batch, rank 0 writes.
     """
-    group, quiet = ctx.group, ctx.quiet
-    expect_task(config, "train", "train")
-    state, config = check_resumable(run_dir, config, resolve) if resume else (None, resolve(config))
-    device = setup(config)
-    if group.world > 1:
-        device = ctx.device or resolve_device(config.run.device)
-        if config.train.batch_size % group.world:
-            raise MetaticketError(f"train.batch_size = {config.train.batch_size} does not split evenly over "
-                                  f"{group.world} processes; use a multiple of {group.world}")
-    quiet = quiet or not group.main
+    group = ctx.group
+    config, state, device, quiet = _prepare(config, run_dir, ctx, resume)
     check_model_name(config)  # before loading data, like a wrong init_from folder: both fail at once
     check_memory(config)
     if config.train.init_from and not resume:

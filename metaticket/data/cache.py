@@ -58,3 +58,13 @@ def cached(path: Path, build: Callable[[], dict], keys: tuple[str, ...] = ()) ->
         raise MetaticketError(f"cannot write the decoded data set to {path} ({reason}); set METATICKET_CACHE to a "
                               f"writable folder with space") from None
     return blob
+
+
+def decode_once(sources: list[Path] | None, missing: str, cache_file: Callable[[str], Path],
+                build: Callable[[], dict], keys: tuple[str, ...]) -> dict:
+    """The decoded data set of ``sources``: from the cache file ``cache_file(key)`` (``key`` the first 16 hex digits
+    of their fingerprint), else decoded by ``build`` once and cached. ``sources`` None: the one-line error
+    ``missing`` (it names what was looked for and where)."""
+    if sources is None:
+        raise MetaticketError(missing)
+    return cached(cache_file(fingerprint(sources)[:16]), build, keys=keys)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from metaticket.data.archive import iter_files
-from metaticket.data.cache import cached, fingerprint
+from metaticket.data.cache import decode_once
 from metaticket.data.classification import Classification, TensorImages
 from metaticket.data.images import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, resize_uint8
 from metaticket.data.registry import ClassImages, DatasetSpec, Source, register_dataset
@@ -61,16 +61,13 @@ def find_source(root: Path) -> tuple[str, Path] | None:
 
 
 def load_cifar10(root: Path, cache_dir: Path, progress: bool = True) -> Cifar10:
-    found = find_source(root)
-    if found is None:
-        raise MetaticketError(f"CIFAR-10 not found under {root}: expected cifar-10-batches-py/ (torchvision) or "
-                              f"cifar10-jpeg/ (train/ and test/ class folders, or its .tar.gz); set "
-                              f"METATICKET_DATA or data.root")
-    kind, source = found
-    key = fingerprint([source])[:16]
+    kind, source = find_source(root) or ("", None)
     build = (lambda: read_batches(source)) if kind == "batches" else (lambda: read_image_folders(source, progress))
-    blob = cached(cache_dir / f"cifar10-{kind}-{key}.pt", build,
-                  keys=("train_x", "train_y", "test_x", "test_y", "classes"))
+    blob = decode_once(None if source is None else [source],
+                       f"CIFAR-10 not found under {root}: expected cifar-10-batches-py/ (torchvision) or cifar10-jpeg/ "
+                       f"(train/ and test/ class folders, or its .tar.gz); set METATICKET_DATA or data.root",
+                       lambda key: cache_dir / f"cifar10-{kind}-{key}.pt", build,
+                       keys=("train_x", "train_y", "test_x", "test_y", "classes"))
     return Cifar10(blob["train_x"], blob["train_y"], blob["test_x"], blob["test_y"], list(blob["classes"]))
 
 

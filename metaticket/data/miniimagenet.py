@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from metaticket.data.cache import cached, fingerprint
+from metaticket.data.cache import decode_once
 from metaticket.data.images import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, resize_uint8
 from metaticket.data.registry import ClassImages, DatasetSpec, Source, register_dataset
 from metaticket.data.safe_pickle import int_list, load_pickle, looks_like_html, uint8_array
@@ -45,16 +45,14 @@ def find_sources(root: Path) -> tuple[str, list[Path]] | None:
 
 
 def load_miniimagenet(root: Path, cache_dir: Path, image_size: int = 84, progress: bool = True) -> MiniImageNet:
-    found = find_sources(root)
-    if found is None:
-        raise MetaticketError(f"miniImageNet not found under {root}: expected mini-imagenet-cache-{{train,val,test}}"
-                              f".pkl, or images/ with train.csv, val.csv and test.csv, there or in "
-                              f"{root / 'miniimagenet'}; set METATICKET_DATA or data.root")
-    kind, sources = found
-    key = fingerprint(sources)[:16]
+    kind, sources = find_sources(root) or ("", None)
     build = (lambda: _from_pickles(sources, image_size)) if kind == "pickle" else \
         (lambda: _from_csv(sources, image_size, progress))
-    blob = cached(cache_dir / f"miniimagenet-{key}-{image_size}px.pt", build, keys=("images", "classes", "split"))
+    missing = (f"miniImageNet not found under {root}: expected mini-imagenet-cache-{{train,val,test}}.pkl, or "
+               f"images/ with train.csv, val.csv and test.csv, there or in {root / 'miniimagenet'}; set "
+               f"METATICKET_DATA or data.root")
+    blob = decode_once(sources, missing, lambda key: cache_dir / f"miniimagenet-{key}-{image_size}px.pt", build,
+                       keys=("images", "classes", "split"))
     return MiniImageNet(blob["images"], list(blob["classes"]), {k: list(v) for k, v in blob["split"].items()})
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from metaticket.data.archive import is_archive, iter_files
-from metaticket.data.cache import cached, fingerprint
+from metaticket.data.cache import decode_once
 from metaticket.data.classification import Classification, TensorImages
 from metaticket.data.images import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, resize_uint8
 from metaticket.data.registry import ClassImages, DatasetSpec, Source, register_dataset
@@ -50,13 +50,12 @@ def find_source(root: Path) -> Path | None:
 
 def load_tinyimagenet(root: Path, cache_dir: Path, image_size: int = 64, progress: bool = True) -> TinyImageNet:
     source = find_source(root)
-    if source is None:
-        raise MetaticketError(f"Tiny-ImageNet not found under {root}: expected tiny-imagenet-200/ (or "
-                              f"tiny-imagenet-200*.zip / .tar.gz) there or in {root / 'tiny-imagenet'}; set "
-                              f"METATICKET_DATA or data.root to the folder holding it")
-    key = fingerprint([source])[:16]
-    blob = cached(cache_dir / f"tinyimagenet-{key}-{image_size}px.pt", lambda: _decode(source, image_size, progress),
-                  keys=("train", "val", "wnids"))
+    missing = (f"Tiny-ImageNet not found under {root}: expected tiny-imagenet-200/ (or tiny-imagenet-200*.zip / "
+               f".tar.gz) there or in {root / 'tiny-imagenet'}; set METATICKET_DATA or data.root to the folder "
+               f"holding it")
+    blob = decode_once(None if source is None else [source], missing,
+                       lambda key: cache_dir / f"tinyimagenet-{key}-{image_size}px.pt",
+                       lambda: _decode(source, image_size, progress), keys=("train", "val", "wnids"))
     return TinyImageNet(blob["train"], blob["val"], list(blob["wnids"]))
 
 

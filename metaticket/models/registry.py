@@ -26,6 +26,16 @@ def _plain_conv(in_channels: int, out_channels: int, kernel_size: int, stride: i
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
 
 
+class FeaturesHead(nn.Module):
+    """A network that is ``features`` (x -> [N, D]) followed by a linear ``head`` ([N, D] -> logits [N, classes])."""
+
+    features: nn.Module
+    head: nn.Module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
 class TaskBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm over each task's batch statistics (no running estimates), written with plain tensor ops.
 

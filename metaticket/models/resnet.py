@@ -7,6 +7,8 @@ layer's channels; ``wide_resnet50_2`` doubles the bottleneck's inner width as in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 from metaticket.models.registry import DENSE, Layers, register_model
@@ -16,6 +18,11 @@ def _scale(c: int, width: float) -> int:
     return max(1, int(round(c * width)))
 
 
+def _conv_bn(layers: Layers, c_in: int, c_out: int, kernel: int, stride: int) -> tuple[nn.Module, nn.Module]:
+    """A bias-free ``kernel`` x ``kernel`` conv ('same' padding) and its BatchNorm, drawn in this order."""
+    return layers.conv(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False), layers.norm2d(c_out)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with an identity or 1x1-conv shortcut. x: [N, C_in, H, W]."""
 
@@ -23,10 +30,8 @@ class BasicBlock(nn.Module):
 
     def __init__(self, c_in: int, planes: int, stride: int, layers: Layers, inner: int | None = None) -> None:
         super().__init__()
-        self.conv1 = layers.conv(c_in, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = layers.norm2d(planes)
-        self.conv2 = layers.conv(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = layers.norm2d(planes)
+        self.conv1, self.bn1 = _conv_bn(layers, c_in, planes, 3, stride)
+        self.conv2, self.bn2 = _conv_bn(layers, planes, planes, 3, 1)
         self.shortcut = _shortcut(c_in, planes, stride, layers)
         self.relu = nn.ReLU()
 
@@ -44,12 +49,9 @@ class Bottleneck(nn.Module):
         super().__init__()
         inner = inner or planes
         out = planes * self.expansion
-        self.conv1 = layers.conv(c_in, inner, 1, stride=1, padding=0, bias=False)
-        self.bn1 = layers.norm2d(inner)
-        self.conv2 = layers.conv(inner, inner, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = layers.norm2d(inner)
-        self.conv3 = layers.conv(inner, out, 1, stride=1, padding=0, bias=False)
-        self.bn3 = layers.norm2d(out)
+        self.conv1, self.bn1 = _conv_bn(layers, c_in, inner, 1, 1)
+        self.conv2, self.bn2 = _conv_bn(layers, inner, inner, 3, stride)  # stride here, as torchvision v1.5
+        self.conv3, self.bn3 = _conv_bn(layers, inner, out, 1, 1)
         self.shortcut = _shortcut(c_in, out, stride, layers)
         self.relu = nn.ReLU()
 
@@ -97,30 +99,28 @@ class ResNet(nn.Module):
         return self.head(self.pool(self.stages(self.stem(x))))
 
 
-@register_model("resnet18")
-def resnet18(*, num_classes: int, in_channels: int = 3, image_size: int = 32, width: float = 1.0,
-             layers: Layers = DENSE) -> nn.Module:
-    """CIFAR-variant ResNet-18 (basic blocks 2-2-2-2, widths 64-128-256-512 times ``width``)."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, num_classes, width, layers, imagenet_stem=False)
+# name: (block, blocks per stage, native image side, ImageNet stem, bottleneck inner-width factor, description)
+VARIANTS = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2), 32, False, 1.0,
+                 "CIFAR-variant ResNet-18 (basic blocks 2-2-2-2, widths 64-128-256-512 times ``width``)."),
+    "resnet34": (BasicBlock, (3, 4, 6, 3), 32, False, 1.0, "CIFAR-variant ResNet-34 (basic blocks 3-4-6-3)."),
+    "resnet50": (Bottleneck, (3, 4, 6, 3), 224, True, 1.0,
+                 "ImageNet-variant ResNet-50 (bottlenecks 3-4-6-3, 25.6M parameters at width 1 with 1000 classes)."),
+    "wide_resnet50_2": (Bottleneck, (3, 4, 6, 3), 224, True, 2.0,
+                        "Wide ResNet-50-2: ResNet-50 with bottleneck inner widths doubled (68.9M parameters at width "
+                        "1)."),
+}
 
 
-@register_model("resnet34")
-def resnet34(*, num_classes: int, in_channels: int = 3, image_size: int = 32, width: float = 1.0,
-             layers: Layers = DENSE) -> nn.Module:
-    """CIFAR-variant ResNet-34 (basic blocks 3-4-6-3)."""
-    return ResNet(BasicBlock, (3, 4, 6, 3), in_channels, num_classes, width, layers, imagenet_stem=False)
+def _builder(name: str, block: type[BasicBlock] | type[Bottleneck], depths: tuple[int, ...], side: int,
+             imagenet_stem: bool, inner_factor: float, doc: str) -> Callable[..., nn.Module]:
+    def build(*, num_classes: int, in_channels: int = 3, image_size: int = side, width: float = 1.0,
+              layers: Layers = DENSE) -> nn.Module:
+        return ResNet(block, depths, in_channels, num_classes, width, layers, imagenet_stem, inner_factor)
+
+    build.__name__, build.__qualname__, build.__doc__ = name, name, doc
+    return build
 
 
-@register_model("resnet50")
-def resnet50(*, num_classes: int, in_channels: int = 3, image_size: int = 224, width: float = 1.0,
-             layers: Layers = DENSE) -> nn.Module:
-    """ImageNet-variant ResNet-50 (bottlenecks 3-4-6-3, 25.6M parameters at width 1 with 1000 classes)."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), in_channels, num_classes, width, layers, imagenet_stem=True)
-
-
-@register_model("wide_resnet50_2")
-def wide_resnet50_2(*, num_classes: int, in_channels: int = 3, image_size: int = 224, width: float = 1.0,
-                    layers: Layers = DENSE) -> nn.Module:
-    """Wide ResNet-50-2: ResNet-50 with bottleneck inner widths doubled (68.9M parameters at width 1)."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), in_channels, num_classes, width, layers, imagenet_stem=True,
-                  inner_factor=2.0)
+for _name, _variant in VARIANTS.items():
+    register_model(_name)(_builder(_name, *_variant))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from metaticket.models.registry import DENSE, Layers, register_model
+from metaticket.models.registry import DENSE, FeaturesHead, Layers, register_model
 
 
 class Block(nn.Module):
@@ -30,7 +30,7 @@ class Block(nn.Module):
         return self.pool(self.relu(out + self.shortcut(x)))
 
 
-class ResNet12(nn.Module):
+class ResNet12(FeaturesHead):
     """x: [N, C, H, W] -> logits [N, num_classes]; features are globally average-pooled."""
 
     def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...], layers: Layers) -> None:
@@ -42,9 +42,6 @@ class ResNet12(nn.Module):
             prev = w
         self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = layers.head(prev, num_classes, bias=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
 
 
 @register_model("resnet12")

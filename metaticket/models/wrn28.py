@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from metaticket.models.registry import DENSE, Layers, register_model
+from metaticket.models.registry import DENSE, FeaturesHead, Layers, register_model
 
 
 class PreActBlock(nn.Module):
@@ -27,7 +27,7 @@ class PreActBlock(nn.Module):
         return out + (x if self.shortcut is None else self.shortcut(pre))
 
 
-class WideResNet(nn.Module):
+class WideResNet(FeaturesHead):
     """x: [N, C, H, W] -> logits [N, num_classes]."""
 
     def __init__(self, in_channels: int, num_classes: int, depth: int, widen: float, layers: Layers) -> None:
@@ -45,9 +45,6 @@ class WideResNet(nn.Module):
         body += [layers.norm2d(prev), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*body)
         self.head = layers.head(prev, num_classes, bias=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
 
 
 @register_model("wrn28")
