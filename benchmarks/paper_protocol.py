@@ -89,7 +89,9 @@ def collect(out: Path, steps: int) -> list[dict]:
                 "test": json.loads(result.read_text()),
                 "ms_per_step": round(summary["ms_per_step"], 1),
                 "val_curve": [
-                    {"step": m["step"], "acc": m["acc"], "ci95": m["ci95"], "sparsity": m.get("sparsity")}
+                    {"step": m["step"], "acc": m["acc"], "ci95": m["ci95"], "sparsity": m.get("sparsity"),
+                     "layers": {k.removeprefix("sparsity/"): round(v, 4) for k, v in m.items()
+                                if k.startswith("sparsity/")}}
                     for m in metrics
                     if m["split"] == "val"
                 ],
@@ -129,7 +131,7 @@ def plot(rows: list[dict], lines: list[dict], steps: int, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(16, 4), constrained_layout=True)
     styles = {1: "-", 2: "-.", 4: "--", 8: ":"}  # one colour per method, one line style per width
     # the by-width question: MLP runs of the protocol itself (controlled variants and Conv4 are in the table)
     rows = [r for r in rows if r["width"] is not None and not r["tag"]]
@@ -155,6 +157,17 @@ def plot(rows: list[dict], lines: list[dict], steps: int, path: Path) -> None:
                 linestyle=styles.get(r["width"], "-"),
                 label=f"{method} w{r['width']} s{r['seed']}",
             )
+    # where the masks settle: each layer's sparsity during Meta-ticket training (MLP, protocol runs)
+    for r in (r for r in rows if r["method"] == "metaticket"):
+        c = [p for p in r["val_curve"] if p["layers"]]
+        for colour, layer in zip(("C0", "C1", "C2", "C3", "C4", "C5"), sorted(c[0]["layers"]) if c else []):
+            third.plot([p["step"] for p in c], [p["layers"][layer] for p in c], color=colour,
+                       linestyle=styles.get(r["width"], "-"), label=f"{layer} w{r['width']} s{r['seed']}")
+    third.set_xlabel("meta-step")
+    third.set_ylabel("sparsity (fraction pruned) per layer")
+    third.set_title("Meta-ticket: per-layer sparsity on validation checkpoints", fontsize=9)
+    third.grid(alpha=0.3)
+    third.legend(fontsize=6, ncol=2)
     widths = sorted({t["width"] for t in lines})
     left.set_xscale("log", base=2)
     left.set_xticks(widths, [str(w) for w in widths])

@@ -18,7 +18,7 @@ The public API (each name is documented in the README with an example):
 
 from metaticket.baselines.train import TrainPlan, evaluate_classifier, train_supervised
 from metaticket.config import Config, ConfigError, load_config
-from metaticket.data.episodes import EpisodeSampler, Tasks
+from metaticket.data.episodes import EpisodeSampler
 from metaticket.errors import MetaticketError
 from metaticket.factory import build_classifier, build_learner, build_network
 from metaticket.meta.learner import ANIL, BOIL, MAML, MetaLearner, MetaTicket
@@ -34,6 +34,7 @@ from metaticket.supermask import (
     rerandomize,
     sparsity_report,
 )
+from metaticket.tasks import Tasks
 from metaticket.ticket import export_ticket, load_ticket, ticket_info
 
 __version__ = "0.1.0"

@@ -110,7 +110,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     try:
         plot_runs(dirs, out)
     except ImportError:
-        raise MetaticketError("plot needs matplotlib: pip install matplotlib") from None
+        raise MetaticketError("plot needs matplotlib: pip install 'metaticket[plot]' (or matplotlib)") from None
     print(out)
     return 0
 

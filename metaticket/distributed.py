@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from metaticket.data.episodes import Tasks
 from metaticket.errors import MetaticketError
+from metaticket.tasks import Tasks
 
 
 @dataclass(frozen=True)

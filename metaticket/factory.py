@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from metaticket.baselines.methods import method_of
 from metaticket.checkpoint import load_checkpoint
 from metaticket.config import Config, ConfigError, load_config
 from metaticket.data import get_dataset
@@ -116,25 +117,22 @@ def build_classifier(config: Config, num_classes: int, device: torch.device | st
     parameters, as edge-popup and IteRand do.
     """
     check_model_name(config)
-    m, t = config.model, config.train
+    m = config.model
+    kind = method_of(config.train)
     generator = torch.Generator().manual_seed(config.run.seed)
-    learns_weights = t.method == "dense" or (t.method == "randommask" and t.randommask_learns == "weights")
-    if t.method == "randommask":
-        supermask, sparsity = t.randommask_learns == "scores", m.popup_sparsity
-    else:
-        supermask, sparsity = t.method in ("edgepopup", "iterand"), m.sparsity
-    layers = make_layers(supermask=supermask, mask=m.mask, sparsity=sparsity, init=m.init,
+    layers = make_layers(supermask=kind.supermask, mask=m.mask,
+                         sparsity=m.popup_sparsity if kind.random_mask else m.sparsity, init=m.init,
                          init_sparsity=m.init_sparsity, dense_head=m.dense_head, generator=generator, norm="batch",
-                         norm_affine=learns_weights, norm_eps=m.norm_eps, slots=m.slots if t.method == "slot" else 0,
+                         norm_affine=kind.learns_weights, norm_eps=m.norm_eps, slots=m.slots if kind.slots else 0,
                          slot_select=m.slot_select)
     model = _build(config, layers, num_classes, 3, "cpu")
     if m.scale_fan:
-        if t.method not in ("edgepopup", "iterand") or m.mask != "topk":
+        if not kind.supermask or kind.random_mask or m.mask != "topk":
             raise MetaticketError("model.scale_fan rescales top-k supermask weights to the kept fan-in: use it with "
                                   "train.method edgepopup or iterand and model.mask topk (or set it to false)")
         scale_fan_in(model)
-    if t.method == "randommask":
-        if supermask and m.mask != "topk":
+    if kind.random_mask:
+        if kind.supermask and m.mask != "topk":
             raise MetaticketError("train.randommask_learns = scores runs edge-popup inside the random mask: "
                                   "set model.mask: topk")
         apply_random_masks(model, m.sparsity, m.ratios, generator)

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from metaticket.supermask import supermask_layers
 
-MAX_IMAGE_SIDE = 512  # mask images show at most this many rows / columns of a layer
+MAX_IMAGE_SIDE = 512  # mask images larger than this a side are shrunk (block averages), not cropped
 
 
 class Monitor:
@@ -87,17 +88,22 @@ def mask_image(mask: Tensor) -> Tensor:
     """A [H, W] picture of a layer's 0/1 mask (white = kept).
 
     Linear [out, in]: the matrix. Conv [out, in, kh, kw]: a grid with one kh x kw tile per (output, input)
-    channel pair, rows = output channels, separated by a gray line. At most ``MAX_IMAGE_SIDE`` pixels a side.
+    channel pair, rows = output channels, separated by a gray line. A picture larger than ``MAX_IMAGE_SIDE`` pixels
+    a side is shrunk by averaging blocks (a pixel's gray level is then the kept fraction of its block): the whole
+    layer is shown, never a crop.
     """
     m = mask.detach().float().cpu()
     if m.dim() == 2:
-        return m[:MAX_IMAGE_SIDE, :MAX_IMAGE_SIDE]
-    out_c, in_c, kh, kw = m.shape
-    rows = min(out_c, MAX_IMAGE_SIDE // (kh + 1))
-    cols = min(in_c, MAX_IMAGE_SIDE // (kw + 1))
-    tiles = torch.full((rows, cols, kh + 1, kw + 1), 0.5)
-    tiles[:, :, :kh, :kw] = m[:rows, :cols]
-    return tiles.permute(0, 2, 1, 3).reshape(rows * (kh + 1), cols * (kw + 1))
+        image = m
+    else:
+        out_c, in_c, kh, kw = m.shape
+        tiles = torch.full((out_c, in_c, kh + 1, kw + 1), 0.5)
+        tiles[:, :, :kh, :kw] = m
+        image = tiles.permute(0, 2, 1, 3).reshape(out_c * (kh + 1), in_c * (kw + 1))
+    h, w = image.shape
+    if max(h, w) > MAX_IMAGE_SIDE:
+        image = F.adaptive_avg_pool2d(image[None, None], (min(h, MAX_IMAGE_SIDE), min(w, MAX_IMAGE_SIDE)))[0, 0]
+    return image
 
 
 @torch.no_grad()

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from metaticket.errors import MetaticketError
 
-# (axis label, candidate (split, key) pairs) per panel: the first pair a run has wins (meta-learning runs
-# validate, supervised runs test)
+# (axis label, candidate (split, key, what) triples) per panel: the first pair a run has wins (meta-learning runs
+# validate, supervised runs test); the legend says which one a line is
 PANELS = [
-    ("accuracy (%)", [("val", "acc"), ("test", "top1")]),
-    ("training loss", [("train", "loss")]),
-    ("sparsity (fraction pruned)", [("val", "sparsity"), ("test", "sparsity")]),
+    ("accuracy (%), band: 95% CI", [("val", "acc", "validation"), ("test", "top1", "test")]),
+    ("training loss", [("train", "loss", "train")]),
+    ("sparsity (fraction pruned)", [("val", "sparsity", "masks"), ("test", "sparsity", "masks")]),
 ]
 
 
@@ -52,12 +52,24 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     runs = [(d, read_metrics(d)) for d in run_dirs]
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
     for ax, (label, candidates) in zip(axes, PANELS):
+        dense = []
         for run_dir, rows in runs:
-            for split, key in candidates:
+            for split, key, what in candidates:
                 steps, values = curve(rows, split, key)
-                if steps:
-                    ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=run_dir.name)
+                if not steps:
+                    continue
+                if key == "sparsity" and not any(values):  # a dense run has no mask: no flat line at 0
+                    dense.append(run_dir.name)
                     break
+                line, = ax.plot(steps, values, marker="." if len(steps) < 30 else None,
+                                label=f"{run_dir.name} ({what})")
+                ci_steps, ci = curve(rows, split, "ci95")
+                if key in ("acc", "top1") and ci_steps == steps:  # the 95% CI logged with the accuracy
+                    ax.fill_between(steps, [v - c for v, c in zip(values, ci)], [v + c for v, c in zip(values, ci)],
+                                    color=line.get_color(), alpha=0.2, linewidth=0)
+                break
+        if dense:
+            ax.text(0.02, 0.02, "no mask: " + ", ".join(dense), transform=ax.transAxes, fontsize=7)
         ax.set_xlabel("step (meta-step or iteration)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

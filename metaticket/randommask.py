@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaticket.supermask import SUPERMASK_LAYERS, replace_module
+from metaticket.supermask import SUPERMASK_LAYERS, replace_module, same_geometry
 
 Ratios = Literal["uniform", "er", "erk", "balanced", "pyramidal"]
 RATIOS: tuple[str, ...] = ("uniform", "er", "erk", "balanced", "pyramidal")
@@ -159,12 +159,7 @@ def apply_random_masks(model: nn.Module, sparsity: float, ratios: str,
             layer.scale_weights(scale)
             layer.set_source(mask)
         else:
-            if isinstance(layer, nn.Linear):
-                new: nn.Module = MaskedLinear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-            else:
-                new = MaskedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-                                   padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-                                   bias=layer.bias is not None)
+            new = same_geometry(layer, MaskedLinear, MaskedConv2d)
             new.to(device=layer.weight.device)
             new.weight.copy_(layer.weight * scale)
             if layer.bias is not None:

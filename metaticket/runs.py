@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from metaticket.baselines.methods import method_of
 from metaticket.baselines.train import TrainPlan, evaluate_classifier, param_counts, train_supervised
 from metaticket.checkpoint import check_checkpoint, load_checkpoint, read_json, write_text_atomic
 from metaticket.config import Config, load_config
@@ -239,6 +240,11 @@ def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> 
         raise MetaticketError(f"data.dataset = {config.data.dataset} {what}; meta-train on {', '.join(trainable)}")
     check_model_name(config)  # before the data is decoded: a misspelt model fails at once
     check_memory(config)
+    m = config.meta
+    if m.warmup_steps >= m.steps and m.warmup_steps > 0 and group.main:
+        print(f"note: meta.warmup_steps = {m.warmup_steps} >= meta.steps = {m.steps}: the outer lr stays in warm-up "
+              f"and peaks at {m.outer_lr * m.steps / m.warmup_steps:.3g} of meta.outer_lr = {m.outer_lr:g}; lower "
+              f"meta.warmup_steps (e.g. to {max(1, m.steps // 10)})", file=sys.stderr)
     sets = samplers(config, replace(ctx, quiet=quiet))
     learner = build_learner(config, device, collective=group)
     config = resolve(config, vectorize=learner.vectorize)  # config.yaml records what ran, not "auto"
@@ -294,7 +300,7 @@ def train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> dict:
     t = config.train
     plan = TrainPlan.of(config)
     monitor = Monitor(run_dir, quiet=quiet, write=group.main)
-    if t.method == "randommask":
+    if method_of(t).random_mask:
         report = sparsity_report(model)
         layers = ", ".join(f"{k} {v:.3f}" for k, v in report["layers"].items())
         monitor.print(f"random mask ({config.model.ratios}, overall sparsity {report['overall']:.4f}): {layers}")
@@ -486,7 +492,7 @@ def sweep(config: str, ctx: Context, sets: Sequence[str] = (), methods: Sequence
         try:
             plot_grid(table, sweep_dir / "sweep.png")
         except ImportError:
-            print("matplotlib is not installed: no sweep.png (pip install matplotlib)", file=sys.stderr)
+            print("matplotlib is not installed: no sweep.png (pip install 'metaticket[plot]')", file=sys.stderr)
     return table
 
 
@@ -498,8 +504,8 @@ def sparsity_is_set(config: Config) -> bool:
 
     if config.run.task == "meta":
         return METHODS[config.meta.method].needs_supermask and config.model.mask == "topk"
-    method = config.train.method
-    return method == "randommask" or (method in ("edgepopup", "iterand") and config.model.mask == "topk")
+    kind = method_of(config.train)
+    return kind.random_mask or (kind.supermask and config.model.mask == "topk")
 
 
 def _sweep_point(config: Config, run_dir: Path, ctx: Context) -> dict:

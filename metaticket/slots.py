@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaticket.supermask import fan_in, replace_module, sample_init
+from metaticket.supermask import fan_in, replace_module, same_geometry, sample_init
 
 SlotSelect = Literal["greedy", "sampled"]
 SLOT_SELECTS: tuple[str, ...] = ("greedy", "sampled")
@@ -149,11 +149,7 @@ def freeze_slots(model: nn.Module) -> nn.Module:
     parameters, for fine-tuning the selected values (the paper's "finetuned" variant). Returns ``model``.
     """
     for name, layer in list(slot_layers(model)):
-        if isinstance(layer, SlotLinear):
-            plain: nn.Module = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        else:
-            plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-                              padding=layer.padding, bias=layer.bias is not None)
+        plain = same_geometry(layer)
         plain.to(device=layer.values.device)
         plain.weight.copy_(layer.weight)
         if layer.bias is not None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Iterator
-from typing import Literal
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -310,21 +310,27 @@ def convert(module: nn.Module, *, mask: str = "topk", sparsity: float = 0.5, ini
         if name in keep or isinstance(child, SUPERMASK_LAYERS):
             continue
         opts = dict(mask=mask, sparsity=sparsity, init=init, init_sparsity=init_sparsity, generator=generator)
-        if type(child) is nn.Linear:
-            new: nn.Module = SupermaskLinear(child.in_features, child.out_features, bias=child.bias is not None,
-                                             **opts)
-        elif type(child) is nn.Conv2d:
-            new = SupermaskConv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-                                  padding=child.padding, bias=child.bias is not None, dilation=child.dilation,
-                                  groups=child.groups, **opts)
-        else:
+        if type(child) not in (nn.Linear, nn.Conv2d):
             continue
+        new = same_geometry(child, SupermaskLinear, SupermaskConv2d, **opts)
         if child.bias is not None:
             with torch.no_grad():
                 new.bias.copy_(child.bias)
         new.to(device=child.weight.device)
         replace_module(module, name, new)
     return module
+
+
+def same_geometry(layer: nn.Module, linear: Callable[..., nn.Module] = nn.Linear,
+                  conv: Callable[..., nn.Module] = nn.Conv2d, **extra: Any) -> nn.Module:
+    """A new ``linear`` (for a layer with ``in_features``) or ``conv`` layer of ``layer``'s geometry: features or
+    channels, kernel, stride, padding, dilation, groups and whether it has a bias; ``extra`` goes to the new class.
+    Its values are the new class's own (copy them yourself)."""
+    bias = layer.bias is not None
+    if hasattr(layer, "in_features"):
+        return linear(layer.in_features, layer.out_features, bias=bias, **extra)
+    return conv(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                dilation=getattr(layer, "dilation", 1), groups=getattr(layer, "groups", 1), bias=bias, **extra)
 
 
 def dense_like(model: nn.Module) -> nn.Module:
@@ -335,12 +341,7 @@ def dense_like(model: nn.Module) -> nn.Module:
     """
     twin = copy.deepcopy(model)
     for name, layer in list(supermask_layers(twin)):
-        if isinstance(layer, nn.Linear):
-            plain: nn.Module = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        else:
-            plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-                              padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-                              bias=layer.bias is not None)
+        plain = same_geometry(layer)
         plain.to(device=layer.weight.device)
         replace_module(twin, name, plain)
     return twin

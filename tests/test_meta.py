@@ -8,13 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from metaticket.data.episodes import Tasks
 from metaticket.meta.evaluate import summarize
 from metaticket.meta.inner import adapt
 from metaticket.meta.learner import MetaLearner
 from metaticket.models import build_model, list_models
 from metaticket.models.registry import make_layers
 from metaticket.supermask import supermask_layers
+from metaticket.tasks import Tasks
 
 
 def tasks(batch: int = 3, ways: int = 5, shots: int = 1, queries: int = 3, size: int = 28, seed: int = 0) -> Tasks:

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from metaticket.data.episodes import Tasks
 from metaticket.meta.learner import METHODS, MetaLearner
 from metaticket.models import build_model, list_models
 from metaticket.models.registry import make_layers
 from metaticket.supermask import SupermaskConv2d, SupermaskLinear, supermask_layers
+from metaticket.tasks import Tasks
 
 SMALL = {"mlp": {"width": 0.25}, "conv4": {"channels": 8}, "resnet12": {"width": 0.125}, "wrn28": {"width": 1.0},
          "conv6": {"width": 0.125}, "resnet18": {"width": 0.125}, "resnet34": {"width": 0.125},
@@ -89,3 +89,21 @@ def test_unknown_method_lists_known_ones():
     with pytest.raises(ValueError, match="unknown method 'reptile'; known: anil, boil, maml, metaticket, "
                                          "metaticket_boil"):
         MetaLearner(net, method="reptile")
+
+
+def test_registering_a_builder_again_replaces_it_and_a_clash_is_refused():
+    from metaticket.models.registry import _REGISTRY
+
+    cell = ("from metaticket.models import register_model\n"
+            "@register_model('cell_mlp')\n"
+            "def cell_mlp(*, num_classes, **kw):\n"
+            "    import torch\n"
+            "    return torch.nn.Linear(4, num_classes)\n")
+    try:
+        for _ in range(2):  # a notebook cell run twice: the same module and function name
+            exec(compile(cell, "<cell>", "exec"), {"__name__": "__main__"})  # noqa: S102
+        assert build_model("cell_mlp", num_classes=3).out_features == 3
+        with pytest.raises(ValueError, match="'mlp' is already registered by metaticket.models.mlp.mlp"):
+            exec(compile(cell.replace("'cell_mlp'", "'mlp'"), "<cell>", "exec"), {"__name__": "__main__"})  # noqa: S102
+    finally:
+        _REGISTRY.pop("cell_mlp", None)

@@ -75,3 +75,14 @@ def test_mask_image_of_a_conv_is_a_grid_of_kernels():
     assert torch.equal(img[4:7, 8:11], mask[1, 2])  # output channel 1, input channel 2
     assert (img[3, :] == 0.5).all() and (img[:, 3] == 0.5).all()
     assert mask_image(torch.ones(2000, 10)).shape == (512, 10)
+
+
+def test_a_mask_wider_than_the_image_is_shrunk_by_block_averages_not_cropped():
+    mask = torch.zeros(1024, 2048)
+    mask[:, :1024] = 1  # the left half kept: a crop to 512 columns would show only kept weights
+    img = mask_image(mask)
+    assert img.shape == (512, 512) and img.mean().item() == 0.5
+    assert (img[:, :256] == 1).all() and (img[:, 256:] == 0).all()
+    checker = (torch.arange(1000)[:, None] + torch.arange(1000)[None]) % 2  # half kept, finely mixed
+    shrunk = mask_image(checker.float())
+    assert shrunk.shape == (512, 512) and abs(shrunk.mean().item() - 0.5) < 0.01 and shrunk.max() < 1

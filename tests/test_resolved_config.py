@@ -51,3 +51,12 @@ def test_config_yaml_holds_resolved_values_and_a_resume_with_auto_continues(tmp_
     assert again["meta"]["steps"] == 6 and again["meta"]["warmup_steps"] == 0
     # a value that really differs from the resolved one is refused in one line
     assert main([*args[:2], *small(tmp_path, "r", steps=8), "--set", "meta.optimizer=adam", "--resume"]) == 2
+
+
+@pytest.mark.usefixtures("data_root")
+def test_a_run_shorter_than_its_warm_up_gets_a_note(tmp_path, capsys):
+    assert main(["meta-train", str(QUICK), *small(tmp_path, "w"), "--set", "meta.warmup_steps=10"]) == 0
+    err = capsys.readouterr().err
+    assert "note: meta.warmup_steps = 10 >= meta.steps = 4" in err and "peaks at 4 of meta.outer_lr = 10" in err
+    assert main(["meta-train", str(QUICK), *small(tmp_path, "v"), "--set", "meta.warmup_steps=1"]) == 0
+    assert "warm-up" not in capsys.readouterr().err

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaticket.baselines.methods import method_of
 from metaticket.checkpoint import load_checkpoint, restoring, rng_state, save_atomic, set_rng_state
 from metaticket.config import Config, TrainConfig
 from metaticket.distributed import SINGLE, Collective
@@ -27,9 +28,6 @@ from metaticket.monitor import Monitor, log_masks
 from metaticket.rundir import last_checkpoint
 from metaticket.slots import slot_layers
 from metaticket.supermask import IteRandSchedule, masked_layers, sparsity_report, supermask_layers
-
-METHODS = ("dense", "edgepopup", "iterand", "slot", "randommask")
-LEARNS = ("weights", "scores")
 
 
 @dataclass(frozen=True)
@@ -52,21 +50,17 @@ class TrainPlan:
 def trainable(model: nn.Module, method: str, randommask_learns: str = "weights") -> list[nn.Parameter]:
     """Mark what ``method`` learns (requires_grad) and return it: all parameters for ``dense`` and ``randommask``
     with ``randommask_learns = "weights"`` (the fixed masks are buffers), else only the scores."""
-    if method not in METHODS:
-        raise MetaticketError(f"unknown training method {method!r}; known: {', '.join(METHODS)}")
-    if randommask_learns not in LEARNS:
-        raise MetaticketError(f"train.randommask_learns = {randommask_learns!r}; use one of: {', '.join(LEARNS)}")
-    weights = method == "dense" or (method == "randommask" and randommask_learns == "weights")
+    kind = method_of(TrainConfig(method=method, randommask_learns=randommask_learns))  # type: ignore[arg-type]
     learned = []
     for name, p in model.named_parameters():
-        learn = weights or name.endswith("scores")
+        learn = kind.learns_weights or name.endswith("scores")
         p.requires_grad_(learn)
         if learn:
             learned.append(p)
-    if method == "slot":
+    if kind.slots:
         if not any(True for _ in slot_layers(model)):
             raise MetaticketError("train.method = slot needs a slot model; it was built without slot layers")
-    elif not weights and not any(True for _ in supermask_layers(model)):
+    elif kind.supermask and not any(True for _ in supermask_layers(model)):
         raise MetaticketError(f"train.method = {method} needs a supermask model; it was built dense")
     return learned
 
@@ -160,6 +154,52 @@ def _lr_factor(plan: TrainPlan, total: int, per_epoch: int):
     return factor
 
 
+class SupervisedUpdate:
+    """What a supervised run updates, and one update: the model (under ``DistributedDataParallel`` when the
+    ``collective`` has several processes), its SGD optimizer, lr schedule over ``total`` iterations and IteRand
+    schedule. ``step`` trains on one batch; ``state_dict`` is what a checkpoint keeps of them."""
+
+    def __init__(self, model: nn.Module, plan: TrainPlan, per_epoch: int, total: int, device: torch.device,
+                 collective: Collective = SINGLE) -> None:
+        t = plan.train
+        params = trainable(model, t.method, t.randommask_learns)
+        if t.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model, self.net, self.plan, self.collective = model, model, plan, collective
+        if collective.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(plan, total, per_epoch))
+        self.rerand = IteRandSchedule(t.rerand_every if method_of(t).rerand else 0, t.rerand_rate, plan.seed + 1)
+
+    def step(self, x: Tensor, y: Tensor, it: int) -> tuple[Tensor, float]:
+        """One SGD step on (x [B, 3, S, S] normalized, y [B]) as iteration ``it`` (1-based), then IteRand when it
+        counts iterations. Returns [loss, accuracy] of the whole batch (averaged over processes) and the fraction
+        of weights IteRand re-drew."""
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.plan.train.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        changed = self.rerand(self.model, it) if self.plan.train.rerand_unit == "iterations" else None
+        seen = torch.stack([loss.detach(), (logits.detach().argmax(1) == y).float().mean()])
+        self.collective.all_reduce_sum([seen])  # the whole batch's loss and accuracy (mean of equal slices)
+        return seen / self.collective.world, changed or 0.0
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rerand": self.rerand.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rerand.load_state_dict(state["rerand"])
+
+
 def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test_set: torch.utils.data.Dataset,
                      mean: tuple[float, ...], std: tuple[float, ...], plan: TrainPlan, run_dir: Path, monitor: Monitor,
                      device: torch.device, resume: bool = False, collective: Collective = SINGLE) -> dict:
@@ -170,21 +210,11 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
     BatchNorm statistics are per process, DDP's default) and only rank 0 evaluates and writes.
     """
     t = plan.train
-    params = trainable(model, t.method, t.randommask_learns)
-    if t.channels_last:
-        model.to(memory_format=torch.channels_last)
     main = collective.main
-    net: nn.Module = model
-    if collective.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     sampler = EpochBatches(len(train_set), t.batch_size, plan.seed, (collective.rank, collective.world))
     per_epoch = len(sampler)
     total = min(t.epochs * per_epoch, t.max_iterations or t.epochs * per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(plan, total, per_epoch))
-    rerand = IteRandSchedule(t.rerand_every if t.method == "iterand" else 0, t.rerand_rate, plan.seed + 1)
+    update = SupervisedUpdate(model, plan, per_epoch, total, device, collective)
     ckpt = run_dir / "checkpoints" / "last.pt"
     it = 0
     history: list[dict] = []
@@ -192,20 +222,14 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
         last_checkpoint(run_dir)
         state = load_checkpoint(ckpt, map_location=device)
         with restoring(ckpt):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            rerand.load_state_dict(state["rerand"])
+            update.load_state_dict(state)
             set_rng_state(state["rng"])
             it, history = int(state["iteration"]), list(state["history"])
         monitor.print(f"resumed {run_dir} at iteration {it} (epoch {it // per_epoch})")
 
     def save() -> None:
-        if not main:
-            return
-        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "rerand": rerand.state_dict(),
-                     "rng": rng_state(), "iteration": it, "history": history}, ckpt)
+        if main:
+            save_atomic({**update.state_dict(), "rng": rng_state(), "iteration": it, "history": history}, ckpt)
 
     def evaluate_now(epoch: int) -> dict:
         bar = monitor.progress(len(test_set), "evaluate")
@@ -239,20 +263,9 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
         for x, y in loader:
             t0 = time.perf_counter()
             x = normalize(x.to(device, non_blocking=True), mean, std, t.channels_last)
-            y = y.to(device, non_blocking=True)
-            logits = net(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
             it += 1
-            if t.rerand_unit == "iterations":
-                changed = rerand(model, it)
-                rerandomized += changed or 0.0
-            seen = torch.stack([loss.detach(), (logits.detach().argmax(1) == y).float().mean()])
-            collective.all_reduce_sum([seen])  # the whole batch's loss and accuracy (mean of equal slices)
-            seen /= collective.world
+            seen, changed = update.step(x, y.to(device, non_blocking=True), it)
+            rerandomized += changed
             value = float(seen[0])
             if not math.isfinite(value):
                 raise MetaticketError(f"the training loss became {value} at iteration {it}; the last good checkpoint "
@@ -268,7 +281,7 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
                 n = window["n"]
                 ms = 1000 * busy / max(timed, 1)
                 monitor.log(it, "train", {"loss": window["loss"] / n, "acc": 100 * window["acc"] / n,
-                                          "lr": optimizer.param_groups[0]["lr"], "ms_per_iter": ms,
+                                          "lr": update.optimizer.param_groups[0]["lr"], "ms_per_iter": ms,
                                           "images_per_s": t.batch_size * 1000 / ms if ms else 0.0,
                                           "rerandomized": rerandomized, "epoch": it / per_epoch})
                 bar.set_postfix(loss=f"{window['loss'] / n:.3f}", acc=f"{100 * window['acc'] / n:.1f}")
@@ -276,7 +289,7 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
                 rerandomized = 0.0
             end_of_epoch = it % per_epoch == 0
             if end_of_epoch and t.rerand_unit == "epochs":
-                rerandomized += rerand(model, it // per_epoch) or 0.0
+                rerandomized += update.rerand(model, it // per_epoch) or 0.0
             if main and end_of_epoch and (it // per_epoch) % t.eval_every == 0 and it < total:
                 evaluate_now(it // per_epoch)
             if it == total:

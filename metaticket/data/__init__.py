@@ -6,7 +6,7 @@ from pathlib import Path
 
 # each dataset file registers its DatasetSpec on import; a new dataset adds its import here
 from metaticket.data import cifar10, imagenet, miniimagenet, omniglot, tinyimagenet  # noqa: F401
-from metaticket.data.episodes import EpisodeSampler, Tasks
+from metaticket.data.episodes import EpisodeSampler
 from metaticket.data.registry import (
     DATASETS,
     ClassImages,
@@ -17,6 +17,7 @@ from metaticket.data.registry import (
     register_dataset,
 )
 from metaticket.errors import MetaticketError
+from metaticket.tasks import Tasks
 
 __all__ = ["DATASETS", "ClassImages", "DatasetSpec", "EpisodeSampler", "Source", "Tasks", "episode_samplers",
            "get_dataset", "list_datasets", "register_dataset"]

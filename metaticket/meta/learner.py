@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from metaticket.data.episodes import Tasks
 from metaticket.distributed import SINGLE, Collective
 from metaticket.meta.inner import Params, adapt
-from metaticket.models.registry import TaskBatchNorm1d
+from metaticket.norm import TaskBatchNorm1d
 from metaticket.supermask import IteRandSchedule, dense_like, masks, supermask_layers
+from metaticket.tasks import Tasks
 
 
 @dataclass(frozen=True)

@@ -90,11 +90,12 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
         step = learner.step
         if step % plan.log_every == 0 or step == plan.meta.steps:
             means = {k: v / window_n for k, v in window.items()}
+            means["acc"] *= 100  # percent, like val/acc and test accuracy (meta_step returns a fraction)
             means["ms_per_step"] = 1000.0 * step_time / max(timed_steps, 1)
             means["tasks_per_s"] = plan.meta.meta_batch * timed_steps / max(step_time, 1e-9)
             means["inner_lr"] = learner.inner_lr
             monitor.log(step, "train", means)
-            bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{100 * means['acc']:.1f}")
+            bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['acc']:.1f}")
             window, window_n = {}, 0
         if main and (step % plan.eval.val_every == 0 or step == plan.meta.steps):
             score = validate(learner, val, plan, device)
