@@ -7,6 +7,10 @@
     python run.py plot RUN_DIR [RUN_DIR ...] [-o curves.png]
     python run.py export RUN_DIR [-o model.ticket] [--checkpoint best|last]
     python run.py sweep CONFIG [--seeds 1 2 3] [--methods ...] [--widths ...] [--sparsities ...] [--set ...]
+    python run.py configs [FILTER]
+
+``metaticket ...`` (the console script) and ``python -m metaticket ...`` run the same commands. CONFIG is a YAML
+path or the name of a shipped config (``omniglot/quickstart``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 import torch
 
 from metaticket import runs
-from metaticket.config import Config, ConfigError, load_config
+from metaticket.config import Config, ConfigError, load_config, shipped_configs
 from metaticket.data import list_datasets
 from metaticket.distributed import from_environment, shutdown
 from metaticket.errors import MetaticketError
@@ -102,6 +106,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    """Print the names of the shipped configs (usable in place of a path), one per line."""
+    for name in shipped_configs():
+        if not args.filter or args.filter in name:
+            print(name)
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from metaticket.plots import plot_runs
 
@@ -132,11 +144,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="run.py", description="metaticket: sparse tickets in random networks")
+def parser(prog: str = "run.py") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="metaticket: sparse tickets in random networks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("meta-train", help="meta-train a few-shot learner from a YAML config")
-    t.add_argument("config", help="YAML config file (see configs/)")
+    t.add_argument("config", help="YAML config file, or a shipped config's name (run.py configs lists them)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     t.add_argument("--resume", action="store_true", help="continue the run folder's last checkpoint")
     t.add_argument("--test", action="store_true", help="meta-test the best checkpoint afterwards")
@@ -170,6 +182,9 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", choices=("best", "last"), default=None,
                    help="default: best for meta-learning runs, last for supervised runs")
     x.set_defaults(func=cmd_export)
+    c = sub.add_parser("configs", help="list the shipped configs: names that work in place of a CONFIG path")
+    c.add_argument("filter", nargs="?", default="", help="only names containing this text, e.g. omniglot/paper")
+    c.set_defaults(func=cmd_configs)
     w = sub.add_parser("sweep", help="train and test one run per point of methods x widths x sparsities x seeds")
     w.add_argument("config", help="YAML config; a {method} in the path picks one file per --methods value")
     w.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the config's run.seed")
@@ -193,8 +208,14 @@ def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
     threading.__excepthook__(args)
 
 
+def _prog() -> str:
+    """How the user started us, for usage lines: run.py, the metaticket console script or python -m metaticket."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return {"__main__.py": "python -m metaticket", "metaticket": "metaticket"}.get(name, "run.py")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser(_prog()).parse_args(argv)
     threading.excepthook = _thread_excepthook
     finished = False
     try:

@@ -219,7 +219,8 @@ def parse_yaml(text: str, source: str) -> Any:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file (see configs/)")
+        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file or the name of a shipped "
+                          f"config, e.g. omniglot/quickstart (`run.py configs` lists them)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -245,9 +246,34 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+SHIPPED = Path(__file__).parent / "configs"  # the configs installed with the package (configs/ in the repository)
+
+
+def find_config(name: str | Path) -> Path:
+    """``name`` as a path when that file exists, else the shipped config it names: ``omniglot/quickstart`` (or with
+    ``.yaml``, or ``configs/omniglot/quickstart.yaml`` from outside the repository) is
+    ``metaticket/configs/omniglot/quickstart.yaml`` of the installed package."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    relative = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else path
+    shipped = SHIPPED / relative.with_suffix(".yaml") if relative.suffix != ".yaml" else SHIPPED / relative
+    if not path.is_absolute() and shipped.is_file():
+        return shipped
+    return path
+
+
+def shipped_configs() -> list[str]:
+    """The names of the shipped configs (``omniglot/quickstart``, ...), base files excluded."""
+    return sorted(p.relative_to(SHIPPED).with_suffix("").as_posix() for p in SHIPPED.rglob("*.yaml")
+                  if not p.name.startswith("base"))
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load ``path`` (with at most one level of ``base:``), apply ``section.key=value`` overrides, validate."""
-    path = Path(path)
+    """Load ``path`` (with at most one level of ``base:``), apply ``section.key=value`` overrides, validate.
+
+    ``path`` is a YAML file or the name of a shipped config (:func:`find_config`, e.g. ``omniglot/quickstart``)."""
+    path = find_config(path)
     raw = _read_yaml(path)
     base_name = raw.pop("base", None)
     if base_name is not None:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_cli import REPO
 
 BENCH = REPO / "benchmarks"
@@ -81,8 +82,9 @@ def test_summary_plots_from_committed_results(tmp_path):
     assert (tmp_path / "summary_width.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_ideas_conv4_benchmark_smoke(tmp_path):
-    """Includes one real torch.compile of the tiny network (about half a minute)."""
+    """Includes one real torch.compile of the tiny network (half a minute alone, two on a busy machine): slow."""
     bench("ideas_conv4.py", "--tasks", "2", "--channels", "4", "--reps", "1", "--results", str(tmp_path), cwd=tmp_path)
     out = json.loads((tmp_path / "ideas_conv4.json").read_text())
     assert out["first_order_eager_ms"] > 0 and out["first_order_compiled_ms"] > 0

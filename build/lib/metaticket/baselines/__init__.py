@@ -1,0 +1,1 @@
+"""Supervised baselines on the supermask core: dense training, edge-popup and IteRand."""

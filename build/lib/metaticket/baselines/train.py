@@ -1,0 +1,306 @@
+"""Supervised training of a classifier: ``dense`` (SGD on weights), ``edgepopup`` (top-k supermask, only the
+scores learn), ``iterand`` (edge-popup that re-samples a fraction of the pruned weights on a schedule), ``slot``
+(Slot Machines: only the slot scores learn) and ``randommask`` (a fixed random mask; the weights train under it,
+or edge-popup's scores inside it).
+
+Runs checkpoint atomically at every epoch end and every ``checkpoint_every`` iterations and resume exactly:
+the batch order of an epoch and each image's augmentation are functions of (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaticket.baselines.methods import method_of
+from metaticket.checkpoint import load_checkpoint, restoring, rng_state, save_atomic, set_rng_state
+from metaticket.config import Config, TrainConfig
+from metaticket.distributed import SINGLE, Collective
+from metaticket.errors import MetaticketError
+from metaticket.monitor import Monitor, log_masks
+from metaticket.rundir import last_checkpoint
+from metaticket.slots import slot_layers
+from metaticket.supermask import IteRandSchedule, masked_layers, sparsity_report, supermask_layers
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """One supervised run: its config's ``train`` section (method, optimizer, schedule, IteRand, evaluation) and the
+    run's bookkeeping (checkpoint and log intervals in iterations, i.e. optimizer steps; loader workers; seed)."""
+
+    train: TrainConfig
+    checkpoint_every: int
+    log_every: int
+    workers: int
+    seed: int
+
+    @classmethod
+    def of(cls, config: Config) -> TrainPlan:
+        return cls(config.train, config.run.checkpoint_every, config.run.log_every, config.data.workers,
+                   config.run.seed)
+
+
+def trainable(model: nn.Module, method: str, randommask_learns: str = "weights") -> list[nn.Parameter]:
+    """Mark what ``method`` learns (requires_grad) and return it: all parameters for ``dense`` and ``randommask``
+    with ``randommask_learns = "weights"`` (the fixed masks are buffers), else only the scores."""
+    kind = method_of(TrainConfig(method=method, randommask_learns=randommask_learns))  # type: ignore[arg-type]
+    learned = []
+    for name, p in model.named_parameters():
+        learn = kind.learns_weights or name.endswith("scores")
+        p.requires_grad_(learn)
+        if learn:
+            learned.append(p)
+    if kind.slots:
+        if not any(True for _ in slot_layers(model)):
+            raise MetaticketError("train.method = slot needs a slot model; it was built without slot layers")
+    elif kind.supermask and not any(True for _ in supermask_layers(model)):
+        raise MetaticketError(f"train.method = {method} needs a supermask model; it was built dense")
+    return learned
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Index batches of one epoch: a permutation seeded by (seed, epoch), full batches only, from batch ``start``.
+
+    With ``shard = (rank, world)`` it yields this process's contiguous slice of every global batch: the
+    distributed sampler of a data-parallel run, which (unlike ``torch.utils.data.DistributedSampler``) can start
+    mid-epoch, so distributed runs resume exactly too.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, shard: tuple[int, int] = (0, 1)) -> None:
+        if n < batch_size:
+            raise MetaticketError(f"the training set has {n} images, fewer than train.batch_size = {batch_size}; "
+                                  f"lower the batch size")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        rank, world = shard
+        self.lo, self.hi = rank * batch_size // world, (rank + 1) * batch_size // world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size - self.start
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)
+        for b in range(self.start, self.n // self.batch_size):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size][self.lo:self.hi].tolist()
+
+
+def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = False) -> Tensor:
+    """uint8 [N, C, H, W] -> float [N, C, H, W] standardized per channel (optionally in NHWC memory order)."""
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    out = (x.float().div_(255) - m) / s
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, dataset: torch.utils.data.Dataset, mean: tuple[float, ...],
+                        std: tuple[float, ...], batch: int, device: torch.device, workers: int = 0,
+                        progress=None, channels_last: bool = False) -> dict:
+    """Top-1 / top-5 accuracy (%) and loss over ``dataset`` in eval mode; ``ci95`` is the binomial 95% interval."""
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
+    correct1 = correct5 = 0
+    loss = 0.0
+    n = 0
+    for x, y in loader:
+        x, y = normalize(x.to(device), mean, std, channels_last), y.to(device)
+        logits = model(x)
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += int((top[:, 0] == y).sum())
+        correct5 += int((top == y[:, None]).any(1).sum())
+        n += y.numel()
+        if progress is not None:
+            progress(y.numel())
+    model.train(was_training)
+    p = correct1 / max(n, 1)
+    return {"top1": 100 * p, "top5": 100 * correct5 / max(n, 1), "loss": loss / max(n, 1), "images": n,
+            "ci95": 100 * 1.96 * math.sqrt(p * (1 - p) / max(n, 1))}
+
+
+def param_counts(model: nn.Module) -> dict[str, int]:
+    """``params_total``: every weight, bias and norm parameter; ``params_kept``: minus the pruned weights."""
+    total = sum(p.numel() for name, p in model.named_parameters() if not name.endswith("scores"))
+    total += sum(layer.weight_shape.numel() for _, layer in slot_layers(model))  # one chosen value per connection
+    pruned = 0
+    with torch.no_grad():
+        for _, layer in masked_layers(model):
+            pruned += int((layer.hard_mask() == 0).sum())
+    return {"params_total": total, "params_kept": total - pruned}
+
+
+def _lr_factor(plan: TrainPlan, total: int, per_epoch: int):
+    warm = plan.train.warmup_epochs * per_epoch
+
+    def factor(it: int) -> float:
+        if it < warm:
+            return (it + 1) / warm
+        if plan.train.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (it - warm) / max(total - warm, 1)))
+
+    return factor
+
+
+class SupervisedUpdate:
+    """What a supervised run updates, and one update: the model (under ``DistributedDataParallel`` when the
+    ``collective`` has several processes), its SGD optimizer, lr schedule over ``total`` iterations and IteRand
+    schedule. ``step`` trains on one batch; ``state_dict`` is what a checkpoint keeps of them."""
+
+    def __init__(self, model: nn.Module, plan: TrainPlan, per_epoch: int, total: int, device: torch.device,
+                 collective: Collective = SINGLE) -> None:
+        t = plan.train
+        params = trainable(model, t.method, t.randommask_learns)
+        if t.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model, self.net, self.plan, self.collective = model, model, plan, collective
+        if collective.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(plan, total, per_epoch))
+        self.rerand = IteRandSchedule(t.rerand_every if method_of(t).rerand else 0, t.rerand_rate, plan.seed + 1)
+
+    def step(self, x: Tensor, y: Tensor, it: int) -> tuple[Tensor, float]:
+        """One SGD step on (x [B, 3, S, S] normalized, y [B]) as iteration ``it`` (1-based), then IteRand when it
+        counts iterations. Returns [loss, accuracy] of the whole batch (averaged over processes) and the fraction
+        of weights IteRand re-drew."""
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.plan.train.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        changed = self.rerand(self.model, it) if self.plan.train.rerand_unit == "iterations" else None
+        seen = torch.stack([loss.detach(), (logits.detach().argmax(1) == y).float().mean()])
+        self.collective.all_reduce_sum([seen])  # the whole batch's loss and accuracy (mean of equal slices)
+        return seen / self.collective.world, changed or 0.0
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rerand": self.rerand.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rerand.load_state_dict(state["rerand"])
+
+
+def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test_set: torch.utils.data.Dataset,
+                     mean: tuple[float, ...], std: tuple[float, ...], plan: TrainPlan, run_dir: Path, monitor: Monitor,
+                     device: torch.device, resume: bool = False, collective: Collective = SINGLE) -> dict:
+    """Train ``model`` by ``plan.train.method``; evaluate on ``test_set`` every ``eval_every`` epochs and at the end.
+
+    Writes ``checkpoints/last.pt``; returns the final test scores and timing. With a ``collective`` of several
+    processes, each trains on its slice of every batch under ``DistributedDataParallel`` (gradients averaged;
+    BatchNorm statistics are per process, DDP's default) and only rank 0 evaluates and writes.
+    """
+    t = plan.train
+    main = collective.main
+    sampler = EpochBatches(len(train_set), t.batch_size, plan.seed, (collective.rank, collective.world))
+    per_epoch = len(sampler)
+    total = min(t.epochs * per_epoch, t.max_iterations or t.epochs * per_epoch)
+    update = SupervisedUpdate(model, plan, per_epoch, total, device, collective)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    it = 0
+    history: list[dict] = []
+    if resume:
+        last_checkpoint(run_dir)
+        state = load_checkpoint(ckpt, map_location=device)
+        with restoring(ckpt):
+            update.load_state_dict(state)
+            set_rng_state(state["rng"])
+            it, history = int(state["iteration"]), list(state["history"])
+        monitor.print(f"resumed {run_dir} at iteration {it} (epoch {it // per_epoch})")
+
+    def save() -> None:
+        if main:
+            save_atomic({**update.state_dict(), "rng": rng_state(), "iteration": it, "history": history}, ckpt)
+
+    def evaluate_now(epoch: int) -> dict:
+        bar = monitor.progress(len(test_set), "evaluate")
+        score = evaluate_classifier(model, test_set, mean, std, t.eval_batch, device, plan.workers, bar.update,
+                                    t.channels_last)
+        bar.close()
+        report = sparsity_report(model)
+        values = {**score, "sparsity": report["overall"], **{f"sparsity/{k}": v for k, v in report["layers"].items()}}
+        monitor.log(it, "test", values)
+        log_masks(monitor, model, it)
+        monitor.print(f"epoch {epoch}: test top-1 {score['top1']:.2f}% (+- {score['ci95']:.2f}), "
+                      f"sparsity {report['overall']:.3f}")
+        history.append({"epoch": epoch, "iteration": it, "top1": score["top1"], "top5": score["top5"]})
+        return score
+
+    if not resume:
+        random.seed(plan.seed)
+    started = time.perf_counter()
+    model.train()
+    bar = monitor.progress(total, f"train {t.method}", initial=it)
+    window = {"loss": 0.0, "acc": 0.0, "n": 0}
+    busy = 0.0
+    timed = 0
+    rerandomized = 0.0
+    while it < total:
+        epoch, start = divmod(it, per_epoch)
+        sampler.set_epoch(epoch, start)
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=plan.workers)
+        for x, y in loader:
+            t0 = time.perf_counter()
+            x = normalize(x.to(device, non_blocking=True), mean, std, t.channels_last)
+            it += 1
+            seen, changed = update.step(x, y.to(device, non_blocking=True), it)
+            rerandomized += changed
+            value = float(seen[0])
+            if not math.isfinite(value):
+                raise MetaticketError(f"the training loss became {value} at iteration {it}; the last good checkpoint "
+                                      f"is {ckpt}; lower train.lr")
+            if it > 1:  # the first iteration pays one-off warm-up costs
+                busy += time.perf_counter() - t0
+                timed += 1
+            window["loss"] += value
+            window["acc"] += float(seen[1])
+            window["n"] += 1
+            bar.update(1)
+            if it % plan.log_every == 0 or it == total:
+                n = window["n"]
+                ms = 1000 * busy / max(timed, 1)
+                monitor.log(it, "train", {"loss": window["loss"] / n, "acc": 100 * window["acc"] / n,
+                                          "lr": update.optimizer.param_groups[0]["lr"], "ms_per_iter": ms,
+                                          "images_per_s": t.batch_size * 1000 / ms if ms else 0.0,
+                                          "rerandomized": rerandomized, "epoch": it / per_epoch})
+                bar.set_postfix(loss=f"{window['loss'] / n:.3f}", acc=f"{100 * window['acc'] / n:.1f}")
+                window = {"loss": 0.0, "acc": 0.0, "n": 0}
+                rerandomized = 0.0
+            end_of_epoch = it % per_epoch == 0
+            if end_of_epoch and t.rerand_unit == "epochs":
+                rerandomized += update.rerand(model, it // per_epoch) or 0.0
+            if main and end_of_epoch and (it // per_epoch) % t.eval_every == 0 and it < total:
+                evaluate_now(it // per_epoch)
+            if it == total:
+                break
+            if end_of_epoch or it % plan.checkpoint_every == 0:
+                save()
+    bar.close()
+    if not main:
+        return {"iterations": it}
+    final = evaluate_now(math.ceil(it / per_epoch))
+    save()
+    return {**final, "iterations": it, "epochs": it / per_epoch, "ms_per_iter": 1000 * busy / max(timed, 1),
+            "train_minutes": (time.perf_counter() - started) / 60,
+            **param_counts(model), "sparsity": sparsity_report(model)["overall"]}

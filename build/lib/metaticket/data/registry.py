@@ -1,0 +1,89 @@
+"""The dataset registry: one ``DatasetSpec`` per dataset, registered by the file that reads it.
+
+A spec says what the rest of the library needs to know before touching the data (channels, native image side,
+which splits offer few-shot episodes, how many images are decoded into memory) and how to read it: ``episodes``
+returns class-indexed images for the episode sampler, ``classification`` the train/test sets for supervised
+training. Adding a dataset is one file that defines its readers and calls ``register_dataset`` (README,
+"Adding a dataset"), plus one import line in ``metaticket/data/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+from metaticket.errors import MetaticketError
+
+if TYPE_CHECKING:
+    from metaticket.data.classification import Classification
+
+Stats = float | tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where and how to read a dataset: its folder, the decode cache and the image side to decode at."""
+
+    root: Path
+    cache_dir: Path
+    image_size: int
+    download: bool = True
+    workers: int = 2
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ClassImages:
+    """Images grouped by class for episodes: ``images`` uint8 [classes, M, (C,) S, S], ``splits`` the class rows
+    of each split, and the per-channel ``mean``/``std`` (of [0, 1] pixels) that inputs are normalized with."""
+
+    images: Tensor
+    splits: dict[str, list[int]]
+    mean: Stats = 0.0
+    std: Stats = 1.0
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset. ``episodes(source)`` and ``classification(source, augment, seed)`` are None when the dataset
+    offers no few-shot tasks or no supervised split."""
+
+    name: str
+    channels: int  # of the images the models see
+    image_size: int  # native side; data.image_size: null uses it
+    decoded_images: int  # images decoded into memory (for the memory check); 0 when read from files
+    episodes: Callable[[Source], ClassImages] | None = None
+    episode_splits: tuple[str, ...] = ()  # the splits ``episodes`` returns
+    classification: Callable[[Source, bool, int], Classification] | None = None
+    classes: int = 0  # supervised classes (0 without a supervised split)
+    rotations: bool = False  # offers rotated copies of classes as extra classes (data.rotations)
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Register ``spec`` under ``spec.name``; registering a name again replaces it (re-run notebook cells)."""
+    if spec.episodes is None and spec.classification is None:
+        raise ValueError(f"dataset {spec.name!r} needs an episodes or a classification reader")
+    if spec.episodes is not None and not spec.episode_splits:
+        raise ValueError(f"dataset {spec.name!r} has an episodes reader but names no episode_splits")
+    DATASETS[spec.name] = spec
+    return spec
+
+
+def list_datasets(*, episodes: bool = False, classification: bool = False) -> list[str]:
+    """Registered names; ``episodes``/``classification`` keep those offering few-shot tasks / a supervised split."""
+    return sorted(name for name, s in DATASETS.items()
+                  if (not episodes or s.episodes is not None) and (not classification or s.classification is not None))
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The spec of ``name``, or a one-line error naming the registered datasets."""
+    if name not in DATASETS:
+        raise MetaticketError(f"data.dataset = {name!r} is unknown; known datasets: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]

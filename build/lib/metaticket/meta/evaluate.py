@@ -1,0 +1,43 @@
+"""Meta-testing: mean accuracy over many tasks with a 95% confidence interval."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Score:
+    """Accuracy in percent over ``tasks`` tasks; ``ci95 = 1.96 * std / sqrt(tasks)``."""
+
+    accuracy: float
+    ci95: float
+    tasks: int
+    loss: float
+
+
+def summarize(accuracies: Tensor, losses: Tensor) -> Score:
+    """accuracies, losses: [T] per-task values (accuracy as a fraction)."""
+    acc = accuracies.double() * 100.0
+    n = acc.numel()
+    std = float(acc.std(unbiased=True)) if n > 1 else 0.0
+    return Score(accuracy=float(acc.mean()), ci95=1.96 * std / math.sqrt(n), tasks=n, loss=float(losses.mean()))
+
+
+def evaluate(learner, sampler, tasks: int, batch: int, device: torch.device, progress=None) -> Score:
+    """Adapt on and score ``tasks`` tasks drawn from ``sampler`` (``batch`` at a time)."""
+    accs: list[Tensor] = []
+    losses: list[Tensor] = []
+    done = 0
+    while done < tasks:
+        n = min(batch, tasks - done)
+        loss, acc = learner.evaluate(sampler.sample(n).to(device))
+        accs.append(acc.cpu())
+        losses.append(loss.cpu())
+        done += n
+        if progress is not None:
+            progress(n)
+    return summarize(torch.cat(accs), torch.cat(losses))

@@ -1,0 +1,325 @@
+"""Meta-learners over one model: what the outer loop learns and what the inner loop adapts.
+
+- ``maml``: the outer loop meta-learns every parameter (the initialization); the inner loop adapts all.
+- ``anil``: as MAML, but the inner loop adapts only the head (Raghu et al. 2020).
+- ``boil``: as MAML, but the inner loop adapts only the body; the head keeps its meta-learned values
+  (Oh et al. 2021).
+- ``metaticket``: weights are frozen random values; the outer loop meta-learns only the mask scores;
+  the inner loop adapts the masked weights, biases, norms and head of each task, so pruned weights stay zero.
+- ``metaticket_boil``: Meta-ticket whose inner loop leaves the (random, dense) head as initialized.
+
+The mask of a meta-step is computed once: the inner loop starts from the masked weights ``w * mask(scores)``
+(the straight-through gradient of the mask reaches the scores through them), updates them with masked
+gradients so pruned weights stay zero, and runs them through a dense twin of the model (plain
+``Linear``/``Conv2d`` kernels, no mask multiply in any inner forward).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from metaticket.distributed import SINGLE, Collective
+from metaticket.meta.inner import Params, adapt
+from metaticket.norm import TaskBatchNorm1d
+from metaticket.supermask import IteRandSchedule, dense_like, masks, supermask_layers
+from metaticket.tasks import Tasks
+
+
+@dataclass(frozen=True)
+class Method:
+    """Which parameters (by name) the outer loop learns and the inner loop adapts."""
+
+    outer: Callable[[str], bool]
+    inner: Callable[[str], bool]
+    needs_supermask: bool
+
+
+def _is_head(name: str) -> bool:
+    """Every registered model names its classifier ``head``."""
+    return name.startswith("head.")
+
+
+def _is_scores(name: str) -> bool:
+    return name.endswith("scores")
+
+
+METHODS: dict[str, Method] = {
+    "maml": Method(outer=lambda n: True, inner=lambda n: True, needs_supermask=False),
+    "anil": Method(outer=lambda n: True, inner=_is_head, needs_supermask=False),
+    "boil": Method(outer=lambda n: True, inner=lambda n: not _is_head(n), needs_supermask=False),
+    "metaticket": Method(outer=_is_scores, inner=lambda n: True, needs_supermask=True),
+    "metaticket_boil": Method(outer=_is_scores, inner=lambda n: not _is_head(n), needs_supermask=True),
+}
+
+
+VMAP_MAX_WEIGHT = 2 ** 18
+
+
+def _vmap_wins(model: nn.Module) -> bool:
+    """Whether vmap over tasks beats a per-task loop, by what we measured on 2 CPU cores (benchmarks/meta_step.py).
+
+    vmap materializes every task's copy of every weight at once; that pays only for small linear layers, where
+    the loop's per-op overhead dominates (Omniglot MLP width 1: 100 vs 130 ms per MAML meta-step; width 2: 270 vs
+    205 ms). Over convolutions it is 2-3x slower.
+    """
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return False
+    return max((m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)), default=0) <= VMAP_MAX_WEIGHT
+
+
+def outer_defaults(method: str, optimizer: str = "auto", outer_lr: float | None = None, schedule: str = "auto",
+                   warmup_steps: int | None = None, steps: int = 10000) -> tuple[str, float, str, int]:
+    """(optimizer, outer lr, lr schedule, warm-up steps) with ``auto``/None replaced by the method's defaults, the one
+    place these live: Meta-ticket methods SGD (+ momentum) lr 10 with a cosine schedule and min(1000, steps / 10)
+    warm-up steps, as in the paper; the dense methods Adam lr 1e-3 at a constant rate without warm-up (MAML)."""
+    masks = METHODS[method].needs_supermask
+    opt = ("sgd" if masks else "adam") if optimizer == "auto" else optimizer
+    lr = outer_lr if outer_lr is not None else (10.0 if opt == "sgd" else 1e-3)
+    sched = ("cosine" if masks else "constant") if schedule == "auto" else schedule
+    warmup = warmup_steps if warmup_steps is not None else (min(1000, steps // 10) if sched == "cosine" else 0)
+    return opt, lr, sched, warmup
+
+
+def cosine_warmup(steps: int, warmup: int) -> Callable[[int], float]:
+    """LR factor: linear warmup over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+
+    def factor(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        progress = (t - warmup) / max(1, steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+class MetaLearner:
+    """Meta-trains ``model`` with ``method`` on batches of :class:`Tasks`.
+
+    ``meta_step(tasks)`` does one outer update; ``adapt(tasks)`` returns adapted parameters per task;
+    ``evaluate(tasks)`` returns per-task query loss and accuracy after ``inner_steps_test`` steps.
+    """
+
+    def __init__(self, model: nn.Module, *, method: str = "metaticket", inner_lr: float = 0.4,
+                 inner_steps: int = 1, inner_steps_test: int = 3, first_order: bool = False,
+                 optimizer: str = "auto", outer_lr: float | None = None, momentum: float = 0.9,
+                 schedule: str = "auto", warmup_steps: int | None = None, steps: int = 10000,
+                 rerand_every: int = 0, rerand_rate: float = 0.1, vectorize: str = "auto", seed: int = 0,
+                 collective: Collective = SINGLE) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+        self.method = method
+        self.roles = METHODS[method]
+        has_masks = any(True for _ in supermask_layers(model))
+        if self.roles.needs_supermask and not has_masks:
+            raise ValueError(f"method {method!r} needs a supermask model (model.mask set), got a dense one")
+        self.model = model
+        self.twin = dense_like(model)  # the function the parameter dicts are applied to
+        self.twin.requires_grad_(False)
+        self.inner_lr, self.inner_steps, self.inner_steps_test = inner_lr, inner_steps, inner_steps_test
+        self.first_order = first_order
+        twin_names = [n for n, _ in self.twin.named_parameters()]
+        self.inner_names = [n for n in twin_names if self.roles.inner(n)]
+        self.outer_names = [n for n, _ in model.named_parameters() if self.roles.outer(n)]
+        for n, p in model.named_parameters():  # only the outer parameters take part in outer autograd
+            p.requires_grad_(n in self.outer_names)
+        self.vectorize = vectorize if vectorize != "auto" else ("vmap" if _vmap_wins(self.twin) else "loop")
+        # outside vmap the fused batch_norm kernel is correct (and faster); under vmap only the plain-op version is
+        for m in self.twin.modules():
+            if isinstance(m, TaskBatchNorm1d):
+                m.fused = self.vectorize == "loop"
+
+        opt_name, lr, sched, warmup = outer_defaults(method, optimizer, outer_lr, schedule, warmup_steps, steps)
+        params = [p for n, p in model.named_parameters() if n in self.outer_names]
+        if opt_name == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=lr)
+        factor = cosine_warmup(steps, warmup) if sched == "cosine" else (lambda t: min(1.0, (t + 1) / warmup)
+                                                                          if warmup else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.iterand = IteRandSchedule(rerand_every, rerand_rate, seed + 1) if has_masks else None
+        self.collective = collective  # data parallel: this process's slice of each meta-batch, summed gradients
+        self.step = 0
+
+    # ------------------------------------------------------------------------------------------- functions
+    def _forward(self, params: Params, x: Tensor) -> Tensor:
+        return functional_call(self.twin, params, (x,))
+
+    def _initial_params(self) -> tuple[Params, dict[str, Tensor]]:
+        """The inner loop's start under the twin's names, and the 0/1 masks of the masked weights.
+
+        Masked weights enter as ``w * mask(scores)``: the mask is computed once per call and its
+        straight-through gradient reaches the scores; the inner loop then keeps pruned weights at zero.
+        """
+        own = dict(self.model.named_parameters())
+        params = {n: own[n] for n, _ in self.twin.named_parameters()}
+        weight_masks = masks(self.model)
+        for k, m in weight_masks.items():
+            params[k] = params[k] * m
+        return params, {k: m.detach() for k, m in weight_masks.items()}
+
+    def _task_losses(self, tasks: Tasks, steps: int, first_order: bool) -> tuple[Tensor, Tensor]:
+        """Per-task query loss and accuracy after adaptation: two [B] tensors."""
+        params, hard = self._initial_params()
+
+        def one_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor]:
+            adapted = adapt(self._forward, params, self.inner_names, xs, ys, lr=self.inner_lr, steps=steps,
+                            first_order=first_order, grad_masks=hard)
+            logits = self._forward(adapted, xq)
+            return F.cross_entropy(logits, yq), (logits.argmax(-1) == yq).float().mean()
+
+        args = (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
+        if self.vectorize == "vmap":
+            return vmap(one_task)(*args)
+        results = [one_task(*(a[i] for a in args)) for i in range(len(tasks))]
+        return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
+
+    def _meta_gradient(self, tasks: Tasks, steps: int, first_order: bool) -> tuple[Tensor, Tensor]:
+        """Accumulate the gradient of the mean query loss into the outer parameters' ``.grad``.
+
+        Returns the per-task query losses and accuracies ([B] each, detached). ``vmap``: one graph over all
+        tasks. ``loop``: one task's graph at a time from detached copies of the start point (peak memory of a
+        single task), then one backward from the start point into the outer parameters (``w * mask`` -> scores
+        for Meta-ticket; the identity for MAML).
+        """
+        if self.vectorize == "vmap":
+            losses, accs = self._task_losses(tasks, steps, first_order)
+            losses.mean().backward()
+            return losses.detach(), accs
+        start, hard = self._initial_params()
+        leaves = {k: v.detach().requires_grad_() for k, v in start.items()}
+        n = len(tasks)
+        losses, accs = [], []
+        for i in range(n):
+            adapted = adapt(self._forward, leaves, self.inner_names, tasks.support_x[i], tasks.support_y[i],
+                            lr=self.inner_lr, steps=steps, first_order=first_order, grad_masks=hard,
+                            engine="autograd")
+            logits = self._forward(adapted, tasks.query_x[i])
+            loss = F.cross_entropy(logits, tasks.query_y[i])
+            (loss / n).backward()
+            losses.append(loss.detach())
+            accs.append((logits.detach().argmax(-1) == tasks.query_y[i]).float().mean())
+        pairs = [(start[k], leaves[k].grad) for k in start if start[k].requires_grad and leaves[k].grad is not None]
+        if pairs:
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+        return torch.stack(losses), torch.stack(accs)
+
+    # ------------------------------------------------------------------------------------------- public
+    def meta_step(self, tasks: Tasks) -> dict[str, float]:
+        """One outer update on a batch of tasks; returns loss, accuracy, lr (and IteRand's changed fraction)."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        group = self.collective
+        if group.world == 1:
+            losses, accs = self._meta_gradient(tasks, self.inner_steps, self.first_order)
+            loss, acc = losses.mean(), accs.mean()
+        else:
+            if len(tasks) < group.world:
+                raise ValueError(f"a meta-batch of {len(tasks)} tasks cannot be split over {group.world} processes")
+            mine = group.shard(tasks)
+            losses, accs = self._meta_gradient(mine, self.inner_steps, self.first_order)
+            # the slice's mean-loss gradient, weighted by its share of the meta-batch, summed over processes
+            share = len(mine) / len(tasks)
+            grads = [p.grad for p in self.optimizer.param_groups[0]["params"] if p.grad is not None]
+            for g in grads:
+                g.mul_(share)
+            sums = torch.stack([losses.sum(), accs.sum()]).detach()
+            group.all_reduce_sum([*grads, sums])
+            loss, acc = sums[0] / len(tasks), sums[1] / len(tasks)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        out = {"loss": float(loss.detach()), "acc": float(acc), "outer_lr": lr}
+        if self.iterand is not None:
+            changed = self.iterand(self.model, self.step)
+            if changed is not None:
+                out["rerandomized"] = changed
+        return out
+
+    def adapt(self, tasks: Tasks, steps: int | None = None) -> list[Params]:
+        """Adapted parameter dicts (dense-twin names, pruned weights zero) for each task of the batch."""
+        return self._adapt_from(*self._initial_params(), tasks, steps)
+
+    def _adapt_from(self, start: Params, hard: dict[str, Tensor], tasks: Tasks, steps: int | None) -> list[Params]:
+        n_steps = self.inner_steps_test if steps is None else steps
+        params = {k: v.detach() for k, v in start.items()}
+        return [{k: v.detach() for k, v in adapt(self._forward, params, self.inner_names, tasks.support_x[i],
+                                                 tasks.support_y[i], lr=self.inner_lr, steps=n_steps,
+                                                 first_order=True, grad_masks=hard).items()}
+                for i in range(len(tasks))]
+
+    def logits(self, params: Params, x: Tensor) -> Tensor:
+        """The network with parameters ``params`` (e.g. one of :meth:`adapt`'s dicts) on x [N, ...] -> [N, ways]."""
+        return self._forward(params, x)
+
+    @torch.no_grad()
+    def inner_change(self, tasks: Tasks, steps: int | None = None) -> dict[str, float]:
+        """How far the inner loop moves each adapted tensor: ``||theta' - theta|| / ||theta||``, mean over tasks.
+
+        Keys are the dense twin's parameter names (``layers.0.weight``, ``head.bias``, ...); a tensor whose
+        start is all zeros (a zero-initialized bias) reports the absolute norm of its change.
+        """
+        start, hard = self._initial_params()
+        adapted = self._adapt_from(start, hard, tasks, steps)
+        out: dict[str, float] = {}
+        for name in self.inner_names:
+            ref = start[name].detach()
+            base = float(ref.norm())
+            moved = [float((a[name] - ref).norm()) for a in adapted]
+            out[name] = sum(moved) / len(moved) / (base if base > 0 else 1.0)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, tasks: Tasks) -> tuple[Tensor, Tensor]:
+        """Per-task query loss and accuracy ([B] each) after ``inner_steps_test`` inner steps."""
+        return self._task_losses(tasks, self.inner_steps_test, first_order=True)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step,
+                "iterand": self.iterand.state_dict() if self.iterand is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        if self.iterand is not None and state.get("iterand") is not None:
+            self.iterand.load_state_dict(state["iterand"])
+
+
+class MAML(MetaLearner):
+    """MAML (Finn et al. 2017): meta-learns the initialization of every parameter; ``first_order=True`` is FO-MAML."""
+
+    def __init__(self, model: nn.Module, **kwargs) -> None:
+        super().__init__(model, method="maml", **kwargs)
+
+
+class ANIL(MetaLearner):
+    """ANIL (Raghu et al. 2020): MAML whose inner loop adapts only the head."""
+
+    def __init__(self, model: nn.Module, **kwargs) -> None:
+        super().__init__(model, method="anil", **kwargs)
+
+
+class BOIL(MetaLearner):
+    """BOIL (Oh et al. 2021): MAML whose inner loop adapts only the body; the head stays as meta-learned."""
+
+    def __init__(self, model: nn.Module, **kwargs) -> None:
+        super().__init__(model, method="boil", **kwargs)
+
+
+class MetaTicket(MetaLearner):
+    """Meta-ticket (Chijiwa et al. 2022): meta-learns only the masks of frozen random weights (a supermask model);
+    the inner loop adapts the masked weights, norms and head. ``boil=True`` leaves the head as initialized."""
+
+    def __init__(self, model: nn.Module, *, boil: bool = False, **kwargs) -> None:
+        super().__init__(model, method="metaticket_boil" if boil else "metaticket", **kwargs)

@@ -1,0 +1,119 @@
+"""The meta-training loop: outer steps, periodic validation on fixed tasks, atomic checkpoints, resume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from metaticket.checkpoint import load_checkpoint, restoring, rng_state, save_atomic, set_rng_state
+from metaticket.config import Config, EvalConfig, MetaConfig
+from metaticket.data.episodes import EpisodeSampler
+from metaticket.errors import MetaticketError
+from metaticket.meta.evaluate import Score, evaluate
+from metaticket.meta.learner import MetaLearner
+from metaticket.monitor import Monitor, log_masks
+from metaticket.rundir import last_checkpoint
+from metaticket.supermask import sparsity_report
+
+
+@dataclass(frozen=True)
+class MetaPlan:
+    """One meta-training run: how long and how wide (``meta.steps``, ``meta.meta_batch``), how often to validate
+    on which tasks (the ``eval`` section) and how often to log and checkpoint (all in outer steps)."""
+
+    meta: MetaConfig
+    eval: EvalConfig
+    checkpoint_every: int
+    log_every: int
+
+    @classmethod
+    def of(cls, config: Config) -> MetaPlan:
+        return cls(config.meta, config.eval, config.run.checkpoint_every, config.run.log_every)
+
+
+def validate(learner: MetaLearner, sampler: EpisodeSampler, plan: MetaPlan, device: torch.device) -> Score:
+    """Score on the same ``val_tasks`` tasks every time (the sampler is re-seeded)."""
+    sampler.generator.manual_seed(plan.eval.task_seed)
+    return evaluate(learner, sampler, plan.eval.val_tasks, plan.eval.batch, device)
+
+
+def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler, plan: MetaPlan, run_dir: Path,
+               monitor: Monitor, device: torch.device, resume: bool = False, main: bool = True) -> dict:
+    """Train until ``plan.meta.steps``; keeps ``checkpoints/last.pt`` and the best-validation ``checkpoints/best.pt``.
+
+    ``main=False`` (the other processes of a distributed run): the same steps, but no validation and no files.
+    Returns a summary with the best validation accuracy and the mean time per meta-step.
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    best = {"accuracy": -1.0, "step": 0}
+    window: dict[str, float] = {}  # sums of the step outputs since the last train log line
+    window_n = 0
+    if resume:
+        last = last_checkpoint(run_dir)
+        state = load_checkpoint(last, map_location=device)
+        with restoring(last):
+            learner.load_state_dict(state["learner"])
+            train.load_state_dict(state["sampler"])
+            set_rng_state(state["rng"])
+            best = dict(state["best"])
+            window, window_n = state.get("window", ({}, 0))
+        monitor.print(f"resumed {run_dir} at step {learner.step}")
+
+    def save(name: str) -> None:
+        if not main:
+            return
+        # the log window too, so a resumed run logs the same train averages as an uninterrupted one
+        save_atomic({"learner": learner.state_dict(), "sampler": train.state_dict(), "rng": rng_state(),
+                     "best": best, "window": (window, window_n)}, ckpt_dir / name)
+
+    step_time = 0.0
+    timed_steps = 0
+    bar = monitor.progress(plan.meta.steps, f"meta-train {learner.method}", initial=learner.step)
+    while learner.step < plan.meta.steps:
+        tasks = train.sample(plan.meta.meta_batch).to(device)
+        t0 = time.perf_counter()
+        out = learner.meta_step(tasks)
+        dt = time.perf_counter() - t0
+        if learner.step > 1:  # the first step pays one-off warm-up costs
+            step_time += dt
+            timed_steps += 1
+        for k, v in out.items():
+            window[k] = window.get(k, 0.0) + v
+        window_n += 1
+        if not all(map(lambda v: v == v and abs(v) != float("inf"), out.values())):
+            raise MetaticketError(f"the meta-loss became {out['loss']} at step {learner.step}; the last good "
+                                  f"checkpoint is {ckpt_dir / 'last.pt'}; lower meta.outer_lr or meta.inner_lr")
+        bar.update(1)
+        step = learner.step
+        if step % plan.log_every == 0 or step == plan.meta.steps:
+            means = {k: v / window_n for k, v in window.items()}
+            means["acc"] *= 100  # percent, like val/acc and test accuracy (meta_step returns a fraction)
+            means["ms_per_step"] = 1000.0 * step_time / max(timed_steps, 1)
+            means["tasks_per_s"] = plan.meta.meta_batch * timed_steps / max(step_time, 1e-9)
+            means["inner_lr"] = learner.inner_lr
+            monitor.log(step, "train", means)
+            bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['acc']:.1f}")
+            window, window_n = {}, 0
+        if main and (step % plan.eval.val_every == 0 or step == plan.meta.steps):
+            score = validate(learner, val, plan, device)
+            report = sparsity_report(learner.model)
+            values = {"acc": score.accuracy, "ci95": score.ci95, "loss": score.loss, "sparsity": report["overall"]}
+            values.update({f"sparsity/{k}": v for k, v in report["layers"].items()})
+            val.generator.manual_seed(plan.eval.task_seed)  # where adaptation moves the weights, on fixed tasks
+            change = learner.inner_change(val.sample(min(plan.eval.batch, 8)).to(device))
+            values.update({f"inner_change/{k}": v for k, v in change.items()})
+            monitor.log(step, "val", values)
+            log_masks(monitor, learner.model, step)
+            monitor.print(f"step {step}: val acc {score.accuracy:.2f} +- {score.ci95:.2f}%  "
+                          f"sparsity {report['overall']:.3f}")
+            if score.accuracy > best["accuracy"]:
+                best = {"accuracy": score.accuracy, "step": step}
+                save("best.pt")
+        if step % plan.checkpoint_every == 0 or step == plan.meta.steps:
+            save("last.pt")
+    bar.close()
+    return {"best_val_accuracy": best["accuracy"], "best_step": best["step"],
+            "ms_per_step": 1000.0 * step_time / max(timed_steps, 1), "steps": learner.step}

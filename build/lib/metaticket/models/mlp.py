@@ -1,0 +1,34 @@
+"""The Omniglot MLP of MAML and Meta-ticket: 784-256-128-64-64, BatchNorm + ReLU, linear head."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from metaticket.models.registry import DENSE, Layers, register_model
+
+HIDDEN = (256, 128, 64, 64)
+
+
+class MLP(nn.Module):
+    """x: [N, C, H, W] or [N, in_features] -> logits [N, num_classes]."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...], layers: Layers) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        prev = in_features
+        for h in hidden:
+            blocks += [layers.linear(prev, h, bias=True), layers.norm1d(h), nn.ReLU()]
+            prev = h
+        self.features = nn.Sequential(*blocks)
+        self.head = layers.head(prev, num_classes, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x.flatten(1)))
+
+
+@register_model("mlp")
+def mlp(*, num_classes: int, in_channels: int = 1, image_size: int = 28, width: float = 1.0,
+        layers: Layers = DENSE) -> nn.Module:
+    """Hidden sizes 256-128-64-64 times ``width``."""
+    hidden = tuple(max(1, int(round(h * width))) for h in HIDDEN)
+    return MLP(in_channels * image_size * image_size, num_classes, hidden, layers)
