@@ -15,8 +15,8 @@ class TaskBatchNorm1d(nn.BatchNorm1d):
     second-order meta-gradients (tests/test_meta.py compares vmap with a per-task loop). x: [N, C] or [N, C, L].
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
-        super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__(num_features, eps=eps, affine=affine, track_running_stats=False)
         self.fused = False  # True: torch's batch_norm kernel (correct and faster when no vmap is involved)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -26,7 +26,10 @@ class TaskBatchNorm1d(nn.BatchNorm1d):
         shape = [1, -1] + [1] * (x.dim() - 2)
         mean = x.mean(dims, keepdim=True)
         var = x.var(dims, unbiased=False, keepdim=True)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        out = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is None:
+            return out
+        return out * self.weight.view(shape) + self.bias.view(shape)
 
 
 class TaskBatchNorm2d(TaskBatchNorm1d):

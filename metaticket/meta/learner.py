@@ -27,6 +27,7 @@ from torch.func import functional_call, vmap
 
 from metaticket.distributed import SINGLE, Collective
 from metaticket.meta.inner import Params, adapt
+from metaticket.meta.modules import head_predicate, prepare_model
 from metaticket.norm import TaskBatchNorm1d
 from metaticket.supermask import IteRandSchedule, dense_like, masks, supermask_layers
 from metaticket.tasks import Tasks
@@ -34,28 +35,26 @@ from metaticket.tasks import Tasks
 
 @dataclass(frozen=True)
 class Method:
-    """Which parameters (by name) the outer loop learns and the inner loop adapts."""
+    """Which parameters the outer loop learns (``all``, or only the mask ``scores``) and the inner loop adapts
+    (``all``, only the ``head``, or the ``body``: all but the head)."""
 
-    outer: Callable[[str], bool]
-    inner: Callable[[str], bool]
+    outer: str
+    inner: str
     needs_supermask: bool
 
+    def learns(self, name: str) -> bool:
+        return self.outer == "all" or name.endswith("scores")
 
-def _is_head(name: str) -> bool:
-    """Every registered model names its classifier ``head``."""
-    return name.startswith("head.")
-
-
-def _is_scores(name: str) -> bool:
-    return name.endswith("scores")
+    def adapts(self, name: str, is_head: Callable[[str], bool]) -> bool:
+        return self.inner == "all" or (self.inner == "head") == is_head(name)
 
 
 METHODS: dict[str, Method] = {
-    "maml": Method(outer=lambda n: True, inner=lambda n: True, needs_supermask=False),
-    "anil": Method(outer=lambda n: True, inner=_is_head, needs_supermask=False),
-    "boil": Method(outer=lambda n: True, inner=lambda n: not _is_head(n), needs_supermask=False),
-    "metaticket": Method(outer=_is_scores, inner=lambda n: True, needs_supermask=True),
-    "metaticket_boil": Method(outer=_is_scores, inner=lambda n: not _is_head(n), needs_supermask=True),
+    "maml": Method(outer="all", inner="all", needs_supermask=False),
+    "anil": Method(outer="all", inner="head", needs_supermask=False),
+    "boil": Method(outer="all", inner="body", needs_supermask=False),
+    "metaticket": Method(outer="scores", inner="all", needs_supermask=True),
+    "metaticket_boil": Method(outer="scores", inner="body", needs_supermask=True),
 }
 
 
@@ -99,11 +98,19 @@ def cosine_warmup(steps: int, warmup: int) -> Callable[[int], float]:
     return factor
 
 
-class MetaLearner:
+class MetaLearner(nn.Module):
     """Meta-trains ``model`` with ``method`` on batches of :class:`Tasks`.
 
     ``meta_step(tasks)`` does one outer update; ``adapt(tasks)`` returns adapted parameters per task;
     ``evaluate(tasks)`` returns per-task query loss and accuracy after ``inner_steps_test`` steps.
+
+    Any ``nn.Module`` classifier works: BatchNorm layers are replaced by task-statistics BatchNorm (with a
+    :class:`~metaticket.meta.modules.ModelChanged` warning), what the functional inner loop cannot run is refused
+    with a ``ValueError`` naming the module. ``head`` names the classifier for ANIL/BOIL (a module name or a
+    predicate over parameter names; default: the module called ``head``, else the last ``Linear``).
+
+    The learner is an ``nn.Module``: ``to(device)``, ``train()``/``eval()``, ``parameters()`` (what the outer loop
+    learns), ``state_dict()``/``load_state_dict()`` (model, optimizer, schedule, step and IteRand state).
     """
 
     def __init__(self, model: nn.Module, *, method: str = "metaticket", inner_lr: float = 0.4,
@@ -111,7 +118,8 @@ class MetaLearner:
                  optimizer: str = "auto", outer_lr: float | None = None, momentum: float = 0.9,
                  schedule: str = "auto", warmup_steps: int | None = None, steps: int = 10000,
                  rerand_every: int = 0, rerand_rate: float = 0.1, vectorize: str = "auto", seed: int = 0,
-                 collective: Collective = SINGLE) -> None:
+                 head: str | Callable[[str], bool] | None = None, collective: Collective = SINGLE) -> None:
+        super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
         self.method = method
@@ -119,14 +127,23 @@ class MetaLearner:
         has_masks = any(True for _ in supermask_layers(model))
         if self.roles.needs_supermask and not has_masks:
             raise ValueError(f"method {method!r} needs a supermask model (model.mask set), got a dense one")
+        prepare_model(model, second_order=not first_order)
         self.model = model
-        self.twin = dense_like(model)  # the function the parameter dicts are applied to
+        # the function the parameter dicts are applied to: not a submodule (its parameters are never used, the
+        # model's are), but moved with the learner (its buffers are)
+        self._twin = [dense_like(model)]
         self.twin.requires_grad_(False)
         self.inner_lr, self.inner_steps, self.inner_steps_test = inner_lr, inner_steps, inner_steps_test
         self.first_order = first_order
+        is_head, what = head_predicate(model, head)
         twin_names = [n for n, _ in self.twin.named_parameters()]
-        self.inner_names = [n for n in twin_names if self.roles.inner(n)]
-        self.outer_names = [n for n, _ in model.named_parameters() if self.roles.outer(n)]
+        self.inner_names = [n for n in twin_names if self.roles.adapts(n, is_head)]
+        self.outer_names = [n for n, p in model.named_parameters() if self.roles.learns(n)]
+        if not self.inner_names:
+            raise ValueError(f"method {method!r} adapts the {self.roles.inner} ({what}) in the inner loop, but no "
+                             f"parameter of the model is there; pass head= naming the classifier module")
+        if not self.outer_names:
+            raise ValueError(f"method {method!r} meta-learns {self.roles.outer} parameters, but the model has none")
         for n, p in model.named_parameters():  # only the outer parameters take part in outer autograd
             p.requires_grad_(n in self.outer_names)
         self.vectorize = vectorize if vectorize != "auto" else ("vmap" if _vmap_wins(self.twin) else "loop")
@@ -147,6 +164,37 @@ class MetaLearner:
         self.iterand = IteRandSchedule(rerand_every, rerand_rate, seed + 1) if has_masks else None
         self.collective = collective  # data parallel: this process's slice of each meta-batch, summed gradients
         self.step = 0
+
+    # ------------------------------------------------------------------------------------------- module
+    @property
+    def twin(self) -> nn.Module:
+        """The dense copy of the model that parameter dicts run through (``functional_call``)."""
+        return self._twin[0]
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 (nn.Module's signature)
+        """``to()``, ``cuda()``, ``double()``...: the model, the twin and the optimizer's state tensors move."""
+        super()._apply(fn, recurse)
+        self.twin._apply(fn, recurse)
+        for state in self.optimizer.state.values():
+            for k, v in state.items():
+                if isinstance(v, Tensor) and v.dim() > 0:  # not Adam's scalar step counter (stays on the CPU)
+                    state[k] = fn(v)
+        return self
+
+    def train(self, mode: bool = True) -> MetaLearner:
+        super().train(mode)
+        self.twin.train(mode)
+        return self
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):  # noqa: ANN201
+        """The parameters the outer loop learns (the mask scores for Meta-ticket), under the model's names."""
+        own = dict(self.model.named_parameters())
+        for n in self.outer_names:
+            yield prefix + n, own[n]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The model itself (without adaptation) on x [N, ...] -> logits [N, ways]."""
+        return self.model(x)
 
     # ------------------------------------------------------------------------------------------- functions
     def _forward(self, params: Params, x: Tensor) -> Tensor:
@@ -177,7 +225,7 @@ class MetaLearner:
 
         args = (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
         if self.vectorize == "vmap":
-            return vmap(one_task)(*args)
+            return vmap(one_task, randomness="different")(*args)  # dropout: each task its own draws
         results = [one_task(*(a[i] for a in args)) for i in range(len(tasks))]
         return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
 
@@ -214,7 +262,7 @@ class MetaLearner:
     # ------------------------------------------------------------------------------------------- public
     def meta_step(self, tasks: Tasks) -> dict[str, float]:
         """One outer update on a batch of tasks; returns loss, accuracy, lr (and IteRand's changed fraction)."""
-        self.model.train()
+        self.train()
         self.optimizer.zero_grad(set_to_none=True)
         group = self.collective
         if group.world == 1:
@@ -282,12 +330,13 @@ class MetaLearner:
         """Per-task query loss and accuracy ([B] each) after ``inner_steps_test`` inner steps."""
         return self._task_losses(tasks, self.inner_steps_test, first_order=True)
 
-    def state_dict(self) -> dict:
+    def state_dict(self, *args, **kwargs) -> dict:  # noqa: ANN002, ANN003
+        """Everything a resumed run needs: model, optimizer, schedule, step, IteRand state."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": self.step,
                 "iterand": self.iterand.state_dict() if self.iterand is not None else None}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False) -> None:  # noqa: ARG002
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
