@@ -6,7 +6,8 @@ The public API (each name is documented in the README with an example):
   ``sparsity_report``;
 - models: ``build_model``, ``list_models``, ``register_model``, ``make_layers``, ``Layers``;
 - meta-learners over a user's own task batches (``Tasks``): ``MAML``, ``ANIL``, ``BOIL``, ``MetaTicket``
-  (and their common class ``MetaLearner``) with ``meta_step`` / ``adapt`` / ``evaluate``;
+  (and their common class ``MetaLearner``) with ``meta_step`` / ``adapt`` / ``evaluate``; tasks from any
+  ``(image, label)`` dataset: ``sampler_from_dataset`` (``class_images``); ``meta_test`` -> accuracy +- CI;
 - seed methods: ``SlotLinear``, ``SlotConv2d``, ``freeze_slots`` (Slot Machines); ``layer_sparsities``,
   ``apply_random_masks`` (fixed random masks with layer-wise ratios);
 - tickets: ``export_ticket``, ``load_ticket``, ``ticket_info``;
@@ -18,9 +19,10 @@ The public API (each name is documented in the README with an example):
 
 from metaticket.baselines.train import TrainPlan, evaluate_classifier, train_supervised
 from metaticket.config import Config, ConfigError, load_config
-from metaticket.data.episodes import EpisodeSampler
+from metaticket.data.episodes import EpisodeSampler, class_images, sampler_from_dataset
 from metaticket.errors import MetaticketError
 from metaticket.factory import build_classifier, build_learner, build_network
+from metaticket.meta.evaluate import meta_test
 from metaticket.meta.learner import ANIL, BOIL, MAML, MetaLearner, MetaTicket
 from metaticket.models import Layers, build_model, list_models, register_model
 from metaticket.models.registry import make_layers
@@ -40,10 +42,10 @@ from metaticket.ticket import export_ticket, load_ticket, ticket_info
 __version__ = "0.1.0"
 
 __all__ = [
-    "ANIL", "BOIL", "MAML", "Config", "ConfigError", "EpisodeSampler", "IteRandSchedule", "Layers", "MetaLearner",
+    "ANIL", "BOIL", "Config", "ConfigError", "EpisodeSampler", "IteRandSchedule", "Layers", "MAML", "MetaLearner",
     "MetaTicket", "MetaticketError", "SlotConv2d", "SlotLinear", "SupermaskConv2d", "SupermaskLinear", "Tasks",
-    "TrainPlan", "apply_random_masks", "build_classifier", "build_learner", "build_model", "build_network", "convert",
-    "evaluate_classifier", "export_ticket", "freeze_slots", "layer_sparsities", "list_models", "load_config",
-    "load_ticket", "make_layers", "register_model", "rerandomize", "sparsity_report", "ticket_info",
-    "train_supervised",
+    "TrainPlan", "apply_random_masks", "build_classifier", "build_learner", "build_model", "build_network",
+    "class_images", "convert", "evaluate_classifier", "export_ticket", "freeze_slots", "layer_sparsities",
+    "list_models", "load_config", "load_ticket", "make_layers", "meta_test", "register_model", "rerandomize",
+    "sampler_from_dataset", "sparsity_report", "ticket_info", "train_supervised",
 ]

@@ -185,3 +185,34 @@ def test_the_learner_moves_trains_evaluates_and_saves_like_a_module():
     assert again.step == 2
     for (n, a), (_, b) in zip(learner.model.state_dict().items(), again.model.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_tasks_from_an_image_folder_and_meta_test_with_a_ci(tmp_path):
+    from PIL import Image
+
+    from metaticket import MAML, build_model, class_images, meta_test, sampler_from_dataset
+
+    rng = torch.Generator().manual_seed(0)
+    for c in range(6):  # an ImageFolder: one folder per class, images of different sizes (resized on the way)
+        (tmp_path / f"class{c}").mkdir()
+        for i in range(5):
+            side = 20 + i
+            pixels = (torch.rand(side, side, 3, generator=rng) * 40 + 30 * c).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / f"class{c}" / f"{i}.png")
+    folder = torchvision.datasets.ImageFolder(str(tmp_path))
+    images, labels = class_images(folder, image_size=16)
+    assert images.shape == (6, 5, 3, 16, 16) and images.dtype == torch.uint8 and labels == list(range(6))
+    train = sampler_from_dataset(folder, ways=3, shots=1, queries=2, classes=[0, 1, 2, 3], image_size=16)
+    test = sampler_from_dataset(folder, ways=3, shots=1, queries=2, classes=[3, 4, 5], image_size=16, seed=7)
+    batch = train.sample(2)
+    assert batch.support_x.shape == (2, 3, 3, 16, 16) and batch.query_y.tolist() == [[0, 0, 1, 1, 2, 2]] * 2
+    learner = MAML(build_model("conv4", num_classes=3, in_channels=3, image_size=16, channels=4), first_order=True)
+    learner.meta_step(batch)
+    score = meta_test(learner, test, tasks=20, batch=8)
+    assert score["tasks"] == 20 and 0 <= score["accuracy"] <= 100 and score["ci95"] >= 0
+    # tensors in [0, 1] (a dataset with ToTensor()) give the same uint8 images as PIL input
+    as_float = [(torchvision.transforms.functional.to_tensor(folder[i][0]), folder[i][1]) for i in range(len(folder))]
+    again, _ = class_images(as_float, image_size=16)
+    assert torch.equal(again, images)
+    with pytest.raises(Exception, match="classes \\[9\\] have no images"):
+        sampler_from_dataset(folder, ways=2, shots=1, queries=1, classes=[9], image_size=16)

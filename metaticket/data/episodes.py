@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor
 
@@ -71,3 +73,57 @@ class EpisodeSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+def class_images(dataset: Sequence, image_size: int | None = None, per_class: int | None = None,
+                 progress: Callable[[int], object] | None = None) -> tuple[Tensor, list[int]]:
+    """Images of a map-style dataset of ``(image, label)`` grouped by class: (uint8 [classes, M, C, S, S], labels).
+
+    An image is a PIL image, a uint8 tensor [C, H, W] or a float tensor [C, H, W] in [0, 1] (what
+    ``torchvision.datasets.ImageFolder`` or a dataset with ``ToTensor()`` gives); every image is resized to
+    ``image_size`` (default: the first image's height; images must then be square). M is the smallest class
+    size, or ``per_class``; each class keeps its first M images in dataset order."""
+    import torchvision.transforms.functional as TF
+
+    grouped: dict[int, list[Tensor]] = {}
+    side = image_size
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        x = TF.pil_to_tensor(image) if not isinstance(image, Tensor) else image
+        if x.is_floating_point():
+            x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        side = side or int(x.shape[-2])
+        if tuple(x.shape[-2:]) != (side, side):
+            x = TF.resize(x, [side, side], antialias=True)
+        grouped.setdefault(int(label), []).append(x)
+        if progress is not None:
+            progress(1)
+    if not grouped:
+        raise MetaticketError("the dataset is empty: no (image, label) items to group into classes")
+    labels = sorted(grouped)
+    m = min(len(grouped[c]) for c in labels) if per_class is None else per_class
+    short = [c for c in labels if len(grouped[c]) < m]
+    if short:
+        raise MetaticketError(f"per_class = {m} but class {short[0]} has {len(grouped[short[0]])} images; "
+                              f"lower per_class")
+    channels = {int(grouped[c][0].shape[0]) for c in labels}
+    if len(channels) > 1:
+        raise MetaticketError(f"the images have {sorted(channels)} channels; convert them to one mode (e.g. RGB)")
+    return torch.stack([torch.stack(grouped[c][:m]) for c in labels]), labels
+
+
+def sampler_from_dataset(dataset: Sequence, *, ways: int, shots: int, queries: int, classes: list[int] | None = None,
+                         image_size: int | None = None, seed: int = 0, mean: float | tuple[float, ...] = 0.0,
+                         std: float | tuple[float, ...] = 1.0) -> EpisodeSampler:
+    """An :class:`EpisodeSampler` over a map-style dataset of ``(image, label)`` (a torchvision dataset, an
+    ``ImageFolder``, your own), restricted to the labels in ``classes`` (default: all). See :func:`class_images`."""
+    images, labels = class_images(dataset, image_size)
+    index = {c: i for i, c in enumerate(labels)}
+    wanted = labels if classes is None else classes
+    missing = [c for c in wanted if c not in index]
+    if missing:
+        raise MetaticketError(f"classes {missing[:5]} have no images in the dataset (its labels: {labels[:10]}...)")
+    return EpisodeSampler(images, [index[c] for c in wanted], ways=ways, shots=shots, queries=queries, seed=seed,
+                          mean=mean, std=std)

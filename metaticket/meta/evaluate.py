@@ -41,3 +41,15 @@ def evaluate(learner, sampler, tasks: int, batch: int, device: torch.device, pro
         if progress is not None:
             progress(n)
     return summarize(torch.cat(accs), torch.cat(losses))
+
+
+def meta_test(learner, sampler, tasks: int = 600, batch: int = 50, device: torch.device | str | None = None) -> dict:
+    """Meta-test ``learner`` on ``tasks`` tasks of ``sampler`` (adapt on each support set, score its queries):
+    ``{"accuracy": percent, "ci95": 1.96 std / sqrt(tasks), "tasks", "loss"}``. ``device``: the learner's own
+    (its first parameter's) by default."""
+    if tasks < 1:
+        raise ValueError(f"tasks = {tasks}: score at least 1 task")
+    if device is None:
+        device = next(iter(learner.model.parameters())).device
+    score = evaluate(learner, sampler, tasks, batch, torch.device(device))
+    return {"accuracy": score.accuracy, "ci95": score.ci95, "tasks": score.tasks, "loss": score.loss}
