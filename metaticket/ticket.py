@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from metaticket.checkpoint import load_checkpoint, save_atomic
 from metaticket.config import Config, ConfigError, config_from_dict, config_yaml, parse_yaml
 from metaticket.errors import MetaticketError
 from metaticket.factory import build_network
+from metaticket.norm import TaskBatchNorm1d
 from metaticket.slots import freeze_slots, index_bits, slot_layers
 from metaticket.supermask import dense_like, supermask_layers
 
@@ -117,21 +120,48 @@ def _init_digest(model: nn.Module) -> str:
     return _digest(sorted(model.state_dict().items()))
 
 
+def _rebuild(build: Callable[[], nn.Module], like: nn.Module | None = None) -> nn.Module:
+    """``build()``: a model of your own, untrained (it must draw the same values every call, e.g. from a seed).
+    When the exported model went through a meta-learner (its BatchNorm replaced), the rebuilt one is prepared the
+    same way."""
+    from metaticket.meta.modules import prepare_model
+
+    fresh = build()
+    if not isinstance(fresh, nn.Module):
+        raise MetaticketError(f"build() returned a {type(fresh).__name__}, not an nn.Module")
+    stock = (nn.BatchNorm1d, nn.BatchNorm2d)
+    replaced = like is None or not any(isinstance(m, stock) and not isinstance(m, TaskBatchNorm1d)
+                                       for m in like.modules())
+    if replaced and any(isinstance(m, stock) and not isinstance(m, TaskBatchNorm1d) for m in fresh.modules()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prepare_model(fresh, second_order=False)
+    return fresh
+
+
 @torch.no_grad()
-def export_ticket(model: nn.Module, config: Config, path: str | Path, *, num_classes: int | None = None,
-                  info: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_ticket(model: nn.Module, config: Config | None, path: str | Path, *, num_classes: int | None = None,
+                  info: dict[str, Any] | None = None, build: Callable[[], nn.Module] | None = None) -> dict[str, Any]:
     """Write ``model`` (built from ``config`` and trained) as a ticket at ``path``, atomically.
 
-    ``num_classes`` is needed for supervised (``run.task: train``) networks. Returns a report: file size,
-    the size of the equivalent dense fp32 state_dict and their ratio, sparsity, and how many tensors and
-    re-sampled weights had to be stored explicitly.
+    ``num_classes`` is needed for supervised (``run.task: train``) networks. A model of your own (no config):
+    pass ``config=None`` and ``build``, a function returning the untrained network with the same values every
+    call (seed it inside); ``load_ticket(path, build=build)`` rebuilds it. Returns a report: file size, the size
+    of the equivalent dense fp32 state_dict and their ratio, sparsity, and how many tensors and re-sampled weights
+    had to be stored explicitly.
     """
     path = Path(path)
-    fresh = build_network(config, num_classes)
+    if config is None and build is None:
+        raise MetaticketError("export_ticket needs the config the model was built from, or build= (a function "
+                              "that builds your model untrained, seeded)")
+    fresh = build_network(config, num_classes) if config is not None else _rebuild(build, model)
     state, ref = model.state_dict(), fresh.state_dict()
     if set(state) != set(ref) or any(state[k].shape != ref[k].shape for k in state):
-        raise MetaticketError("the model does not match the network its config builds (different tensors); "
-                              "export the model together with the config it was built from")
+        raise MetaticketError("the model does not match the network its config (or build) builds (different "
+                              "tensors); export the model together with what it was built from")
+    if config is None and _init_digest(fresh) != _init_digest(_rebuild(build, model)):
+        raise MetaticketError("build() gives other values on every call; seed it inside (torch.manual_seed or a "
+                              "generator) so that the ticket can regenerate the weights")
     skip = _mask_keys(model)
     layers, numels, bit_chunks = [], [], []
     resampled: dict[str, dict[str, Tensor]] = {}
@@ -160,7 +190,7 @@ def export_ticket(model: nn.Module, config: Config, path: str | Path, *, num_cla
              if k not in skip and k not in weight_keys and not torch.equal(v.cpu(), ref[k].cpu())}
     payload = {
         "format": FORMAT, "version": VERSION, "torch": str(torch.__version__),
-        "config": config_yaml(config), "num_classes": num_classes,
+        "config": config_yaml(config) if config is not None else None, "num_classes": num_classes,
         "mask_layers": layers, "mask_numel": numels,
         "mask_bits": torch.cat(bit_chunks) if bit_chunks else torch.zeros(0, dtype=torch.uint8),
         "resampled": resampled, "dense": dense, "slot_layers": slot_names, "slot_numel": slot_numel,
@@ -205,7 +235,7 @@ def ticket_info(path: str | Path) -> dict[str, Any]:
     payload = _read(Path(path))
     _check_fields(payload, Path(path))
     try:
-        config = parse_yaml(payload["config"], f"ticket {path}: its config")
+        config = None if payload["config"] is None else parse_yaml(payload["config"], f"ticket {path}: its config")
     except ConfigError as e:
         raise MetaticketError(str(e)) from None
     return {"config": config, "num_classes": payload["num_classes"], "torch": payload["torch"],
@@ -226,7 +256,7 @@ def _check_fields(payload: dict, path: Path) -> None:
     def bad(what: str) -> MetaticketError:
         return MetaticketError(f"ticket {path}: {what}; the file is damaged or not a ticket, export it again")
 
-    for key, ok in (("config", lambda v: isinstance(v, str)), ("torch", lambda v: isinstance(v, str)),
+    for key, ok in (("config", lambda v: v is None or isinstance(v, str)), ("torch", lambda v: isinstance(v, str)),
                     ("num_classes", lambda v: v is None or _is_int(v, 1, 100_000)),
                     ("mask_layers", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
                     ("mask_numel", lambda v: isinstance(v, list) and all(_is_int(x, 1) for x in v)),
@@ -258,18 +288,29 @@ def _check_fields(payload: dict, path: Path) -> None:
 
 
 @torch.no_grad()
-def load_ticket(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild the network a ticket describes (in eval mode) and verify both of its checksums."""
+def load_ticket(path: str | Path, device: torch.device | str = "cpu",
+                build: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """Rebuild the network a ticket describes (in eval mode) and verify both of its checksums. A ticket of a model
+    of your own needs the ``build`` function it was exported with."""
     path = Path(path)
     payload = _read(path)
     _check_fields(payload, path)
-    try:
-        config = config_from_dict(parse_yaml(payload["config"], f"ticket {path}: its config"))
-    except (ConfigError, TypeError, AttributeError) as e:
-        raise MetaticketError(f"ticket {path}: its config does not load ({str(e)[:160]}); the file is damaged "
-                              f"or from another metaticket version") from None
-    model = build_network(config, payload["num_classes"])
+    if payload["config"] is None:
+        if build is None:
+            raise MetaticketError(f"ticket {path} holds a model of your own: pass build=, the function that builds "
+                                  f"it untrained (the one given to export_ticket)")
+        model = _rebuild(build)
+    else:
+        try:
+            config = config_from_dict(parse_yaml(payload["config"], f"ticket {path}: its config"))
+        except (ConfigError, TypeError, AttributeError) as e:
+            raise MetaticketError(f"ticket {path}: its config does not load ({str(e)[:160]}); the file is damaged "
+                                  f"or from another metaticket version") from None
+        model = build_network(config, payload["num_classes"])
     if _init_digest(model) != payload["init_sha256"]:
+        if payload["config"] is None:
+            raise MetaticketError(f"ticket {path}: build() regenerates other weights than the exporter's build "
+                                  f"(another function, seed or torch version); pass the build it was exported with")
         raise MetaticketError(f"ticket {path}: the weights regenerated from its seed differ from the exporter's "
                               f"(exported with torch {payload['torch']}, this is torch {torch.__version__}); "
                               f"load it with the exporter's torch version, or the file is corrupted")

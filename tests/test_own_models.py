@@ -216,3 +216,31 @@ def test_tasks_from_an_image_folder_and_meta_test_with_a_ci(tmp_path):
     assert torch.equal(again, images)
     with pytest.raises(Exception, match="classes \\[9\\] have no images"):
         sampler_from_dataset(folder, ways=2, shots=1, queries=1, classes=[9], image_size=16)
+
+
+def test_a_ticket_of_an_own_model_round_trips_with_its_build_function(tmp_path):
+    from metaticket import MetaTicket, export_ticket, load_ticket, ticket_info
+    from metaticket.errors import MetaticketError
+
+    def make(seed: int = 0) -> nn.Module:
+        torch.manual_seed(seed)  # the same untrained values on every call
+        model = own_mlp()
+        return convert(model, mask="threshold", keep_dense=["7"], generator=torch.Generator().manual_seed(seed))
+
+    with pytest.warns(ModelChanged):
+        learner = MetaTicket(make(), outer_lr=1.0)
+    for _ in range(3):
+        learner.meta_step(tasks((1, 8, 8)))
+    path = tmp_path / "own.ticket"
+    report = export_ticket(learner.model, None, path, build=make)
+    assert report["mask_bits"] > 0 and ticket_info(path)["config"] is None
+    rebuilt = load_ticket(path, build=make)
+    x = torch.randn(10, 1, 8, 8)
+    assert torch.equal(rebuilt(x), learner.model.eval()(x))
+    with pytest.raises(MetaticketError, match="holds a model of your own: pass build="):
+        load_ticket(path)
+    with pytest.raises(MetaticketError, match="build\\(\\) regenerates other weights"):
+        load_ticket(path, build=lambda: make(seed=1))
+    seeds = iter(range(1, 10))
+    with pytest.raises(MetaticketError, match="gives other values on every call"):
+        export_ticket(learner.model, None, tmp_path / "x.ticket", build=lambda: make(seed=next(seeds)))
