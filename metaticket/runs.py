@@ -44,7 +44,7 @@ from metaticket.factory import (
     slot_run_config,
 )
 from metaticket.meta.evaluate import evaluate as evaluate_tasks
-from metaticket.meta.train import MetaPlan
+from metaticket.meta.train import Callbacks, MetaPlan
 from metaticket.meta.train import meta_train as meta_train_loop
 from metaticket.monitor import Monitor
 from metaticket.rundir import check_resumable, create_run_dir, run_in_claimed_dir, saved_config
@@ -197,13 +197,14 @@ def _finish(loop: Callable[[], dict], run_dir: Path, monitor: Monitor, say: bool
     return summary
 
 
-def meta_train(config: Config, ctx: Context, resume: bool = False) -> dict:
+def meta_train(config: Config, ctx: Context, resume: bool = False, callbacks: Callbacks | None = None) -> dict:
     """Meta-train ``config`` (run.task: meta) into a new folder ``run.out_dir/run.name`` (``-1``, ``-2``, ... when
     that one holds a run), or continue that folder's last checkpoint with ``resume``. Returns the training summary
-    (steps, ms per step, best validation accuracy and step) with ``run_dir``, the folder it wrote."""
+    (steps, ms per step, best validation accuracy and step) with ``run_dir``, the folder it wrote. ``callbacks``
+    (:class:`~metaticket.meta.train.Callbacks`) see every log line, validation and checkpoint as it happens."""
     expect_task(config, "meta", "meta-train")
-    return _claimed(lambda d: meta_train_in(config, d, ctx, resume), Path(config.run.out_dir) / config.run.name,
-                    resume, ctx.group)
+    return _claimed(lambda d: meta_train_in(config, d, ctx, resume, callbacks),
+                    Path(config.run.out_dir) / config.run.name, resume, ctx.group)
 
 
 def _prepare(config: Config, run_dir: Path, ctx: Context, resume: bool) -> tuple[Config, dict | None, torch.device,
@@ -226,7 +227,8 @@ def _prepare(config: Config, run_dir: Path, ctx: Context, resume: bool) -> tuple
     return config, state, device, ctx.quiet or not ctx.group.main
 
 
-def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> dict:
+def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool,
+                  callbacks: Callbacks | None = None) -> dict:
     """Meta-train ``config`` into the given ``run_dir`` (claimed already, or continued with ``resume``).
 
     In a distributed run every process calls this; only rank 0 validates and writes.
@@ -256,7 +258,7 @@ def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> 
     monitor = Monitor(run_dir, quiet=quiet, write=group.main)
     plan = MetaPlan.of(config)
     return _finish(lambda: meta_train_loop(learner, sets["train"], sets["val"], plan, run_dir, monitor, device,
-                                           resume=resume, main=group.main),
+                                           resume=resume, main=group.main, callbacks=callbacks),
                    run_dir, monitor, group.main and not quiet,
                    lambda r: f"trained {r['steps']} steps ({r['ms_per_step']:.0f} ms/step); best val accuracy "
                              f"{r['best_val_accuracy']:.2f}% at step {r['best_step']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,17 @@ from metaticket.meta.learner import MetaLearner
 from metaticket.monitor import Monitor, log_masks
 from metaticket.rundir import last_checkpoint
 from metaticket.supermask import sparsity_report
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """Functions the meta-training loop calls (rank 0 only), for code that drives a run from Python:
+    ``on_log(step, values)`` with the train averages of each log line, ``on_validate(step, values)`` with each
+    validation's accuracy, CI, loss and sparsity, ``on_checkpoint(step, path)`` after each checkpoint write."""
+
+    on_log: Callable[[int, dict], object] | None = None
+    on_validate: Callable[[int, dict], object] | None = None
+    on_checkpoint: Callable[[int, Path], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,8 @@ def validate(learner: MetaLearner, sampler: EpisodeSampler, plan: MetaPlan, devi
 
 
 def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler, plan: MetaPlan, run_dir: Path,
-               monitor: Monitor, device: torch.device, resume: bool = False, main: bool = True) -> dict:
+               monitor: Monitor, device: torch.device, resume: bool = False, main: bool = True,
+               callbacks: Callbacks | None = None) -> dict:
     """Train until ``plan.meta.steps``; keeps ``checkpoints/last.pt`` and the best-validation ``checkpoints/best.pt``.
 
     ``main=False`` (the other processes of a distributed run): the same steps, but no validation and no files.
@@ -62,12 +75,16 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
             window, window_n = state.get("window", ({}, 0))
         monitor.print(f"resumed {run_dir} at step {learner.step}")
 
+    calls = callbacks or Callbacks()
+
     def save(name: str) -> None:
         if not main:
             return
         # the log window too, so a resumed run logs the same train averages as an uninterrupted one
         save_atomic({"learner": learner.state_dict(), "sampler": train.state_dict(), "rng": rng_state(),
                      "best": best, "window": (window, window_n)}, ckpt_dir / name)
+        if calls.on_checkpoint is not None:
+            calls.on_checkpoint(learner.step, ckpt_dir / name)
 
     step_time = 0.0
     timed_steps = 0
@@ -95,6 +112,8 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
             means["tasks_per_s"] = plan.meta.meta_batch * timed_steps / max(step_time, 1e-9)
             means["inner_lr"] = learner.inner_lr
             monitor.log(step, "train", means)
+            if main and calls.on_log is not None:
+                calls.on_log(step, means)
             bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['acc']:.1f}")
             window, window_n = {}, 0
         if main and (step % plan.eval.val_every == 0 or step == plan.meta.steps):
@@ -106,6 +125,8 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
             change = learner.inner_change(val.sample(min(plan.eval.batch, 8)).to(device))
             values.update({f"inner_change/{k}": v for k, v in change.items()})
             monitor.log(step, "val", values)
+            if calls.on_validate is not None:
+                calls.on_validate(step, values)
             log_masks(monitor, learner.model, step)
             monitor.print(f"step {step}: val acc {score.accuracy:.2f} +- {score.ci95:.2f}%  "
                           f"sparsity {report['overall']:.3f}")
