@@ -1,1 +1,0 @@
-"""Supervised baselines on the supermask core: dense training, edge-popup and IteRand."""
