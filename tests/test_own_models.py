@@ -93,6 +93,14 @@ def test_torchvision_resnet18_meta_steps_adapts_and_evaluates():
     assert math.isfinite(learner.meta_step(small)["loss"])
     loss, acc = learner.evaluate(small)  # adapts 3 steps per task, then scores the queries
     assert loss.shape == (1,) and torch.isfinite(loss).all()
+    # the module behaviour on a real torchvision model: what parameters() means, modes, a state round trip
+    assert len(list(learner.parameters())) == len(list(learner.model.parameters())) == 62  # MAML learns all
+    assert not learner.eval().twin.training and learner.train().model.training
+    with pytest.warns(ModelChanged):
+        again = MetaLearner(build("resnet18", "maml"), method="maml", first_order=True, outer_lr=1e-3)
+    again.load_state_dict(learner.state_dict())
+    assert again.step == 1 and torch.equal(again.model.fc.weight, learner.model.fc.weight)
+    assert again.optimizer.state_dict()["state"].keys() == learner.optimizer.state_dict()["state"].keys()
 
 
 @pytest.mark.slow
