@@ -31,7 +31,7 @@ from metaticket.config import Config, ConfigError, load_config, shipped_configs
 from metaticket.data import list_datasets
 from metaticket.distributed import from_environment, shutdown
 from metaticket.errors import MetaticketError
-from metaticket.runs import Context, expect_task, resolve_device
+from metaticket.runs import Context, resolve_device
 
 
 def context(config: Config | None, quiet: bool) -> Context:
@@ -50,7 +50,6 @@ def context(config: Config | None, quiet: bool) -> Context:
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
-    expect_task(config, "meta", "meta-train")
     ctx = context(config, args.quiet)
     summary = runs.meta_train(config, ctx, resume=args.resume)
     if args.test and ctx.group.main:
@@ -76,7 +75,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config is None:
             raise MetaticketError("train needs a CONFIG file (or --resume RUN_DIR)")
         config = load_config(args.config, args.set)
-        expect_task(config, "train", "train")
         run_dir = None
     ctx = context(config, args.quiet)
     summary = runs.train(config, ctx, resume_dir=run_dir)

@@ -212,7 +212,6 @@ def _prepare(config: Config, run_dir: Path, ctx: Context, resume: bool) -> tuple
     """What every training process starts from: the resolved config, the checkpoint a resume continues (None for a
     new run), this process's device (seeded, threads set) and whether it stays quiet (all but rank 0 do)."""
     meta = config.run.task == "meta"
-    expect_task(config, config.run.task, "meta-train" if meta else "train")
     state, config = check_resumable(run_dir, config, resolve) if resume else (None, resolve(config))
     device = setup(config)
     world = ctx.group.world
@@ -264,9 +263,9 @@ def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool,
                              f"{r['best_val_accuracy']:.2f}% at step {r['best_step']}")
 
 
-def _classification(config: Config, ctx: Context, quiet: bool) -> Classification:
+def _classification(config: Config, ctx: Context) -> Classification:
     return classification_data(config.data.dataset, data_root(config, ctx), ctx.cache_dir, image_size(config),
-                               augment=config.train.augment, seed=config.run.seed, progress=not quiet)
+                               augment=config.train.augment, seed=config.run.seed, progress=not ctx.quiet)
 
 
 def train(config: Config, ctx: Context, resume_dir: Path | None = None) -> dict:
@@ -289,7 +288,7 @@ def train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> dict:
     check_memory(config)
     if config.train.init_from and not resume:
         slot_run_config(config, config.train.init_from)
-    data = _classification(config, ctx, quiet)
+    data = _classification(config, replace(ctx, quiet=quiet))
     if config.train.init_from and not resume:  # fine-tuning a slot run's chosen values
         model = from_slot_run(config, len(data.classes), config.train.init_from, device)
     else:
@@ -321,7 +320,7 @@ def evaluate(run_dir: Path, ctx: Context) -> dict:
     config = saved_config(run_dir, "the folder train")
     expect_task(config, "train", "eval")
     device = setup(config)
-    data = _classification(config, ctx, ctx.quiet)
+    data = _classification(config, ctx)
     model = build_classifier(config, len(data.classes), device)
     path = run_dir / "checkpoints" / "last.pt"
     state = check_checkpoint(load_checkpoint(path, map_location=device), "train", path)
