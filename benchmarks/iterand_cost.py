@@ -52,8 +52,9 @@ def conv6(width: float, seed: int = 0) -> torch.nn.Module:
 
 def run_loop(method: str, width: float, data, test, iterations: int, rerand_every: int) -> dict:
     """Train a fresh Conv6 for ``iterations`` iterations; return ms/iteration (compute) and loop wall seconds."""
-    train = TrainConfig(method=method, epochs=1, batch_size=128, lr=0.3, weight_decay=1e-4, max_iterations=iterations,
-                        rerand_every=rerand_every, rerand_rate=0.1)
+    train = TrainConfig(method="edgepopup", epochs=1, batch_size=128, lr=0.3, weight_decay=1e-4,
+                        max_iterations=iterations, rerand_every=rerand_every if method == "iterand" else 0,
+                        rerand_rate=0.1)
     plan = TrainPlan(train, checkpoint_every=10**9, log_every=10**9, workers=0, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         monitor = Monitor(tmp, quiet=True, tensorboard=False)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from metaticket import runs
-from metaticket.config import Config, ConfigError, load_config, shipped_configs
+from metaticket.config import Config, ConfigError, load_config, load_run_config, shipped_configs
 from metaticket.data import list_datasets
 from metaticket.distributed import from_environment, shutdown
 from metaticket.errors import MetaticketError
@@ -69,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise MetaticketError(f"--resume {run_dir}: not a run folder (no config.yaml); pass the folder train wrote")
-        config = load_config(run_dir / "config.yaml", args.set) if args.config is None else \
+        config = load_run_config(run_dir / "config.yaml", args.set) if args.config is None else \
             load_config(args.config, args.set)
     else:
         if args.config is None:

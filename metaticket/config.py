@@ -14,12 +14,15 @@ import math
 import re
 import types
 import typing
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+VERSION = 2  # the config format; run folders' config.yaml records it (``version: 2`` at the top)  (see upgrade)
 
 
 class ConfigError(ValueError):
@@ -36,6 +39,12 @@ def _one_path_component(name: str) -> bool:
     hidden folders), no control characters, and short enough for the ``-sweep`` / ``-N`` suffixes (255-byte limit)."""
     return (name != "" and not name.startswith(".") and "/" not in name and "\\" not in name
             and all(ord(c) >= 32 for c in name) and len(name.encode("utf-8", "surrogatepass")) <= 200)
+
+
+# IteRand has one rule in both sections (meta, train): it runs when rerand_every > 0, re-drawing a rerand_rate
+# fraction of the pruned weights every rerand_every steps (meta-steps, or train.rerand_unit).
+_RERAND_HINT = "use rerand_every >= 0 (0: no IteRand; N: re-draw pruned weights every N steps)"
+_RATE_HINT = "rerand_rate is the fraction of pruned weights re-drawn, in (0, 1]"
 
 
 @dataclass(frozen=True)
@@ -61,8 +70,11 @@ class ModelConfig:
     channels: int = field(default=64, metadata=_check(lambda v: 1 <= v <= 8192, "use channels in [1, 8192]"))
     init: Literal["kaiming_normal", "kaiming_uniform", "signed_constant"] = "kaiming_normal"
     mask: Literal["threshold", "topk"] = "threshold"
-    sparsity: float = field(default=0.5,
+    sparsity: float = field(default=0.5,  # model.mask topk: the fraction each supermask layer prunes
                             metadata=_check(lambda v: 0 <= v < 1, "sparsity is the fraction pruned, in [0, 1)"))
+    # train.method randommask: the fraction its fixed random mask prunes over all layers, spread by model.ratios
+    random_sparsity: float = field(default=0.5, metadata=_check(
+        lambda v: 0 <= v < 1, "random_sparsity is the fraction the random mask prunes, in [0, 1)"))
     init_sparsity: float = field(default=0.0,
                                  metadata=_check(lambda v: 0 <= v < 1, "init_sparsity is a fraction pruned, in [0, 1)"))
     norm_eps: float = field(default=1e-5, metadata=_check(lambda v: 0 < v <= 1, "norm_eps is BatchNorm's epsilon, "
@@ -93,10 +105,8 @@ class MetaConfig:
     schedule: Literal["auto", "constant", "cosine"] = "auto"  # auto: constant for MAML, cosine for Meta-ticket
     warmup_steps: int | None = field(default=None,
                                      metadata=_check(lambda v: v is None or v >= 0, "use warmup_steps >= 0 (or null)"))
-    rerand_every: int = field(default=0,
-                              metadata=_check(lambda v: v >= 0, "use rerand_every >= 0 (0 disables IteRand)"))
-    rerand_rate: float = field(default=0.1,
-                               metadata=_check(lambda v: 0 <= v <= 1, "rerand_rate is a fraction in [0, 1]"))
+    rerand_every: int = field(default=0, metadata=_check(lambda v: v >= 0, _RERAND_HINT))  # IteRand, meta-steps
+    rerand_rate: float = field(default=0.1, metadata=_check(lambda v: 0 < v <= 1, _RATE_HINT))
     vectorize: Literal["auto", "loop", "vmap"] = "auto"  # vmap over tasks wins for MLPs, loses for convs on CPU
 
 
@@ -105,7 +115,7 @@ class TrainConfig:
     """Supervised training (``run.task: train``): dense weights, edge-popup, IteRand, Slot Machines or a fixed
     random mask on a labelled dataset."""
 
-    method: Literal["dense", "edgepopup", "iterand", "slot", "randommask"] = "edgepopup"
+    method: Literal["dense", "edgepopup", "slot", "randommask"] = "edgepopup"  # IteRand: edgepopup + rerand_every
     randommask_learns: Literal["weights", "scores"] = "weights"  # randommask: weights under the mask, or edge-popup
     epochs: int = field(default=100, metadata=_check(lambda v: v >= 1, "train for at least 1 epoch"))
     max_iterations: int | None = field(default=None, metadata=_check(lambda v: v is None or v >= 1,
@@ -119,10 +129,9 @@ class TrainConfig:
     label_smoothing: float = field(default=0.0, metadata=_check(lambda v: 0 <= v < 1, "label_smoothing is in [0, 1)"))
     augment: bool = True  # random crop + horizontal flip
     channels_last: bool = True  # NHWC memory order for convolutions (faster on CPU and on recent GPUs)
-    rerand_every: int = field(default=300, metadata=_check(lambda v: v >= 1, "use rerand_every >= 1"))
+    rerand_every: int = field(default=0, metadata=_check(lambda v: v >= 0, _RERAND_HINT))  # IteRand, rerand_unit
     rerand_unit: Literal["iterations", "epochs"] = "iterations"
-    rerand_rate: float = field(default=0.1,
-                               metadata=_check(lambda v: 0 < v <= 1, "rerand_rate is a fraction in (0, 1]"))
+    rerand_rate: float = field(default=0.1, metadata=_check(lambda v: 0 < v <= 1, _RATE_HINT))
     eval_every: int = field(default=1, metadata=_check(lambda v: v >= 1, "evaluate at least every epoch"))
     eval_batch: int = field(default=500, metadata=_check(lambda v: v >= 1, "use eval_batch >= 1"))
     init_from: str | None = None  # method dense: start from the values a trained slot run chose (fine-tuning)
@@ -269,10 +278,17 @@ def shipped_configs() -> list[str]:
                   if not p.name.startswith("base"))
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A run folder's ``config.yaml``: like :func:`load_config`, but a file without ``version`` was written by
+    version 1 (its ``train.rerand_every`` did nothing outside ``train.method: iterand``)."""
+    return load_config(path, overrides, unversioned=1)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), unversioned: int = VERSION) -> Config:
     """Load ``path`` (with at most one level of ``base:``), apply ``section.key=value`` overrides, validate.
 
-    ``path`` is a YAML file or the name of a shipped config (:func:`find_config`, e.g. ``omniglot/quickstart``)."""
+    ``path`` is a YAML file or the name of a shipped config (:func:`find_config`, e.g. ``omniglot/quickstart``); a
+    file without a ``version`` key is read as format ``unversioned`` (:func:`upgrade`)."""
     path = find_config(path)
     raw = _read_yaml(path)
     base_name = raw.pop("base", None)
@@ -300,12 +316,62 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if not isinstance(raw[section], dict):
             raise ConfigError(f"--set {item!r}: {section} is not a section")
         raw[section][name] = value
-    return config_from_dict(raw)
+    if any(item.startswith("model.sparsity=") for item in overrides) and _section(raw, "train").get(
+            "method") == "randommask" and _section(raw, "run").get("task") == "train":
+        raise ConfigError("--set model.sparsity does nothing under train.method randommask: its mask prunes "
+                          "model.random_sparsity overall (and edge-popup inside it model.popup_sparsity); set that")
+    return config_from_dict(raw, unversioned)
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Validate a nested dict into a :class:`Config`."""
-    _reject_unknown(raw, SECTIONS, "")
+class ConfigDeprecation(UserWarning):
+    """A config in an old spelling that is still read: the message names what it was read as."""
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    values = raw.get(name)
+    return values if isinstance(values, dict) else {}
+
+
+def upgrade(raw: dict[str, Any], unversioned: int = VERSION) -> dict[str, Any]:
+    """``raw`` (without its ``version``) in the current format; a file without ``version`` is of ``unversioned``.
+
+    Version 1 switched supervised IteRand on with ``train.method: iterand`` and ignored ``train.rerand_every``
+    otherwise; version 2 has one rule in ``meta`` and ``train``: IteRand runs when ``rerand_every > 0``. Version 1
+    read ``model.sparsity`` as a randommask run's overall sparsity; version 2 calls that ``model.random_sparsity``
+    and ``model.sparsity`` is only the top-k fraction. Version-1 spellings that mean one thing (``method: iterand``,
+    a randommask run's ``model.sparsity``) are rewritten in an unversioned file too, with one
+    :class:`ConfigDeprecation` line; run folders' config.yaml without ``version`` were written by version 1
+    (:func:`load_run_config`) and are read silently as what they ran.
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items() if k != "version"}
+    version = raw.get("version")
+    if version is not None and (isinstance(version, bool) or version not in (1, VERSION)):
+        raise ConfigError(f"version = {version!r} is not a config format this metaticket reads; use 1 or {VERSION} "
+                          f"(or leave it out)")
+    if version == VERSION:
+        return out
+    train, model = _section(out, "train"), _section(out, "model")
+    said = []
+    if train.get("method") == "iterand":
+        train.update(method="edgepopup", rerand_every=train.get("rerand_every", 300))
+        said.append(f"train.method: iterand is train.method: edgepopup with train.rerand_every: "
+                    f"{train['rerand_every']}")
+    elif (version or unversioned) == 1 and train.get("rerand_every", 0) not in (0, None):
+        train["rerand_every"] = 0  # version 1 ran IteRand only under method iterand
+        said.append("train.rerand_every did nothing outside train.method iterand: remove it")
+    if train.get("method") == "randommask" and "sparsity" in model and "random_sparsity" not in model:
+        model["random_sparsity"] = model.pop("sparsity")
+        said.append(f"a randommask run's model.sparsity is model.random_sparsity: {model['random_sparsity']}")
+    if said and (version == 1 or unversioned == VERSION):  # run folders' own files are read silently
+        warnings.warn(f"old config spelling, read the new way: {'; '.join(said)} (write that, and `version: "
+                      f"{VERSION}` at the top, to silence this)", ConfigDeprecation, stacklevel=3)
+    return out
+
+
+def config_from_dict(raw: dict[str, Any], unversioned: int = VERSION) -> Config:
+    """Validate a nested dict into a :class:`Config` (old spellings first rewritten by :func:`upgrade`)."""
+    _reject_unknown(raw, {**SECTIONS, "version": int}, "")
+    raw = upgrade(raw, unversioned)
     sections = {}
     for name, cls in SECTIONS.items():
         values = raw.get(name) or {}
@@ -385,7 +451,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def config_yaml(config: Config) -> str:
     """The resolved config as YAML text (loadable by :func:`load_config`)."""
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return yaml.safe_dump({"version": VERSION, **config.to_dict()}, sort_keys=False)
 
 
 def dump_config(config: Config, path: str | Path) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from metaticket.baselines.methods import method_of
 from metaticket.checkpoint import load_checkpoint
-from metaticket.config import Config, ConfigError, load_config
+from metaticket.config import Config, ConfigError, load_run_config
 from metaticket.data import get_dataset
 from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import MetaticketError
@@ -84,8 +84,12 @@ def build_meta_model(config: Config, device: torch.device | str = "cpu") -> nn.M
     check_model_name(config)
     m, meta = config.model, config.meta
     if m.scale_fan:
-        raise MetaticketError("model.scale_fan applies to train.method edgepopup/iterand, not to meta-learning: "
+        raise MetaticketError("model.scale_fan applies to train.method edgepopup, not to meta-learning: "
                               "set it to false")
+    if meta.rerand_every and not METHODS[meta.method].needs_supermask:
+        raise MetaticketError(f"meta.rerand_every = {meta.rerand_every} turns IteRand on, which re-draws the pruned "
+                              f"weights of a supermask; meta.method {meta.method} has none: use metaticket or "
+                              f"metaticket_boil, or set meta.rerand_every: 0")
     generator = torch.Generator().manual_seed(config.run.seed)
     layers = make_layers(supermask=METHODS[meta.method].needs_supermask, mask=m.mask, sparsity=m.sparsity,
                          init=m.init, init_sparsity=m.init_sparsity, dense_head=m.dense_head, norm_eps=m.norm_eps,
@@ -109,9 +113,9 @@ def build_learner(config: Config, device: torch.device | str = "cpu", collective
 def build_classifier(config: Config, num_classes: int, device: torch.device | str = "cpu") -> nn.Module:
     """The supervised network of ``config``, drawn from ``run.seed``.
 
-    ``dense``: plain layers; ``edgepopup``/``iterand``: supermask layers (top-k ``model.sparsity``); ``slot``:
+    ``dense``: plain layers; ``edgepopup``: supermask layers (top-k ``model.sparsity``); ``slot``:
     Slot Machine layers (``model.slots`` values per connection); ``randommask``: a fixed random mask of overall
-    ``model.sparsity`` with ``model.ratios`` over every conv/linear layer, drawn after the weights from the same
+    ``model.random_sparsity`` with ``model.ratios`` over every conv/linear layer, drawn after the weights from the same
     generator, around plain layers (``train.randommask_learns: weights``) or supermask layers that prune
     ``model.popup_sparsity`` of it (``scores``). Runs whose weights do not learn use BatchNorm without affine
     parameters, as edge-popup and IteRand do.
@@ -129,13 +133,13 @@ def build_classifier(config: Config, num_classes: int, device: torch.device | st
     if m.scale_fan:
         if not kind.supermask or kind.random_mask or m.mask != "topk":
             raise MetaticketError("model.scale_fan rescales top-k supermask weights to the kept fan-in: use it with "
-                                  "train.method edgepopup or iterand and model.mask topk (or set it to false)")
+                                  "train.method edgepopup and model.mask topk (or set it to false)")
         scale_fan_in(model)
     if kind.random_mask:
         if kind.supermask and m.mask != "topk":
             raise MetaticketError("train.randommask_learns = scores runs edge-popup inside the random mask: "
                                   "set model.mask: topk")
-        apply_random_masks(model, m.sparsity, m.ratios, generator)
+        apply_random_masks(model, m.random_sparsity, m.ratios, generator)
     return model.to(device)
 
 
@@ -149,7 +153,7 @@ def slot_run_config(config: Config, run_dir: str | Path) -> Config:
         raise MetaticketError(f"train.init_from = {run_dir}: not a run folder (no config.yaml); pass the folder a "
                               f"train.method: slot run wrote")
     try:
-        source = load_config(run_dir / "config.yaml")
+        source = load_run_config(run_dir / "config.yaml")
     except ConfigError as e:
         raise MetaticketError(f"train.init_from = {run_dir}: its config.yaml does not load: {e}") from None
     if source.train.method != "slot":

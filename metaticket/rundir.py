@@ -1,19 +1,25 @@
 """Run folders: claiming one for a new run, writing its config, and checking that a ``--resume`` can continue it.
 
-A run folder holds ``config.yaml`` (the config that ran), ``metrics.jsonl``, TensorBoard events and
+A run folder holds ``config.yaml`` (the config that ran), ``sessions.jsonl`` (one line per start or resume: the
+device ``run.device`` resolved to, threads, torch, host), ``metrics.jsonl``, TensorBoard events and
 ``checkpoints/{last,best}.pt``. Its claim is an exclusive create of ``config.yaml``, so two runs started at the
 same moment never share a folder; a run refused before it starts leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from metaticket.checkpoint import check_checkpoint, load_checkpoint, write_text_atomic
-from metaticket.config import Config, config_yaml, load_config
+from metaticket.config import Config, config_yaml, load_run_config
 from metaticket.distributed import Collective
 from metaticket.errors import MetaticketError
 
@@ -30,7 +36,7 @@ def saved_config(run_dir: Path, writers: str) -> Config:
     """The config.yaml a run folder holds; ``writers`` names the commands that write such folders."""
     if not (run_dir / "config.yaml").is_file():
         raise MetaticketError(f"{run_dir} is not a run folder (no config.yaml); pass {writers} wrote")
-    return load_config(run_dir / "config.yaml")
+    return load_run_config(run_dir / "config.yaml")
 
 
 def claim_run_dir(run_dir: Path) -> Path:
@@ -94,12 +100,20 @@ def run_in_claimed_dir(start: Callable[[Path], object], run_dir: Path, resume: b
     return run_dir
 
 
-def create_run_dir(config: Config, run_dir: Path, resume: bool) -> None:
+def create_run_dir(config: Config, run_dir: Path, resume: bool, device: torch.device) -> None:
     """Write ``run_dir``'s config.yaml (rank 0) once data and model are built and a resumed checkpoint fits: a run
     refused before this point leaves no folder, and the note on a diverted folder is printed only for a run that
-    starts."""
+    starts. Appends this session to ``sessions.jsonl``.
+
+    ``run.device`` stays as written (``auto`` is a rule, so a run resumes on a machine with another device); the
+    device it resolved to in each session is the ``device`` of that session's line."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", config_yaml(config))
+    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": resume, "device": str(device),
+               "threads": torch.get_num_threads(), "torch": torch.__version__, "host": platform.node(),
+               "python": platform.python_version()}
+    with open(run_dir / "sessions.jsonl", "a", encoding="utf-8") as f:  # a torn last line costs only that line
+        f.write(json.dumps(session) + "\n")
     wanted = Path(config.run.out_dir) / config.run.name
     if not resume and run_dir.parent == wanted.parent and run_dir.name != wanted.name:
         print(f"{wanted} holds an earlier run; writing this one to {run_dir}", file=sys.stderr)
@@ -120,7 +134,7 @@ def check_resumable(run_dir: Path, config: Config,
     saved = run_dir / "config.yaml"
     if not saved.is_file() or not saved.stat().st_size:
         raise MetaticketError(f"cannot resume {run_dir}: it has no config.yaml; start a new run instead")
-    old_config = resolve(load_config(saved))
+    old_config = resolve(load_run_config(saved))
     config = resolve(config, old_config)
     old, new = old_config.to_dict(), config.to_dict()
     diff = [(f"{sec}.{k}", old[sec][k], new[sec][k]) for sec in new for k in new[sec] if new[sec][k] != old[sec][k]]

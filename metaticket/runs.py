@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from metaticket.baselines.methods import method_of
+from metaticket.baselines.methods import method_label, method_of
 from metaticket.baselines.train import TrainPlan, evaluate_classifier, param_counts, train_supervised
 from metaticket.checkpoint import check_checkpoint, load_checkpoint, read_json, write_text_atomic
 from metaticket.config import Config, load_config
@@ -253,7 +253,7 @@ def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool,
     if state is not None:  # a checkpoint of another architecture is refused before anything is written
         load_weights(learner.model, state["learner"]["model"], run_dir)
     if group.main:
-        create_run_dir(config, run_dir, resume)
+        create_run_dir(config, run_dir, resume, device)
     monitor = Monitor(run_dir, quiet=quiet, write=group.main)
     plan = MetaPlan.of(config)
     return _finish(lambda: meta_train_loop(learner, sets["train"], sets["val"], plan, run_dir, monitor, device,
@@ -297,7 +297,7 @@ def train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> dict:
     if state is not None:  # a checkpoint of another architecture is refused before anything is written
         load_weights(model, state["model"], run_dir)
     if group.main:
-        create_run_dir(config, run_dir, resume)
+        create_run_dir(config, run_dir, resume, device)
     t = config.train
     plan = TrainPlan.of(config)
     monitor = Monitor(run_dir, quiet=quiet, write=group.main)
@@ -332,7 +332,7 @@ def evaluate(run_dir: Path, ctx: Context) -> dict:
     bar.close()
     monitor.close()
     per_epoch = len(data.train) // config.train.batch_size
-    result = {"method": config.train.method, "dataset": config.data.dataset, "model": config.model.name,
+    result = {"method": method_label(config.train), "dataset": config.data.dataset, "model": config.model.name,
               "width": config.model.width, "image_size": image_size(config), "top1": round(score["top1"], 3),
               "ci95": round(score["ci95"], 3), "images": score["images"],
               "iterations": state["iteration"], "epochs": round(state["iteration"] / per_epoch, 3),
@@ -369,7 +369,8 @@ def meta_test(run_dir: Path, ctx: Context, tasks: int | None = None, checkpoint:
     bar.close()
     monitor.log(learner.step, "test", {"acc": score.accuracy, "ci95": score.ci95, "loss": score.loss})
     monitor.close()
-    result = {"method": config.meta.method, "dataset": target, "trained_on": config.data.dataset,
+    method = config.meta.method + ("+iterand" if config.meta.rerand_every else "")
+    result = {"method": method, "dataset": target, "trained_on": config.data.dataset,
               "model": config.model.name,
               "width": config.model.width, "ways": config.data.ways, "shots": config.data.shots,
               "queries": config.data.queries, "meta_steps": config.meta.steps, "meta_batch": config.meta.meta_batch,
@@ -463,26 +464,31 @@ def sweep(config: str, ctx: Context, sets: Sequence[str] = (), methods: Sequence
     grid = bool(methods or widths or sparsities)
     points = list(itertools.product(methods or [None], widths or [None], sparsities or [None],
                                     seeds or [base.run.seed]))
+    planned = []  # every point's config first: a bad value stops the sweep before any run starts
+    for method, width, sparsity, seed in points:
+        # a {method} file names its method itself (conv6_iterand.yaml, slot_k8_greedy.yaml); else --methods sets it
+        swept = ((method_key, None if per_method else method), ("model.width", width))
+        point_sets = [*sets, *(f"{key}={value}" for key, value in swept if value is not None)]
+        parts = [p for p, v in ((f"{method}", method), (f"w{width}", width)) if v is not None]
+        point = load_config(config_path(method), [*point_sets, f"run.seed={seed}"])
+        key = sparsity_key(point)
+        if sparsity is not None:
+            if key is None:
+                chosen = point.meta.method if point.run.task == "meta" else point.train.method
+                raise MetaticketError(f"--sparsities changes nothing in {config_path(method)} ({method_key} = "
+                                      f"{chosen}, model.mask = {point.model.mask}): it sets model.sparsity of top-k "
+                                      f"masks (model.mask: topk) and model.random_sparsity of train.method "
+                                      f"randommask; sweep those, or drop --sparsities")
+            point = load_config(config_path(method), [*point_sets, f"{key}={sparsity}", f"run.seed={seed}"])
+            parts.append(f"s{sparsity}")
+        target = getattr(point.model, (key or "model.sparsity").removeprefix("model."))
+        row = {"seed": seed, "target_sparsity": target}
+        planned.append((point, sweep_dir / "-".join([*parts, f"seed{seed}"]), row))
     bar = Monitor.bar(len(points), f"sweep ({len(points)} runs)", quiet=ctx.quiet)
     rows = []
-    for method, width, sparsity, seed in points:
-        point_sets, parts = list(sets), []
-        swept = ((method_key, method, ""), ("model.width", width, "w"), ("model.sparsity", sparsity, "s"))
-        for key, value, tag in swept:
-            if value is not None:
-                point_sets.append(f"{key}={value}")
-                parts.append(f"{tag}{value}")
-        point = load_config(config_path(method), [*point_sets, f"run.seed={seed}"])
-        if sparsity is not None and not sparsity_is_set(point):
-            chosen = point.meta.method if point.run.task == "meta" else point.train.method
-            raise MetaticketError(f"--sparsities: model.sparsity changes nothing in {config_path(method)} "
-                                  f"({method_key} = {chosen}, model.mask = {point.model.mask}); it sets the pruned "
-                                  f"fraction of top-k masks (model.mask: topk) and of train.method randommask: "
-                                  f"sweep those, or drop --sparsities")
-        run_dir = sweep_dir / "-".join([*parts, f"seed{seed}"])
+    for point, run_dir, row in planned:
         bar.set_postfix_str(run_dir.name)
-        result = _sweep_point(point, run_dir, ctx)
-        rows.append({"seed": seed, "target_sparsity": point.model.sparsity, **result})
+        rows.append({**row, **_sweep_point(point, run_dir, ctx)})
         bar.update(1)
     bar.close()
     table = grid_table(rows) if grid else seed_table(rows)
@@ -497,16 +503,18 @@ def sweep(config: str, ctx: Context, sets: Sequence[str] = (), methods: Sequence
     return table
 
 
-def sparsity_is_set(config: Config) -> bool:
-    """Whether ``model.sparsity`` decides anything in ``config``: a top-k supermask (Meta-ticket methods or
-    edge-popup/IteRand with ``model.mask: topk``) or a fixed random mask (train.method randommask). Under the
-    threshold rule the sparsity emerges from the scores, and dense methods have no mask."""
+def sparsity_key(config: Config) -> str | None:
+    """The key that sets the pruned fraction of ``config``'s masks: ``model.sparsity`` for a top-k supermask
+    (Meta-ticket methods or edge-popup with ``model.mask: topk``), ``model.random_sparsity`` for train.method
+    randommask, None when nothing sets it (the threshold rule, where sparsity emerges from the scores, or no mask)."""
     from metaticket.meta.learner import METHODS
 
     if config.run.task == "meta":
-        return METHODS[config.meta.method].needs_supermask and config.model.mask == "topk"
+        return "model.sparsity" if METHODS[config.meta.method].needs_supermask and config.model.mask == "topk" else None
     kind = method_of(config.train)
-    return kind.random_mask or (kind.supermask and config.model.mask == "topk")
+    if kind.random_mask:
+        return "model.random_sparsity"
+    return "model.sparsity" if kind.supermask and config.model.mask == "topk" else None
 
 
 def _sweep_point(config: Config, run_dir: Path, ctx: Context) -> dict:

@@ -22,8 +22,10 @@ class Tasks:
     query_y: Tensor
 
     def to(self, device: torch.device | str) -> Tasks:
-        return Tasks(*(t.to(device, non_blocking=True) for t in (self.support_x, self.support_y, self.query_x,
-                                                                 self.query_y)))
+        """The batch on ``device``; to a GPU through pinned memory, so the copy runs behind the host's next work."""
+        pin = torch.device(device).type == "cuda"
+        return Tasks(*((t.pin_memory() if pin and not t.is_pinned() else t).to(device, non_blocking=True)
+                       for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
 
     def __len__(self) -> int:
         return self.support_x.shape[0]

@@ -44,7 +44,9 @@ def toy_data(n: int = 64, seed: int = 0) -> TensorImages:
 
 
 def plan(method: str, checkpoint_every: int = 2, **kw) -> TrainPlan:
-    train = dict(method=method, epochs=2, batch_size=16, lr=0.1, rerand_every=3, rerand_rate=0.5, eval_batch=32)
+    """``iterand`` is edge-popup with IteRand on (every 3 iterations); every other method runs without it."""
+    rerand = dict(method="edgepopup", rerand_every=3) if method == "iterand" else dict(method=method)
+    train = dict(**rerand, epochs=2, batch_size=16, lr=0.1, rerand_rate=0.5, eval_batch=32)
     return TrainPlan(TrainConfig(**{**train, **kw}), checkpoint_every=checkpoint_every, log_every=1, workers=0, seed=0)
 
 
@@ -267,14 +269,17 @@ def test_train_eval_and_width_sweep_on_real_cifar10(tmp_path, data_root):
     assert any(row.get("rerandomized", 0) > 0 for row in rows if row["split"] == "train")
     again = run("eval", str(tmp_path / "cifar10_conv6_iterand"), "--quiet", cwd=tmp_path)
     assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1]) == result
-    sweep = run("sweep", str(cfg), *small, "--methods", "dense", "edgepopup", "--widths", "0.03125", "0.0625",
-                cwd=tmp_path)
+    plain = [a for a in small if a != "train.rerand_every=2"]
+    plain = [a for i, a in enumerate(plain) if not (a == "--set" and plain[i + 1] == "--set")]
+    assert len(plain) == len(small) - 2
+    sweep = run("sweep", str(cfg.with_name("conv6_edgepopup.yaml")), *plain, "--methods", "dense", "edgepopup",
+                "--widths", "0.03125", "0.0625", cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stderr
     table = json.loads(sweep.stdout.strip().splitlines()[-1])
     assert [(g["method"], g["width"]) for g in table["groups"]] == [
         ("dense", 0.03125), ("dense", 0.0625), ("edgepopup", 0.03125), ("edgepopup", 0.0625)]
     assert table["groups"][0]["sparsity"] == 0 and table["groups"][2]["sparsity"] == pytest.approx(0.5, abs=0.01)
-    sweep_dir = tmp_path / "cifar10_conv6_iterand-sweep"
+    sweep_dir = tmp_path / "cifar10_conv6_edgepopup-sweep"
     assert (sweep_dir / "sweep.png").is_file() and "| edgepopup | 0.0625 |" in (sweep_dir / "sweep.md").read_text()
 
 

@@ -123,6 +123,11 @@ def test_resume_continues_to_the_planned_steps(tmp_path, data_root):
     assert longer.returncode == 0, longer.stderr
     assert json.loads((tmp_path / "r" / "train_summary.json").read_text())["steps"] == 4
     assert load_config(tmp_path / "r" / "config.yaml").meta.steps == 4
+    # run.device stays the rule written (auto); each session records what it resolved to, a resume included
+    assert load_config(tmp_path / "r" / "config.yaml").run.device == "auto"
+    sessions = [json.loads(x) for x in (tmp_path / "r" / "sessions.jsonl").read_text().splitlines()]
+    assert [s["resume"] for s in sessions] == [False, True, True]
+    assert {s["device"] for s in sessions} == {"cpu"} and all(s["torch"] and s["threads"] >= 1 for s in sessions)
 
 
 @pytest.mark.parametrize(("args", "message"), [

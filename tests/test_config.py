@@ -83,3 +83,79 @@ def test_base_cycle_and_missing_file(tmp_path):
         load_config(write(tmp_path, "base: c.yaml\n"))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+# ------------------------------------------------------------------------- one meaning per name (format 2)
+TRAIN = "run:\n  task: train\n"
+
+
+def loaded_quietly(path: Path, overrides: tuple[str, ...] = (), run_folder: bool = False) -> Config:
+    """``path`` loaded with every ConfigDeprecation turned into an error: proof that nothing was said."""
+    import warnings
+
+    from metaticket.config import ConfigDeprecation, load_run_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigDeprecation)
+        return (load_run_config if run_folder else load_config)(path, overrides)
+
+
+def test_iterand_has_one_switch_and_the_old_method_name_is_read_with_one_line(tmp_path):
+    from metaticket.config import ConfigDeprecation
+
+    old = write(tmp_path, TRAIN + "train:\n  method: iterand\n  rerand_every: 40\n")
+    with pytest.warns(ConfigDeprecation) as said:
+        c = load_config(old)
+    assert (c.train.method, c.train.rerand_every) == ("edgepopup", 40)
+    assert len(said) == 1 and "\n" not in str(said[0].message) and "rerand_every: 40" in str(said[0].message)
+    with pytest.warns(ConfigDeprecation):  # without rerand_every: version 1's default, 300
+        assert load_config(write(tmp_path, TRAIN + "train:\n  method: iterand\n")).train.rerand_every == 300
+    new = loaded_quietly(write(tmp_path, TRAIN + "train:\n  method: edgepopup\n  rerand_every: 40\n"))
+    assert new == c  # the current spelling of the same run, read without a word
+    assert loaded_quietly(write(tmp_path, TRAIN + "train:\n  method: edgepopup\n")).train.rerand_every == 0
+    with pytest.raises(ConfigError, match="train.method = 'iterand' is not allowed"):
+        load_config(write(tmp_path, "version: 2\n" + TRAIN + "train:\n  method: iterand\n"))
+    with pytest.raises(ConfigError, match="version = 3 is not a config format"):
+        load_config(write(tmp_path, "version: 3\n"))
+    for section in ("meta", "train"):  # the same range in both sections
+        with pytest.raises(ConfigError, match=f"{section}.rerand_rate = 0.0 is out of range"):
+            load_config(write(tmp_path, ""), [f"{section}.rerand_rate=0"])
+
+
+def test_run_folders_of_version_1_keep_what_they_ran(tmp_path):
+    """A config.yaml written before format 2 has no version and train.rerand_every: 300 under every method, which
+    did nothing outside iterand: read from a run folder it stays without IteRand, silently."""
+    dump = Config().to_dict()
+    dump["run"]["task"], dump["train"]["rerand_every"] = "train", 300
+    del dump["model"]["random_sparsity"]
+    import yaml
+
+    old_popup = write(tmp_path, yaml.safe_dump(dump), "popup.yaml")
+    assert loaded_quietly(old_popup, run_folder=True).train.rerand_every == 0
+    dump["train"]["method"] = "iterand"
+    old_iterand = loaded_quietly(write(tmp_path, yaml.safe_dump(dump), "iterand.yaml"), run_folder=True)
+    assert (old_iterand.train.method, old_iterand.train.rerand_every) == ("edgepopup", 300)
+    dump["train"].update(method="randommask", rerand_every=300)
+    dump["model"]["sparsity"] = 0.8
+    old_random = loaded_quietly(write(tmp_path, yaml.safe_dump(dump), "random.yaml"), run_folder=True)
+    assert (old_random.model.random_sparsity, old_random.train.rerand_every) == (0.8, 0)
+    # what this version writes carries its format and reads back as itself, IteRand included
+    current = load_config(write(tmp_path, TRAIN + "train:\n  rerand_every: 9\n"))
+    dump_config(current, tmp_path / "now.yaml")
+    assert (tmp_path / "now.yaml").read_text().startswith("version: 2\n")
+    assert loaded_quietly(tmp_path / "now.yaml", run_folder=True) == current
+
+
+def test_random_mask_sparsity_has_its_own_key(tmp_path):
+    from metaticket.config import ConfigDeprecation
+
+    old = write(tmp_path, TRAIN + "model:\n  sparsity: 0.8\ntrain:\n  method: randommask\n")
+    with pytest.warns(ConfigDeprecation, match="model.random_sparsity: 0.8"):
+        c = load_config(old)
+    assert (c.model.random_sparsity, c.model.sparsity) == (0.8, 0.5)
+    new = write(tmp_path, TRAIN + "model:\n  random_sparsity: 0.8\ntrain:\n  method: randommask\n")
+    assert loaded_quietly(new) == c
+    with pytest.raises(ConfigError, match="--set model.sparsity does nothing under train.method randommask.*"
+                                          "model.random_sparsity"):
+        load_config(new, ["model.sparsity=0.9"])
+    assert loaded_quietly(new, ("model.random_sparsity=0.9",)).model.random_sparsity == 0.9

@@ -12,6 +12,7 @@ from test_benchmarks import bench
 from test_cli import REPO, run
 from test_monitoring import events
 
+from metaticket.baselines.methods import method_label, method_of
 from metaticket.baselines.train import train_supervised, trainable
 from metaticket.checkpoint import save_atomic
 from metaticket.config import dump_config, load_config
@@ -195,7 +196,7 @@ def test_unknown_rule_and_bad_sparsity_are_refused():
 @pytest.mark.parametrize("arch", ["conv6", "resnet18"])
 def test_random_masks_on_real_models_match_the_rule_per_layer_and_overall(ratios, arch):
     config = load_config(REPO / "configs" / "cifar10" / f"{arch}_randommask.yaml",
-                         [f"model.ratios={ratios}", "model.sparsity=0.9", "model.width=0.25"])
+                         [f"model.ratios={ratios}", "model.random_sparsity=0.9", "model.width=0.25"])
     model = build_classifier(config, 10)
     layers = list(prunable_layers(model))
     assert all(isinstance(m, (MaskedLinear, MaskedConv2d)) for _, m in layers)
@@ -282,7 +283,8 @@ def test_scale_fan_scales_weights_and_iterand_redraws_and_survives_a_ticket(tmp_
     assert same_outputs(scaled, load_ticket(tmp_path / "s.ticket"), torch.randn(2, 3, 32, 32)) == 0.0
     for method in ("dense", "slot", "randommask"):
         with pytest.raises(MetaticketError, match="model.scale_fan"):
-            build_classifier(load_config(cfg, [*opts, "model.scale_fan=true", f"train.method={method}"]), 10)
+            build_classifier(load_config(cfg, ["model.width=0.125", "model.scale_fan=true", f"train.method={method}",
+                                               "train.rerand_every=0", "model.random_sparsity=0.5"]), 10)
 
 
 def test_random_mask_ticket_round_trip(tmp_path):
@@ -402,3 +404,47 @@ def test_approximation_benchmark_smoke(tmp_path):
     assert [(r["width"], r["resamples"]) for r in out["rows"]] == [(8, 1), (8, 2), (16, 1), (16, 2)]
     assert all(r["relative_rmse"] > 0 and len(r["per_seed"]) == 2 for r in out["rows"])
     assert (tmp_path / "smoke.png").is_file()
+
+
+def test_iterand_switch_is_refused_where_there_is_nothing_to_redraw():
+    from metaticket.factory import build_learner
+    from metaticket.runs import sparsity_key
+
+    cfg = REPO / "configs" / "cifar10" / "conv6_edgepopup.yaml"
+    for method in ("dense", "slot", "randommask"):
+        with pytest.raises(MetaticketError, match=f"train.rerand_every = 5 turns IteRand on.*train.method {method} "
+                                                  f"has none"):
+            build_classifier(load_config(cfg, ["model.width=0.125", f"train.method={method}",
+                                               "train.rerand_every=5", "model.random_sparsity=0.5"]), 10)
+    inside = load_config(REPO / "configs" / "cifar10" / "conv6_randommask_edgepopup.yaml",
+                         ["model.width=0.125", "train.rerand_every=5"])
+    assert method_of(inside.train).supermask and method_label(inside.train) == "randommask+iterand"
+    assert method_label(load_config(cfg, ["train.rerand_every=5"]).train) == "iterand"
+    assert method_label(load_config(cfg).train) == "edgepopup"
+    quick = REPO / "configs" / "omniglot" / "quickstart.yaml"
+    with pytest.raises(MetaticketError, match="meta.rerand_every = 5 turns IteRand on.*meta.method maml has none"):
+        build_learner(load_config(quick, ["meta.method=maml", "meta.rerand_every=5"]))
+    # which key --sparsities sets: the top-k fraction, the random mask's, or none (threshold rule, dense)
+    assert sparsity_key(load_config(cfg)) == "model.sparsity"
+    assert sparsity_key(inside) == "model.random_sparsity"
+    assert sparsity_key(load_config(quick)) is None
+    assert sparsity_key(load_config(quick, ["model.mask=topk"])) == "model.sparsity"
+
+
+def test_sweep_sets_the_key_that_prunes_and_labels_iterand(tmp_path, data_root):
+    small = ["--set", f"run.out_dir={tmp_path}", "--set", "train.max_iterations=1", "--set", "train.batch_size=32",
+             "--set", "model.width=0.0625", "--set", "train.eval_batch=2000", "--quiet"]
+    r = run("sweep", str(REPO / "configs" / "cifar10" / "conv6_randommask.yaml"), *small, "--sparsities", "0.5",
+            "0.95", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    groups = json.loads(r.stdout.strip().splitlines()[-1])["groups"]
+    assert [g["target_sparsity"] for g in groups] == [0.5, 0.95]  # model.random_sparsity, measured below
+    assert [g["sparsity"] for g in groups] == [pytest.approx(0.5, abs=0.01), pytest.approx(0.95, abs=0.01)]
+    r = run("sweep", str(REPO / "configs" / "cifar10" / "conv6_{method}.yaml"), *small, "--methods", "edgepopup",
+            "iterand", "--set", "train.rerand_unit=epochs", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [g["method"] for g in json.loads(r.stdout.strip().splitlines()[-1])["groups"]] == ["edgepopup", "iterand"]
+    quick = REPO / "configs" / "omniglot" / "quickstart.yaml"
+    r = run("sweep", str(quick), "--set", f"run.out_dir={tmp_path}", "--sparsities", "0.5", cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--sparsities changes nothing" in r.stderr and "model.random_sparsity" in r.stderr

@@ -13,13 +13,12 @@ from metaticket.errors import MetaticketError
 class SupervisedMethod:
     """``supermask``: supermask layers whose scores learn (top-k ``model.sparsity`` unless inside a random mask);
     ``slots``: Slot Machine layers (``model.slots`` values per connection, their scores learn); ``random_mask``: a
-    fixed random mask of overall ``model.sparsity`` around the layers; ``rerand``: IteRand re-draws pruned weights
-    every ``train.rerand_every``. Whatever has no scores learns its weights."""
+    fixed random mask of overall ``model.random_sparsity`` around the layers. Whatever has no scores learns its
+    weights. IteRand (``train.rerand_every > 0``) applies to every method with a supermask."""
 
     supermask: bool = False
     slots: bool = False
     random_mask: bool = False
-    rerand: bool = False
 
     @property
     def learns_weights(self) -> bool:
@@ -29,7 +28,6 @@ class SupervisedMethod:
 METHODS: dict[str, SupervisedMethod] = {
     "dense": SupervisedMethod(),
     "edgepopup": SupervisedMethod(supermask=True),
-    "iterand": SupervisedMethod(supermask=True, rerand=True),
     "slot": SupervisedMethod(slots=True),
     "randommask": SupervisedMethod(random_mask=True),  # train.randommask_learns: scores adds edge-popup inside it
 }
@@ -45,5 +43,16 @@ def method_of(train: TrainConfig) -> SupervisedMethod:
                               f"{', '.join(LEARNS)}")
     method = METHODS[train.method]
     if method.random_mask and train.randommask_learns == "scores":
-        return replace(method, supermask=True)
+        method = replace(method, supermask=True)
+    if train.rerand_every and not method.supermask:
+        raise MetaticketError(f"train.rerand_every = {train.rerand_every} turns IteRand on, which re-draws the pruned "
+                              f"weights of a supermask; train.method {train.method} has none: use edgepopup (or "
+                              f"randommask with randommask_learns: scores), or set train.rerand_every: 0")
     return method
+
+
+def method_label(train: TrainConfig) -> str:
+    """The name results tables use: ``train.method``, ``iterand`` for edge-popup with IteRand, or ``+iterand``."""
+    if not train.rerand_every:
+        return train.method
+    return "iterand" if train.method == "edgepopup" else f"{train.method}+iterand"

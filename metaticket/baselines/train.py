@@ -1,7 +1,7 @@
 """Supervised training of a classifier: ``dense`` (SGD on weights), ``edgepopup`` (top-k supermask, only the
-scores learn), ``iterand`` (edge-popup that re-samples a fraction of the pruned weights on a schedule), ``slot``
-(Slot Machines: only the slot scores learn) and ``randommask`` (a fixed random mask; the weights train under it,
-or edge-popup's scores inside it).
+scores learn), ``slot`` (Slot Machines: only the slot scores learn) and ``randommask`` (a fixed random mask; the
+weights train under it, or edge-popup's scores inside it). With ``train.rerand_every > 0`` a supermask run is IteRand:
+it re-samples a fraction of the pruned weights on a schedule.
 
 Runs checkpoint atomically at every epoch end and every ``checkpoint_every`` iterations and resume exactly:
 the batch order of an epoch and each image's augmentation are functions of (seed, epoch, index).
@@ -172,7 +172,7 @@ class SupervisedUpdate:
             self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(plan, total, per_epoch))
-        self.rerand = IteRandSchedule(t.rerand_every if method_of(t).rerand else 0, t.rerand_rate, plan.seed + 1)
+        self.rerand = IteRandSchedule(t.rerand_every, t.rerand_rate, plan.seed + 1)
 
     def step(self, x: Tensor, y: Tensor, it: int) -> tuple[Tensor, float]:
         """One SGD step on (x [B, 3, S, S] normalized, y [B]) as iteration ``it`` (1-based), then IteRand when it

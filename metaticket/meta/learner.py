@@ -161,6 +161,9 @@ class MetaLearner(nn.Module):
         factor = cosine_warmup(steps, warmup) if sched == "cosine" else (lambda t: min(1.0, (t + 1) / warmup)
                                                                           if warmup else 1.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        if rerand_every and not has_masks:
+            raise ValueError(f"rerand_every = {rerand_every} turns IteRand on, which re-draws pruned supermask "
+                             f"weights; this model has no supermask layers: use rerand_every = 0")
         self.iterand = IteRandSchedule(rerand_every, rerand_rate, seed + 1) if has_masks else None
         self.collective = collective  # data parallel: this process's slice of each meta-batch, summed gradients
         self.step = 0
@@ -260,8 +263,12 @@ class MetaLearner(nn.Module):
         return torch.stack(losses), torch.stack(accs)
 
     # ------------------------------------------------------------------------------------------- public
-    def meta_step(self, tasks: Tasks) -> dict[str, float]:
-        """One outer update on a batch of tasks; returns loss, accuracy, lr (and IteRand's changed fraction)."""
+    def meta_step(self, tasks: Tasks, sync: bool = True) -> dict[str, float | Tensor]:
+        """One outer update on a batch of tasks; returns loss, accuracy, lr (and IteRand's changed fraction).
+
+        ``sync=False`` leaves loss and accuracy as 0-d tensors on the model's device, so the step never waits for
+        the device (no ``.item()``): a GPU runs ahead until the caller reads them. IteRand's changed fraction is
+        read on the steps that re-draw (every ``rerand_every``)."""
         self.train()
         self.optimizer.zero_grad(set_to_none=True)
         group = self.collective
@@ -285,7 +292,9 @@ class MetaLearner(nn.Module):
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        out = {"loss": float(loss.detach()), "acc": float(acc), "outer_lr": lr}
+        loss, acc = loss.detach(), acc.detach()
+        out: dict[str, float | Tensor] = {"loss": float(loss) if sync else loss, "acc": float(acc) if sync else acc,
+                                          "outer_lr": lr}
         if self.iterand is not None:
             changed = self.iterand(self.model, self.step)
             if changed is not None:

@@ -89,23 +89,48 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
     step_time = 0.0
     timed_steps = 0
     bar = monitor.progress(plan.meta.steps, f"meta-train {learner.method}", initial=learner.step)
+    pending: dict[str, torch.Tensor | float] = {}  # step outputs not yet read from the device (see read_window)
+
+    def read_window(first_step: int) -> float:
+        """Fold the pending step outputs into ``window`` as floats: the one device sync between log lines. A
+        non-finite loss stops the run here, before anything of these steps is validated or saved."""
+        nonlocal pending
+        t0 = time.perf_counter()  # the seconds spent waiting are returned
+        values = {k: float(v) for k, v in pending.items()}
+        wait = time.perf_counter() - t0
+        pending = {}
+        for k, v in values.items():
+            window[k] = window.get(k, 0.0) + v
+        if not all(v == v and abs(v) != float("inf") for v in values.values()):
+            when = f"at step {first_step}" if first_step == learner.step else \
+                f"between steps {first_step} and {learner.step}"
+            raise MetaticketError(f"the meta-loss became {window.get('loss')} {when}; the last good checkpoint is "
+                                  f"{ckpt_dir / 'last.pt'}; lower meta.outer_lr or meta.inner_lr")
+        return wait
+
+    first_pending = learner.step + 1
     while learner.step < plan.meta.steps:
         tasks = train.sample(plan.meta.meta_batch).to(device)
         t0 = time.perf_counter()
-        out = learner.meta_step(tasks)
+        out = learner.meta_step(tasks, sync=False)
         dt = time.perf_counter() - t0
         if learner.step > 1:  # the first step pays one-off warm-up costs
             step_time += dt
             timed_steps += 1
-        for k, v in out.items():
-            window[k] = window.get(k, 0.0) + v
+        for k, v in out.items():  # summed on the device in float64, like the float sums they replace
+            pending[k] = pending.get(k, 0.0) + (v.to(torch.float64) if isinstance(v, torch.Tensor) else v)
         window_n += 1
-        if not all(map(lambda v: v == v and abs(v) != float("inf"), out.values())):
-            raise MetaticketError(f"the meta-loss became {out['loss']} at step {learner.step}; the last good "
-                                  f"checkpoint is {ckpt_dir / 'last.pt'}; lower meta.outer_lr or meta.inner_lr")
         bar.update(1)
         step = learner.step
-        if step % plan.log_every == 0 or step == plan.meta.steps:
+        due_log = step % plan.log_every == 0 or step == plan.meta.steps
+        due_val = main and (step % plan.eval.val_every == 0 or step == plan.meta.steps)
+        due_save = step % plan.checkpoint_every == 0 or step == plan.meta.steps
+        if due_log or due_val or due_save:
+            # on a GPU the steps queued since the last read finish here: their time counts as step time
+            wait = read_window(first_pending)
+            step_time += wait if timed_steps else 0.0
+            first_pending = step + 1
+        if due_log:
             means = {k: v / window_n for k, v in window.items()}
             means["acc"] *= 100  # percent, like val/acc and test accuracy (meta_step returns a fraction)
             means["ms_per_step"] = 1000.0 * step_time / max(timed_steps, 1)
@@ -116,7 +141,7 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
                 calls.on_log(step, means)
             bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['acc']:.1f}")
             window, window_n = {}, 0
-        if main and (step % plan.eval.val_every == 0 or step == plan.meta.steps):
+        if due_val:
             score = validate(learner, val, plan, device)
             report = sparsity_report(learner.model)
             values = {"acc": score.accuracy, "ci95": score.ci95, "loss": score.loss, "sparsity": report["overall"]}
@@ -133,7 +158,7 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
             if score.accuracy > best["accuracy"]:
                 best = {"accuracy": score.accuracy, "step": step}
                 save("best.pt")
-        if step % plan.checkpoint_every == 0 or step == plan.meta.steps:
+        if due_save:
             save("last.pt")
     bar.close()
     return {"best_val_accuracy": best["accuracy"], "best_step": best["step"],
