@@ -1,10 +1,14 @@
 """Benchmark: one meta-step of our MAML and Meta-ticket against learn2learn's MAML and higher, side by side.
 
-    python benchmarks/meta_step.py [--peers-python .venv-peers/bin/python] [--models mlp mlp-w4 conv4]
-                                   [--orders second first] [--reps 7] [--rounds 2] [--name meta_step]
+    python benchmarks/meta_step.py [--peers-python .venv-peers/bin/python] [--models mlp mlp-w4 mlp-w8 conv4]
+                                   [--orders second first] [--meta-batch 32] [--queries 15] [--reps 7]
+                                   [--rounds 2] [--name meta_step]
 
 Same model shapes, same task tensors, same settings for every implementation: 5-way 1-shot, 15 queries per
-class, meta-batch 32, one inner SGD step (lr 0.4), Adam outer step (Meta-ticket: SGD on the scores). Each
+class, meta-batch 32 (``--meta-batch`` and ``--queries`` take several values: every combination is measured), one
+inner SGD step (lr 0.4), Adam outer step (Meta-ticket: SGD on the scores). ``-bf16`` rows are ours with
+``precision="bfloat16"`` (the query pass's matrix products in bfloat16); ``-nchw`` rows are ours with conv
+models kept channels-first (what ran before channels-last). ``conv4-84`` takes 3 x 84 x 84 images. Each
 (implementation, model, order) runs in a fresh process, so peak memory is its own: ours in this interpreter,
 learn2learn and higher in ``--peers-python`` (a venv made with ``../shared/peers/install-learn2learn.sh``; they
 are never dependencies of metaticket). Reports the median of ``--reps`` meta-steps after 2 warm-up steps (with
@@ -18,6 +22,7 @@ Writes ``benchmarks/results/<name>.json``, ``.md`` (the table) and ``.png`` (bar
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -31,21 +36,34 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 
-MODELS = {"mlp": ("mlp", 1.0), "mlp-w2": ("mlp", 2.0), "mlp-w4": ("mlp", 4.0), "conv4": ("conv4", 1.0)}
-OURS = ("ours-maml", "ours-metaticket-threshold", "ours-metaticket-topk")
+MODELS = {"mlp": ("mlp", 1.0), "mlp-w2": ("mlp", 2.0), "mlp-w4": ("mlp", 4.0), "mlp-w8": ("mlp", 8.0),
+          "conv4": ("conv4", 1.0), "conv4-84": ("conv4", 1.0)}
+IMAGES = {"conv4-84": (3, 84)}  # (channels, side) of a model's inputs; the rest take Omniglot's (1, 28)
+
+
+def model_kwargs(model_key: str) -> dict:
+    """Input shape arguments of a model that does not take Omniglot's 1 x 28 x 28 images."""
+    if model_key not in IMAGES:
+        return {}
+    channels, side = IMAGES[model_key]
+    return {"in_channels": channels, "image_size": side}
+OURS = ("ours-maml", "ours-metaticket-threshold", "ours-metaticket-topk", "ours-maml-bf16",
+        "ours-metaticket-threshold-bf16", "ours-maml-nchw", "ours-metaticket-threshold-nchw")
 PEERS = ("learn2learn", "higher")
 WAYS, SHOTS, QUERIES, INNER_LR = 5, 1, 15, 0.4
 
 
-def tasks(meta_batch: int, seed: int = 0):
-    """Task tensors: support [B, 5, 1, 28, 28], query [B, 75, 1, 28, 28] (timing does not depend on pixels)."""
+def tasks(meta_batch: int, seed: int = 0, queries: int = QUERIES, image: tuple[int, int] = (1, 28)):
+    """Task tensors: support [B, 5, C, S, S], query [B, 5 * queries, C, S, S] with (C, S) = ``image`` (timing does
+    not depend on pixels)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    sx = torch.randn(meta_batch, WAYS * SHOTS, 1, 28, 28, generator=g)
-    qx = torch.randn(meta_batch, WAYS * QUERIES, 1, 28, 28, generator=g)
+    c, side = image
+    sx = torch.randn(meta_batch, WAYS * SHOTS, c, side, side, generator=g)
+    qx = torch.randn(meta_batch, WAYS * queries, c, side, side, generator=g)
     sy = torch.arange(WAYS).repeat_interleave(SHOTS).repeat(meta_batch, 1)
-    qy = torch.arange(WAYS).repeat_interleave(QUERIES).repeat(meta_batch, 1)
+    qy = torch.arange(WAYS).repeat_interleave(queries).repeat(meta_batch, 1)
     return sx, sy, qx, qy
 
 
@@ -54,25 +72,30 @@ def rss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------------------------- one measurement
-def ours(impl: str, model_key: str, first_order: bool, meta_batch: int):
+def ours(impl: str, model_key: str, first_order: bool, meta_batch: int, queries: int = QUERIES):
     """A step function for our learner; also returns the learner (for FLOP counting)."""
     import torch
 
     from metaticket import MetaLearner, Tasks, build_model, make_layers
 
     name, width = MODELS[model_key]
+    precision = "bfloat16" if impl.endswith("-bf16") else "float32"
+    nchw = impl.endswith("-nchw")  # conv models: the channels-first order we ran before channels-last
+    impl = impl.removesuffix("-bf16").removesuffix("-nchw")
     method = "maml" if impl == "ours-maml" else "metaticket"
     mask = impl.rsplit("-", 1)[-1] if method == "metaticket" else "threshold"
     layers = make_layers(supermask=method == "metaticket", mask=mask, sparsity=0.5,
                          generator=torch.Generator().manual_seed(0))
-    model = build_model(name, num_classes=WAYS, width=width, layers=layers)
+    model = build_model(name, num_classes=WAYS, width=width, layers=layers, **model_kwargs(model_key))
     learner = MetaLearner(model, method=method, inner_lr=INNER_LR, first_order=first_order, steps=1000,
-                          warmup_steps=0)
-    batch = Tasks(*tasks(meta_batch))
+                          warmup_steps=0, precision=precision)
+    if nchw:
+        learner.channels_last = False
+    batch = Tasks(*tasks(meta_batch, queries=queries, image=IMAGES.get(model_key, (1, 28))))
     return (lambda: learner.meta_step(batch)), learner, batch
 
 
-def peer(impl: str, model_key: str, first_order: bool, meta_batch: int):
+def peer(impl: str, model_key: str, first_order: bool, meta_batch: int, queries: int = QUERIES):
     """A step function for learn2learn's MAML or higher's innerloop_ctx over plain torch modules."""
     import torch
     import torch.nn.functional as F
@@ -86,9 +109,9 @@ def peer(impl: str, model_key: str, first_order: bool, meta_batch: int):
     # what a user of these libraries writes: torch's own BatchNorm with batch statistics
     layers = Layers(norm1d=lambda n: nn.BatchNorm1d(n, track_running_stats=False),
                     norm2d=lambda n: nn.BatchNorm2d(n, track_running_stats=False))
-    model = build_model(name, num_classes=WAYS, width=width, layers=layers)
+    model = build_model(name, num_classes=WAYS, width=width, layers=layers, **model_kwargs(model_key))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sx, sy, qx, qy = tasks(meta_batch)
+    sx, sy, qx, qy = tasks(meta_batch, queries=queries, image=IMAGES.get(model_key, (1, 28)))
 
     if impl == "learn2learn":
         import learn2learn as l2l
@@ -126,15 +149,15 @@ def count_flops(learner, batch) -> int:
     return int(counter.get_total_flops())
 
 
-def measure(impl: str, model_key: str, order: str, meta_batch: int, reps: int) -> dict:
+def measure(impl: str, model_key: str, order: str, meta_batch: int, reps: int, queries: int = QUERIES) -> dict:
     import torch
 
     first_order = order == "first"
     learner = batch = None
     if impl in OURS:
-        step, learner, batch = ours(impl, model_key, first_order, meta_batch)
+        step, learner, batch = ours(impl, model_key, first_order, meta_batch, queries)
     else:
-        step = peer(impl, model_key, first_order, meta_batch)
+        step = peer(impl, model_key, first_order, meta_batch, queries)
     before = rss_mb()
     for _ in range(2):
         step()
@@ -143,12 +166,23 @@ def measure(impl: str, model_key: str, order: str, meta_batch: int, reps: int) -
         t0 = time.perf_counter()
         step()
         times.append(1000 * (time.perf_counter() - t0))
-    out = {"impl": impl, "model": model_key, "order": order, "meta_batch": meta_batch, "median_ms":
+    out = {"impl": impl, "model": model_key, "order": order, "meta_batch": meta_batch, "queries": queries,
+           "median_ms":
            statistics.median(times), "times_ms": times, "peak_rss_mb": rss_mb(), "rss_before_mb": before,
            "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
     if impl == "ours-maml":
         out["flops"] = count_flops(learner, batch)
     return out
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's vector extensions that decide bfloat16 speed (AVX-512 BF16, AMX), from /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
 
 
 def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -167,13 +201,15 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def run_one(python: str, impl: str, model: str, order: str, meta_batch: int, reps: int) -> dict:
+def run_one(python: str, impl: str, model: str, order: str, meta_batch: int, reps: int,
+            queries: int = QUERIES) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--one", impl, model, order, "--meta-batch", str(meta_batch),
-           "--reps", str(reps)]
+           "--queries", str(queries), "--reps", str(reps)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
-        return {"impl": impl, "model": model, "order": order, "error": tail}
+        return {"impl": impl, "model": model, "order": order, "meta_batch": meta_batch, "queries": queries,
+                "error": tail}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -189,24 +225,34 @@ def combine(rounds: list[dict]) -> dict:
     return row
 
 
+def _shape(r: dict) -> tuple:
+    """What one comparison holds fixed: model, order, meta-batch, queries (rows of older files lack the last)."""
+    return r["model"], r["order"], r.get("meta_batch"), r.get("queries", QUERIES)
+
+
 def table(rows: list[dict], gflops_peak: float) -> str:
-    lines = ["| model | order | implementation | ms / meta-step (median) | peak RSS MB (before first step) | "
-             "vs learn2learn | GFLOP/s (% of matmul peak) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | order | meta-batch | queries | implementation | ms / meta-step (median) | peak RSS MB (before "
+             "first step) | vs learn2learn | vs ours float32 | GFLOP/s (% of matmul peak) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        head = f"| {r['model']} | {r['order']} | {r.get('meta_batch', '')} | {r.get('queries', QUERIES)} | {r['impl']}"
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['order']} | {r['impl']} | failed: {r['error'][:80]} | | | |")
+            lines.append(f"{head} | failed: {r['error'][:80]} | | | | |")
             continue
-        ref = next((x for x in rows if x["impl"] == "learn2learn" and x["model"] == r["model"]
-                    and x["order"] == r["order"] and "error" not in x), None)
+        same = [x for x in rows if _shape(x) == _shape(r) and "error" not in x]
+        ref = next((x for x in same if x["impl"] == "learn2learn"), None)
         ratio = f"{ref['median_ms'] / r['median_ms']:.2f}x faster" if ref else ""
+        base = next((x for x in same if x["impl"] == r["impl"].removesuffix("-bf16")), None)
+        gain = f"{base['median_ms'] / r['median_ms']:.2f}x" if base and r["impl"].endswith("-bf16") else ""
+        plain = next((x for x in same if x["impl"] == r["impl"] + "-nchw"), None)
+        gain = f"{plain['median_ms'] / r['median_ms']:.2f}x vs NCHW" if plain else gain
         rate = ""
-        flops = next((x.get("flops") for x in rows if x["impl"] == "ours-maml" and x["model"] == r["model"]
-                      and x["order"] == r["order"] and "flops" in x), None)
-        if flops and r["impl"] in ("ours-maml", "learn2learn", "higher"):
+        flops = next((x.get("flops") for x in same if x["impl"] == "ours-maml" and "flops" in x), None)
+        if flops and r["impl"] in ("ours-maml", "ours-maml-bf16", "learn2learn", "higher"):
             g = flops / (r["median_ms"] / 1000) / 1e9
             rate = f"{g:.1f} ({100 * g / gflops_peak:.0f}%)"
-        lines.append(f"| {r['model']} | {r['order']} | {r['impl']} | {r['median_ms']:.0f} | "
-                     f"{r['peak_rss_mb']:.0f} ({r['rss_before_mb']:.0f}) | {ratio} | {rate} |")
+        lines.append(f"{head} | {r['median_ms']:.0f} | {r['peak_rss_mb']:.0f} ({r['rss_before_mb']:.0f}) | {ratio} | "
+                     f"{gain} | {rate} |")
     return "\n".join(lines) + "\n"
 
 
@@ -216,20 +262,20 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(r["model"], r["order"]) for r in rows}, key=lambda g: (list(MODELS).index(g[0]), g[1]))
+    groups = sorted({_shape(r) for r in rows}, key=lambda g: (list(MODELS).index(g[0]), g[1], g[2] or 0, g[3]))
     impls = [i for i in (*OURS, *PEERS) if any(r["impl"] == i for r in rows)]
-    fig, ax = plt.subplots(figsize=(2.2 * len(groups) + 2, 4))
+    fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 3, 4.5))
     width = 0.8 / max(len(impls), 1)
     for j, impl in enumerate(impls):
-        ys = [next((r["median_ms"] for r in rows if (r["model"], r["order"]) == g and r["impl"] == impl
-                    and "error" not in r), 0) for g in groups]
+        ys = [next((r["median_ms"] for r in rows if _shape(r) == g and r["impl"] == impl and "error" not in r), 0)
+              for g in groups]
         ax.bar([i + j * width for i in range(len(groups))], ys, width, label=impl)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
-    ax.set_xticklabels([f"{m}\n{o} order" for m, o in groups])
+    ax.set_xticklabels([f"{m}\n{o} order\nB={b} q={q}" for m, o, b, q in groups], fontsize=7)
     ax.set_ylabel("ms per meta-step (median)")
     ax.set_yscale("log")
-    ax.set_title("One meta-step, 5-way 1-shot, 15 queries, meta-batch 32, 1 inner step (2 CPU cores)")
-    ax.legend(fontsize=8)
+    ax.set_title("One meta-step, 5-way 1-shot, 1 inner step (2 CPU cores)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -241,37 +287,41 @@ def main() -> None:
     p.add_argument("--orders", nargs="+", default=["second", "first"], choices=["second", "first"])
     p.add_argument("--impls", nargs="+", default=[*OURS, *PEERS], choices=[*OURS, *PEERS])
     p.add_argument("--peers-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
-    p.add_argument("--meta-batch", type=int, default=32)
+    p.add_argument("--meta-batch", type=int, nargs="+", default=[32])
+    p.add_argument("--queries", type=int, nargs="+", default=[QUERIES], help="query images per class")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--rounds", type=int, default=1, help="repeat every measurement, interleaved; report the median")
     p.add_argument("--results", default=str(RESULTS), help="folder for the JSON, table and plot")
     p.add_argument("--name", default="meta_step")
     args = p.parse_args()
     if args.one:
-        print(json.dumps(measure(*args.one, args.meta_batch, args.reps)))
+        print(json.dumps(measure(*args.one, args.meta_batch[0], args.reps, args.queries[0])))
         return
     if any(i in PEERS for i in args.impls) and not Path(args.peers_python).exists():
         sys.exit(f"no peers interpreter at {args.peers_python}: python -m venv .venv-peers && .venv-peers/bin/pip "
                  f"install torch==2.14.1 pyyaml tqdm && (. .venv-peers/bin/activate && bash "
                  f"../shared/peers/install-learn2learn.sh), or pass --impls without the peers")
+    import torch
+
     peak = matmul_gflops()
     rows = []
-    for model in args.models:
-        for order in args.orders:
-            # rounds interleave the implementations, so a burst of load on the machine hits all of them alike
-            runs: dict[str, list[dict]] = {impl: [] for impl in args.impls}
-            for _ in range(args.rounds):
-                for impl in args.impls:
-                    python = args.peers_python if impl in PEERS else sys.executable
-                    row = run_one(python, impl, model, order, args.meta_batch, args.reps)
-                    print(json.dumps({k: v for k, v in row.items() if k != "times_ms"}), flush=True)
-                    runs[impl].append(row)
-            rows += [combine(r) for r in runs.values()]
+    for model, order, meta_batch, queries in itertools.product(args.models, args.orders, args.meta_batch,
+                                                               args.queries):
+        # rounds interleave the implementations, so a burst of load on the machine hits all of them alike
+        runs: dict[str, list[dict]] = {impl: [] for impl in args.impls}
+        for _ in range(args.rounds):
+            for impl in args.impls:
+                python = args.peers_python if impl in PEERS else sys.executable
+                row = run_one(python, impl, model, order, meta_batch, args.reps, queries)
+                print(json.dumps({k: v for k, v in row.items() if k != "times_ms"}), flush=True)
+                runs[impl].append(row)
+        rows += [combine(r) for r in runs.values()]
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     out = {"machine": f"{os.cpu_count()} CPU cores", "matmul_gflops": peak, "settings": {
-        "ways": WAYS, "shots": SHOTS, "queries": QUERIES, "inner_lr": INNER_LR, "inner_steps": 1,
-        "meta_batch": args.meta_batch, "reps": args.reps, "rounds": args.rounds}, "rows": rows}
+        "ways": WAYS, "shots": SHOTS, "queries": args.queries, "inner_lr": INNER_LR, "inner_steps": 1,
+        "meta_batch": args.meta_batch, "reps": args.reps, "rounds": args.rounds, "torch": str(torch.__version__),
+        "threads": torch.get_num_threads(), "cpu_flags": cpu_flags()}, "rows": rows}
     (results / f"{args.name}.json").write_text(json.dumps(out, indent=2))
     md = table(rows, peak) + f"\nfp32 matmul (2048x2048) on this machine: {peak:.1f} GFLOP/s\n"
     (results / f"{args.name}.md").write_text(md)

@@ -107,7 +107,8 @@ def build_learner(config: Config, device: torch.device | str = "cpu", collective
                        first_order=meta.first_order, optimizer=meta.optimizer, outer_lr=meta.outer_lr,
                        momentum=meta.momentum, schedule=meta.schedule, warmup_steps=meta.warmup_steps,
                        steps=meta.steps, rerand_every=meta.rerand_every, rerand_rate=meta.rerand_rate,
-                       vectorize=meta.vectorize, seed=config.run.seed, collective=collective)
+                       vectorize=meta.vectorize, seed=config.run.seed, collective=collective,
+                       precision=meta.precision)
 
 
 def build_classifier(config: Config, num_classes: int, device: torch.device | str = "cpu") -> nn.Module:

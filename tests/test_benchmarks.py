@@ -37,6 +37,30 @@ def test_meta_step_benchmark_smoke(tmp_path):
     assert (tmp_path / "smoke.md").is_file() and (tmp_path / "smoke.png").is_file()
 
 
+def test_meta_step_benchmark_grid_with_bfloat16_rows(tmp_path):
+    bench("meta_step.py", "--impls", "ours-maml", "ours-maml-bf16", "--models", "mlp", "--orders", "first",
+          "--reps", "1", "--meta-batch", "2", "3", "--queries", "1", "--results", str(tmp_path), "--name", "grid",
+          cwd=tmp_path)
+    out = json.loads((tmp_path / "grid.json").read_text())
+    shapes = [(r["impl"], r["meta_batch"], r["queries"]) for r in out["rows"]]
+    assert sorted(shapes) == sorted((i, b, 1) for i in ("ours-maml", "ours-maml-bf16") for b in (2, 3))
+    assert "vs ours float32" in (tmp_path / "grid.md").read_text() and isinstance(out["settings"]["cpu_flags"], list)
+
+
+def test_e2e_speed_and_precision_benchmarks_smoke(tmp_path, data_root):
+    bench("e2e_speed.py", "--cases", "quickstart", "--precisions", "float32", "bfloat16", "--steps", "6",
+          "--results", str(tmp_path), cwd=tmp_path)
+    rows = json.loads((tmp_path / "e2e_speed.json").read_text())["rows"]
+    assert [r["precision"] for r in rows] == ["float32", "bfloat16"]
+    assert all(r["train_ms_per_step"] > 0 and r["validation_s"] > 0 and r["paper_budget_hours"] > 0 for r in rows)
+    assert all(Path(r["code"]) == REPO for r in rows)  # this checkout's metaticket, not another install
+    bench("precision.py", "gradients", "--widths", "0.25", "--meta-batch", "2", "--queries", "1", "--results",
+          str(tmp_path), cwd=tmp_path)
+    grads = json.loads((tmp_path / "precision.json").read_text())["gradients"]
+    assert len(grads) == 4 and all(-1 <= g[k]["cosine"] < 1 for g in grads for k in ("bf16_vs_fp32",
+                                                                                         "bf16_inner_too_vs_fp32"))
+
+
 def test_meta_step_benchmark_names_a_missing_peers_venv(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "meta_step.py"), "--peers-python", str(tmp_path / "none")],
                           cwd=tmp_path, text=True, capture_output=True, timeout=120)
@@ -80,6 +104,13 @@ def test_summary_plots_from_committed_results(tmp_path):
     bench("summary.py", "--results", str(tmp_path), cwd=tmp_path)
     assert (tmp_path / "summary_meta_steps.png").stat().st_size > 10_000
     assert (tmp_path / "summary_width.png").stat().st_size > 10_000
+
+
+def test_ideas_mlp_benchmark_smoke(tmp_path):
+    bench("ideas_mlp.py", "--widths", "0.25", "--meta-batch", "2", "--queries", "1", "--reps", "1", "--results",
+          str(tmp_path), cwd=tmp_path)
+    row = json.loads((tmp_path / "ideas_mlp.json").read_text())["rows"][0]
+    assert row["loop_ms"] > 0 and row["bmm_ms"] > 0 and row["gradient_relative_difference"] < 1e-3
 
 
 @pytest.mark.slow

@@ -110,12 +110,13 @@ def evaluate_classifier(model: nn.Module, dataset: torch.utils.data.Dataset, mea
     """Top-1 / top-5 accuracy (%) and loss over ``dataset`` in eval mode; ``ci95`` is the binomial 95% interval."""
     was_training = model.training
     model.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
     correct1 = correct5 = 0
     loss = 0.0
     n = 0
     for x, y in loader:
-        x, y = normalize(x.to(device), mean, std, channels_last), y.to(device)
+        x, y = normalize(x.to(device, non_blocking=True), mean, std, channels_last), y.to(device, non_blocking=True)
         logits = model(x)
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -227,11 +228,33 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
             it, history = int(state["iteration"]), list(state["history"])
         monitor.print(f"resumed {run_dir} at iteration {it} (epoch {it // per_epoch})")
 
+    pending: list = [None, it + 1]  # [sum of [loss, acc] on the device since the last read, its first iteration]
+
+    def read() -> float:
+        """Fold the pending losses into the log window: the one device sync between log lines, evaluations and
+        checkpoints. A non-finite loss stops the run here, before anything of these iterations is saved.
+        Returns the seconds spent waiting (on a GPU, the queued iterations finishing)."""
+        if pending[0] is None:
+            return 0.0
+        t0 = time.perf_counter()
+        loss, acc = pending[0].tolist()
+        wait = time.perf_counter() - t0
+        first, pending[:] = pending[1], [None, it + 1]
+        if not math.isfinite(loss):
+            when = f"at iteration {it}" if first == it else f"between iterations {first} and {it}"
+            raise MetaticketError(f"the training loss became {loss} {when}; the last good checkpoint is {ckpt}; "
+                                  f"lower train.lr")
+        window["loss"] += loss
+        window["acc"] += acc
+        return wait
+
     def save() -> None:
+        read()
         if main:
             save_atomic({**update.state_dict(), "rng": rng_state(), "iteration": it, "history": history}, ckpt)
 
     def evaluate_now(epoch: int) -> dict:
+        read()
         bar = monitor.progress(len(test_set), "evaluate")
         score = evaluate_classifier(model, test_set, mean, std, t.eval_batch, device, plan.workers, bar.update,
                                     t.channels_last)
@@ -259,25 +282,24 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
         sampler.set_epoch(epoch, start)
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=plan.workers)
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=plan.workers,
+                                             pin_memory=device.type == "cuda")  # non-blocking copies below
         for x, y in loader:
             t0 = time.perf_counter()
             x = normalize(x.to(device, non_blocking=True), mean, std, t.channels_last)
             it += 1
             seen, changed = update.step(x, y.to(device, non_blocking=True), it)
             rerandomized += changed
-            value = float(seen[0])
-            if not math.isfinite(value):
-                raise MetaticketError(f"the training loss became {value} at iteration {it}; the last good checkpoint "
-                                      f"is {ckpt}; lower train.lr")
+            seen = seen.detach().to(torch.float64)  # summed on the device, read at the next log, eval or save
+            pending[0] = seen if pending[0] is None else pending[0] + seen
             if it > 1:  # the first iteration pays one-off warm-up costs
                 busy += time.perf_counter() - t0
                 timed += 1
-            window["loss"] += value
-            window["acc"] += float(seen[1])
             window["n"] += 1
             bar.update(1)
             if it % plan.log_every == 0 or it == total:
+                wait = read()
+                busy += wait if timed else 0.0
                 n = window["n"]
                 ms = 1000 * busy / max(timed, 1)
                 monitor.log(it, "train", {"loss": window["loss"] / n, "acc": 100 * window["acc"] / n,
