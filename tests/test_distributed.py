@@ -20,10 +20,20 @@ from metaticket.distributed import SINGLE, Collective
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
 
 
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def torchrun(*args: str, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone`` of ``args``. Run once more, only when a rank died of gloo's teardown abort: with
+    the barrier in ``shutdown`` it was 0 in 25 and 0 in 10 idle runs here, but it struck once in a CI run on a
+    loaded machine (rank 1, SIGABRT). Any other failure, or the abort twice, fails the test."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           *args], cwd=cwd, env=env, text=True, capture_output=True, timeout=600)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, timeout=600)
+    if proc.returncode != 0 and GLOO_TEARDOWN_ABORT in proc.stderr:
+        print(f"gloo teardown abort, run again: {proc.stderr.strip().splitlines()[0]}", file=sys.stderr)
+        proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, timeout=600)
+    return proc
 
 
 def test_collective_slices_cover_the_batch_once():
