@@ -188,7 +188,8 @@ def parser(prog: str = "run.py") -> argparse.ArgumentParser:
     w.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the config's run.seed")
     w.add_argument("--methods", nargs="+", default=None, help="values of meta.method or train.method")
     w.add_argument("--widths", type=float, nargs="+", default=None, help="values of model.width")
-    w.add_argument("--sparsities", type=float, nargs="+", default=None, help="values of model.sparsity")
+    w.add_argument("--sparsities", type=float, nargs="+", default=None,
+                   help="pruned fractions: model.sparsity of top-k masks, model.random_sparsity of random masks")
     w.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(func=cmd_sweep)
