@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-VERSION = 2  # the config format; run folders' config.yaml records it (``version: 2`` at the top)  (see upgrade)
+VERSION = 2  # the config format: run folders' config.yaml starts with ``version: 2``; older ones: see upgrade()
 
 
 class ConfigError(ValueError):

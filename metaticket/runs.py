@@ -332,7 +332,8 @@ def evaluate(run_dir: Path, ctx: Context) -> dict:
     bar.close()
     monitor.close()
     per_epoch = len(data.train) // config.train.batch_size
-    result = {"method": method_label(config.train), "dataset": config.data.dataset, "model": config.model.name,
+    result = {"method": method_label(config.train.method, config.train.rerand_every), "dataset": config.data.dataset,
+              "model": config.model.name,
               "width": config.model.width, "image_size": image_size(config), "top1": round(score["top1"], 3),
               "ci95": round(score["ci95"], 3), "images": score["images"],
               "iterations": state["iteration"], "epochs": round(state["iteration"] / per_epoch, 3),
@@ -369,8 +370,8 @@ def meta_test(run_dir: Path, ctx: Context, tasks: int | None = None, checkpoint:
     bar.close()
     monitor.log(learner.step, "test", {"acc": score.accuracy, "ci95": score.ci95, "loss": score.loss})
     monitor.close()
-    method = config.meta.method + ("+iterand" if config.meta.rerand_every else "")
-    result = {"method": method, "dataset": target, "trained_on": config.data.dataset,
+    result = {"method": method_label(config.meta.method, config.meta.rerand_every), "dataset": target,
+              "trained_on": config.data.dataset,
               "model": config.model.name,
               "width": config.model.width, "ways": config.data.ways, "shots": config.data.shots,
               "queries": config.data.queries, "meta_steps": config.meta.steps, "meta_batch": config.meta.meta_batch,

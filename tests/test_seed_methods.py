@@ -418,9 +418,12 @@ def test_iterand_switch_is_refused_where_there_is_nothing_to_redraw():
                                                "train.rerand_every=5", "model.random_sparsity=0.5"]), 10)
     inside = load_config(REPO / "configs" / "cifar10" / "conv6_randommask_edgepopup.yaml",
                          ["model.width=0.125", "train.rerand_every=5"])
-    assert method_of(inside.train).supermask and method_label(inside.train) == "randommask+iterand"
-    assert method_label(load_config(cfg, ["train.rerand_every=5"]).train) == "iterand"
-    assert method_label(load_config(cfg).train) == "edgepopup"
+    assert method_of(inside.train).supermask
+    assert method_label(inside.train.method, inside.train.rerand_every) == "randommask+iterand"
+    for sets, label in ((["train.rerand_every=5"], "iterand"), ([], "edgepopup")):
+        train = load_config(cfg, sets).train
+        assert method_label(train.method, train.rerand_every) == label
+    assert method_label("metaticket", 1000) == "metaticket+iterand"
     quick = REPO / "configs" / "omniglot" / "quickstart.yaml"
     with pytest.raises(MetaticketError, match="meta.rerand_every = 5 turns IteRand on.*meta.method maml has none"):
         build_learner(load_config(quick, ["meta.method=maml", "meta.rerand_every=5"]))

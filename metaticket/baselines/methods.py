@@ -51,8 +51,9 @@ def method_of(train: TrainConfig) -> SupervisedMethod:
     return method
 
 
-def method_label(train: TrainConfig) -> str:
-    """The name results tables use: ``train.method``, ``iterand`` for edge-popup with IteRand, or ``+iterand``."""
-    if not train.rerand_every:
-        return train.method
-    return "iterand" if train.method == "edgepopup" else f"{train.method}+iterand"
+def method_label(method: str, rerand_every: int) -> str:
+    """The name results tables give ``method`` (``train.method`` or ``meta.method``): itself, ``iterand`` for
+    edge-popup with IteRand (``rerand_every > 0``), or ``<method>+iterand`` for any other method with it."""
+    if not rerand_every:
+        return method
+    return "iterand" if method == "edgepopup" else f"{method}+iterand"

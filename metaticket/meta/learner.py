@@ -246,9 +246,8 @@ class MetaLearner(nn.Module):
         def one_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor]:
             adapted = adapt(self._forward, params, self.inner_names, xs, ys, lr=self.inner_lr, steps=steps,
                             first_order=first_order, grad_masks=hard)
-            with self._autocast():
-                logits = self._forward(adapted, xq)
-            return F.cross_entropy(logits.float(), yq), (logits.argmax(-1) == yq).float().mean()
+            logits = self.logits(adapted, xq)
+            return F.cross_entropy(logits, yq), (logits.argmax(-1) == yq).float().mean()
 
         args = (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
         if self.vectorize == "vmap":
@@ -276,9 +275,8 @@ class MetaLearner(nn.Module):
             adapted = adapt(self._forward, leaves, self.inner_names, self._layout(tasks.support_x[i]),
                             tasks.support_y[i], lr=self.inner_lr, steps=steps, first_order=first_order,
                             grad_masks=hard, engine="autograd")
-            with self._autocast():
-                logits = self._forward(adapted, self._layout(tasks.query_x[i]))
-            loss = F.cross_entropy(logits.float(), tasks.query_y[i])
+            logits = self.logits(adapted, tasks.query_x[i])
+            loss = F.cross_entropy(logits, tasks.query_y[i])
             (loss / n).backward()
             losses.append(loss.detach())
             accs.append((logits.detach().argmax(-1) == tasks.query_y[i]).float().mean())
@@ -340,7 +338,8 @@ class MetaLearner(nn.Module):
                 for i in range(len(tasks))]
 
     def logits(self, params: Params, x: Tensor) -> Tensor:
-        """The network with parameters ``params`` (e.g. one of :meth:`adapt`'s dicts) on x [N, ...] -> [N, ways]."""
+        """The network with parameters ``params`` (e.g. one of :meth:`adapt`'s dicts) on x [N, ...] -> [N, ways]
+        float32: the query pass of training and evaluation (bfloat16 products with ``precision="bfloat16"``)."""
         with self._autocast():
             return self._forward(params, self._layout(x)).float()
 
