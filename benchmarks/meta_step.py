@@ -8,13 +8,16 @@ Same model shapes, same task tensors, same settings for every implementation: 5-
 class, meta-batch 32 (``--meta-batch`` and ``--queries`` take several values: every combination is measured), one
 inner SGD step (lr 0.4), Adam outer step (Meta-ticket: SGD on the scores). ``-bf16`` rows are ours with
 ``precision="bfloat16"`` (the query pass's matrix products in bfloat16); ``-nchw`` rows are ours with conv
-models kept channels-first (what ran before channels-last). ``conv4-84`` takes 3 x 84 x 84 images. Each
+models kept channels-first (what ran before channels-last); ``-copies`` rows are ours with every task's adapted
+weights materialized (``vmap`` or the per-task loop, what MLPs ran before the factored inner loop).
+``conv4-84`` takes 3 x 84 x 84 images. Each
 (implementation, model, order) runs in a fresh process, so peak memory is its own: ours in this interpreter,
 learn2learn and higher in ``--peers-python`` (a venv made with ``../shared/peers/install-learn2learn.sh``; they
 are never dependencies of metaticket). Reports the median of ``--reps`` meta-steps after 2 warm-up steps (with
 ``--rounds R``, every measurement is repeated R times, interleaved, and the median of the R medians is kept), the
 process's peak RSS and its RSS before the first step, the FLOPs of one meta-step (torch's FlopCounterMode on our
-MAML) and the achieved GFLOP/s against this machine's measured fp32 matmul rate.
+MAML; on ``ours-maml-copies`` when it runs, the per-task formulation learn2learn computes) and the GFLOP/s that
+makes against this machine's measured fp32 matmul rate.
 
 Writes ``benchmarks/results/<name>.json``, ``.md`` (the table) and ``.png`` (bar chart).
 """
@@ -48,7 +51,8 @@ def model_kwargs(model_key: str) -> dict:
     channels, side = IMAGES[model_key]
     return {"in_channels": channels, "image_size": side}
 OURS = ("ours-maml", "ours-metaticket-threshold", "ours-metaticket-topk", "ours-maml-bf16",
-        "ours-metaticket-threshold-bf16", "ours-maml-nchw", "ours-metaticket-threshold-nchw")
+        "ours-metaticket-threshold-bf16", "ours-maml-nchw", "ours-metaticket-threshold-nchw", "ours-maml-copies",
+        "ours-metaticket-threshold-copies")
 PEERS = ("learn2learn", "higher")
 WAYS, SHOTS, QUERIES, INNER_LR = 5, 1, 15, 0.4
 
@@ -77,18 +81,22 @@ def ours(impl: str, model_key: str, first_order: bool, meta_batch: int, queries:
     import torch
 
     from metaticket import MetaLearner, Tasks, build_model, make_layers
+    from metaticket.meta.learner import _vmap_wins
+    from metaticket.supermask import dense_like
 
     name, width = MODELS[model_key]
     precision = "bfloat16" if impl.endswith("-bf16") else "float32"
     nchw = impl.endswith("-nchw")  # conv models: the channels-first order we ran before channels-last
-    impl = impl.removesuffix("-bf16").removesuffix("-nchw")
+    copies = impl.endswith("-copies")  # MLPs: each task's weights materialized (vmap or loop), as before factors
+    impl = impl.removesuffix("-bf16").removesuffix("-nchw").removesuffix("-copies")
     method = "maml" if impl == "ours-maml" else "metaticket"
     mask = impl.rsplit("-", 1)[-1] if method == "metaticket" else "threshold"
     layers = make_layers(supermask=method == "metaticket", mask=mask, sparsity=0.5,
                          generator=torch.Generator().manual_seed(0))
     model = build_model(name, num_classes=WAYS, width=width, layers=layers, **model_kwargs(model_key))
+    vectorize = ("vmap" if _vmap_wins(dense_like(model)) else "loop") if copies else "auto"
     learner = MetaLearner(model, method=method, inner_lr=INNER_LR, first_order=first_order, steps=1000,
-                          warmup_steps=0, precision=precision)
+                          warmup_steps=0, precision=precision, vectorize=vectorize)
     if nchw:
         learner.channels_last = False
     batch = Tasks(*tasks(meta_batch, queries=queries, image=IMAGES.get(model_key, (1, 28))))
@@ -170,8 +178,10 @@ def measure(impl: str, model_key: str, order: str, meta_batch: int, reps: int, q
            "median_ms":
            statistics.median(times), "times_ms": times, "peak_rss_mb": rss_mb(), "rss_before_mb": before,
            "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
-    if impl == "ours-maml":
+    if impl in ("ours-maml", "ours-maml-copies"):
         out["flops"] = count_flops(learner, batch)
+    if learner is not None:
+        out["vectorize"] = learner.vectorize
     return out
 
 
@@ -246,9 +256,13 @@ def table(rows: list[dict], gflops_peak: float) -> str:
         gain = f"{base['median_ms'] / r['median_ms']:.2f}x" if base and r["impl"].endswith("-bf16") else ""
         plain = next((x for x in same if x["impl"] == r["impl"] + "-nchw"), None)
         gain = f"{plain['median_ms'] / r['median_ms']:.2f}x vs NCHW" if plain else gain
+        copies = next((x for x in same if x["impl"] == r["impl"] + "-copies"), None)
+        gain = f"{copies['median_ms'] / r['median_ms']:.2f}x vs copies" if copies else gain
         rate = ""
-        flops = next((x.get("flops") for x in same if x["impl"] == "ours-maml" and "flops" in x), None)
-        if flops and r["impl"] in ("ours-maml", "ours-maml-bf16", "learn2learn", "higher"):
+        # the per-task formulation's FLOPs (what learn2learn computes) when measured, else our MAML's
+        flops = next((x.get("flops") for x in same if x["impl"] == "ours-maml-copies" and "flops" in x), None) or \
+            next((x.get("flops") for x in same if x["impl"] == "ours-maml" and "flops" in x), None)
+        if flops and r["impl"] in ("ours-maml", "ours-maml-bf16", "ours-maml-copies", "learn2learn", "higher"):
             g = flops / (r["median_ms"] / 1000) / 1e9
             rate = f"{g:.1f} ({100 * g / gflops_peak:.0f}%)"
         lines.append(f"{head} | {r['median_ms']:.0f} | {r['peak_rss_mb']:.0f} ({r['rss_before_mb']:.0f}) | {ratio} | "

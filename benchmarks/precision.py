@@ -8,6 +8,7 @@ freshly initialized learner on the same task batch in float32 and in bfloat16 (a
 to show why, with the inner loop under autocast too), for MAML and Meta-ticket, second and first order: cosine
 and relative error ``||g_bf16 - g_fp32|| / ||g_fp32||``. For scale, the same two numbers
 between the float32 meta-gradients of two different task batches (the noise every SGD step already has).
+Rows name the ``path`` that ran (``--vectorize``; rows without one ran before the factored path existed).
 ``accuracy``: the meta-test lines (best checkpoint, the same test tasks) of runs that differ only in
 ``meta.precision``. Both write into
 ``benchmarks/results/precision.json`` (and ``.md``).
@@ -27,9 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def meta_gradient(method: str, width: float, first_order: bool, precision: str, batch,
-                  inner_too: bool = False, model: str = "mlp") -> torch.Tensor:  # noqa: F821
-    """The meta-gradient of a fresh learner on ``batch``; ``inner_too``: the inner loop under bfloat16 autocast as
-    well (the variant not built, measured to show why)."""
+                  inner_too: bool = False, model: str = "mlp", vectorize: str = "auto") -> tuple:
+    """The meta-gradient of a fresh learner on ``batch`` and the path that ran it (factored, vmap or loop);
+    ``inner_too``: the inner loop under bfloat16 autocast as well (the variant not built, measured to show why; it
+    patches the per-task inner loop, so it runs ``vectorize="loop"``)."""
     import torch
 
     import metaticket.meta.learner as learner_module
@@ -42,25 +44,27 @@ def meta_gradient(method: str, width: float, first_order: bool, precision: str, 
 
         learner_module.adapt = adapt_bf16
     try:
-        return _meta_gradient(method, width, first_order, precision, batch, model)
+        return _meta_gradient(method, width, first_order, precision, batch, model,
+                              "loop" if inner_too else vectorize)
     finally:
         learner_module.adapt = plain
 
 
 def _meta_gradient(method: str, width: float, first_order: bool, precision: str, batch,
-                   model: str) -> torch.Tensor:  # noqa: F821
+                   model: str, vectorize: str) -> tuple:
     import torch
 
     from metaticket import MetaLearner, build_model, make_layers
 
     layers = make_layers(supermask=method == "metaticket", mask="threshold", generator=torch.Generator().manual_seed(0))
     net = build_model(model, num_classes=5, width=width, layers=layers)
-    learner = MetaLearner(net, method=method, inner_lr=0.4, first_order=first_order, precision=precision)
+    learner = MetaLearner(net, method=method, inner_lr=0.4, first_order=first_order, precision=precision,
+                          vectorize=vectorize)
     learner.optimizer.zero_grad(set_to_none=True)
     learner._meta_gradient(batch, 1, first_order)
     # weights and scores only: a bias before BatchNorm has a zero gradient in exact arithmetic
     return torch.cat([p.grad.flatten() for n, p in learner.named_parameters()
-                      if p.grad is not None and not n.endswith("bias")])
+                      if p.grad is not None and not n.endswith("bias")]), learner._mode(batch, 1)
 
 
 def compare(a, b) -> dict:
@@ -82,11 +86,15 @@ def gradients(args: argparse.Namespace) -> list[dict]:
         for width in args.widths:
             for method in ("maml", "metaticket"):
                 for first_order in (False, True):
-                    fp32 = meta_gradient(method, width, first_order, "float32", first, model=args.model)
-                    bf16 = meta_gradient(method, width, first_order, "bfloat16", first, model=args.model)
-                    inner = meta_gradient(method, width, first_order, "bfloat16", first, True, args.model)
-                    other = meta_gradient(method, width, first_order, "float32", second, model=args.model)
-                    row = {"model": args.model, "width": width, "method": method,
+                    v = args.vectorize
+                    fp32, path = meta_gradient(method, width, first_order, "float32", first, model=args.model,
+                                               vectorize=v)
+                    bf16, _ = meta_gradient(method, width, first_order, "bfloat16", first, model=args.model,
+                                            vectorize=v)
+                    inner, _ = meta_gradient(method, width, first_order, "bfloat16", first, True, args.model)
+                    other, _ = meta_gradient(method, width, first_order, "float32", second, model=args.model,
+                                             vectorize=v)
+                    row = {"model": args.model, "path": path, "width": width, "method": method,
                            "order": "first" if first_order else "second",
                            "queries": queries, "meta_batch": args.meta_batch, "bf16_vs_fp32": compare(fp32, bf16),
                            "bf16_inner_too_vs_fp32": compare(fp32, inner), "other_batch_fp32": compare(fp32, other)}
@@ -116,13 +124,14 @@ def accuracy(dirs: list[str], tasks: int) -> list[dict]:
 
 
 def markdown(out: dict) -> str:
-    lines = ["| model, width | method | order | queries | bf16 (query pass) vs fp32: cosine, rel. error | bf16 with "
-             "the inner loop too: cosine, rel. error | another batch (fp32): cosine, rel. error |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model, width | path | method | order | queries | bf16 (query pass) vs fp32: cosine, rel. error | bf16 "
+             "with the inner loop too (loop path): cosine, rel. error | another batch (fp32): cosine, rel. error |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in out.get("gradients", []):
         cells = [f"{c['cosine']:.3f}, {c['relative_error']:.3f}" for c in
                  (r["bf16_vs_fp32"], r["bf16_inner_too_vs_fp32"], r["other_batch_fp32"])]
-        lines.append(f"| {r.get('model', 'mlp')} {r['width']:g} | {r['method']} | {r['order']} | {r['queries']} | "
+        lines.append(f"| {r.get('model', 'mlp')} {r['width']:g} | {r.get('path', 'loop/vmap')} | {r['method']} | "
+                     f"{r['order']} | {r['queries']} | "
                      f"{' | '.join(cells)} |")
     if out.get("accuracy"):
         lines += ["", "| run | method | width | precision | meta-steps x batch | test accuracy (%) | ms / meta-step |",
@@ -142,6 +151,8 @@ def main() -> None:
     g.add_argument("--meta-batch", type=int, default=16)
     g.add_argument("--queries", type=int, nargs="+", default=[15, 1])
     g.add_argument("--model", default="mlp", choices=["mlp", "conv4"])
+    g.add_argument("--vectorize", default="auto", choices=["auto", "factored", "vmap", "loop"],
+                   help="meta.vectorize of the learners (rows record the path each batch ran)")
     a = sub.add_parser("accuracy")
     a.add_argument("runs", nargs="+")
     a.add_argument("--tasks", type=int, default=600)
@@ -150,8 +161,9 @@ def main() -> None:
     args = p.parse_args()
     path = Path(args.results) / "precision.json"
     out = json.loads(path.read_text()) if path.is_file() else {}
-    if args.what == "gradients":  # rows of other models are kept
-        out["gradients"] = [r for r in out.get("gradients", []) if r.get("model", "mlp") != args.model]
+    if args.what == "gradients":  # rows of other models, and of runs before the factored path, are kept
+        out["gradients"] = [r for r in out.get("gradients", []) if r.get("model", "mlp") != args.model
+                            or "path" not in r]
         out["gradients"] += gradients(args)
     else:
         out["accuracy"] = accuracy(args.runs, args.tasks)

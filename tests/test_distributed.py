@@ -50,7 +50,8 @@ def test_collective_slices_cover_the_batch_once():
 # float32 for the per-task loop (what Conv models and large MLPs run); the vmap path in float64, because vmap's
 # batched kernels round differently for 3 and 6 tasks (about 1e-5 relative in float32, 1e-15 in float64)
 @pytest.mark.parametrize("method,vectorize,dtype", [("metaticket", "loop", "float32"), ("maml", "loop", "float32"),
-                                                    ("maml", "vmap", "float64"), ("metaticket", "vmap", "float64")])
+                                                    ("maml", "vmap", "float64"), ("metaticket", "vmap", "float64"),
+                                                    ("maml", "factored", "float64")])
 def test_two_gloo_processes_give_the_single_process_meta_gradient(method, vectorize, dtype, tmp_path):
     args = [method, vectorize, dtype]
     single = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "one.pt"), *args], cwd=tmp_path,

@@ -191,7 +191,7 @@ class _Reads(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("vectorize", ["vmap", "loop"])
+@pytest.mark.parametrize("vectorize", ["factored", "vmap", "loop"])
 @pytest.mark.parametrize(("method", "mask"), [("maml", "threshold"), ("metaticket", "threshold"),
                                               ("metaticket", "topk")])
 def test_a_meta_step_never_waits_for_the_device(method, mask, vectorize):
@@ -207,7 +207,7 @@ def test_a_meta_step_never_waits_for_the_device(method, mask, vectorize):
     assert control.reads == ["aten._local_scalar_dense"] * 2
 
 
-@pytest.mark.parametrize("vectorize", ["vmap", "loop"])
+@pytest.mark.parametrize("vectorize", ["factored", "vmap", "loop"])
 @pytest.mark.parametrize("method", ["maml", "metaticket"])
 def test_bfloat16_matmuls_keep_float32_state_and_a_close_meta_gradient(method, vectorize):
     """precision: bfloat16 runs the query pass's matrix products in bfloat16; the inner loop, what is stored and

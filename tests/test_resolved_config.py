@@ -43,7 +43,7 @@ def test_config_yaml_holds_resolved_values_and_a_resume_with_auto_continues(tmp_
     assert main(args) == 0
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert saved["meta"]["optimizer"] == "sgd" and saved["meta"]["schedule"] == "cosine"
-    assert saved["meta"]["warmup_steps"] == 0 and saved["meta"]["vectorize"] == "vmap"  # min(1000, 4 // 10)
+    assert saved["meta"]["warmup_steps"] == 0 and saved["meta"]["vectorize"] == "factored"  # min(1000, 4 // 10)
     assert saved["data"]["image_size"] == 28 and saved["meta"]["outer_lr"] == 10.0
     # the same command with auto values (and more steps) resumes the folder it wrote
     assert main([*args[:2], *small(tmp_path, "r", steps=6), "--set", "meta.warmup_steps=null", "--resume"]) == 0

@@ -12,6 +12,10 @@ The mask of a meta-step is computed once: the inner loop starts from the masked 
 (the straight-through gradient of the mask reaches the scores through them), updates them with masked
 gradients so pruned weights stay zero, and runs them through a dense twin of the model (plain
 ``Linear``/``Conv2d`` kernels, no mask multiply in any inner forward).
+
+``vectorize`` chooses how a meta-batch runs, all with the same meta-gradient: ``factored`` (the built-in MLP: each
+task's weight changes kept as low-rank factors, :mod:`metaticket.meta.factored`), ``vmap`` over tasks, or a
+per-task ``loop``; ``auto`` picks what measured fastest for the model on a CPU.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from metaticket.distributed import SINGLE, Collective
+from metaticket.meta.factored import FactoredInner, chain_of, fits
 from metaticket.meta.inner import Params, adapt
 from metaticket.meta.modules import head_predicate, prepare_model
 from metaticket.norm import TaskBatchNorm1d
@@ -60,6 +65,7 @@ METHODS: dict[str, Method] = {
 
 VMAP_MAX_WEIGHT = 2 ** 18
 PRECISIONS = ("float32", "bfloat16")
+VECTORIZE = ("auto", "factored", "vmap", "loop")
 
 
 def _vmap_wins(model: nn.Module) -> bool:
@@ -72,6 +78,11 @@ def _vmap_wins(model: nn.Module) -> bool:
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return False
     return max((m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)), default=0) <= VMAP_MAX_WEIGHT
+
+
+def _full(logits: Tensor) -> Tensor:
+    """Autocast's bfloat16 logits as float32 (the loss and its gradient in full precision); others unchanged."""
+    return logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
 
 
 def outer_defaults(method: str, optimizer: str = "auto", outer_lr: float | None = None, schedule: str = "auto",
@@ -131,6 +142,7 @@ class MetaLearner(nn.Module):
         self.method = method
         self.roles = METHODS[method]
         has_masks = any(True for _ in supermask_layers(model))
+        self._masked = has_masks
         if self.roles.needs_supermask and not has_masks:
             raise ValueError(f"method {method!r} needs a supermask model (model.mask set), got a dense one")
         prepare_model(model, second_order=not first_order)
@@ -152,11 +164,22 @@ class MetaLearner(nn.Module):
             raise ValueError(f"method {method!r} meta-learns {self.roles.outer} parameters, but the model has none")
         for n, p in model.named_parameters():  # only the outer parameters take part in outer autograd
             p.requires_grad_(n in self.outer_names)
-        self.vectorize = vectorize if vectorize != "auto" else ("vmap" if _vmap_wins(self.twin) else "loop")
+        if vectorize not in VECTORIZE:
+            raise ValueError(f"unknown vectorize {vectorize!r}; known: {', '.join(VECTORIZE)}")
+        self._chain = chain_of(self.twin)
+        if vectorize == "factored" and self._chain is None:
+            raise ValueError("vectorize='factored' runs the built-in MLP (Linear, task BatchNorm, activations); "
+                             "use vectorize='auto' for this model")
+        # what runs the batches factors would not suit (and every batch of a model that is not the MLP)
+        self._per_task = "vmap" if _vmap_wins(self.twin) else "loop"
+        if vectorize == "auto":
+            vectorize = "factored" if self._chain is not None else self._per_task
+        self.vectorize = vectorize
         # outside vmap the fused batch_norm kernel is correct (and faster); under vmap only the plain-op version is
+        fused = (self._per_task if vectorize == "factored" else vectorize) == "loop"
         for m in self.twin.modules():
             if isinstance(m, TaskBatchNorm1d):
-                m.fused = self.vectorize == "loop"
+                m.fused = fused
         self.channels_last = self.vectorize == "loop" and any(isinstance(m, nn.Conv2d) for m in self.twin.modules())
 
         opt_name, lr, sched, warmup = outer_defaults(method, optimizer, outer_lr, schedule, warmup_steps, steps)
@@ -239,6 +262,14 @@ class MetaLearner(nn.Module):
         unchanged otherwise. The stored parameters keep their order; only each step's working copies change."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
+    def _mode(self, tasks: Tasks, steps: int) -> str:
+        """How this batch runs: ``vectorize``, except that a factored learner runs batches whose sizes factors do
+        not suit (:func:`~metaticket.meta.factored.fits`) with vmap or the per-task loop, as ``auto`` would."""
+        if self.vectorize != "factored":
+            return self.vectorize
+        fit = fits(self._masked, tasks.support_x.shape[1], tasks.query_x.shape[1], steps)
+        return "factored" if fit else self._per_task
+
     def _task_losses(self, tasks: Tasks, steps: int, first_order: bool) -> tuple[Tensor, Tensor]:
         """Per-task query loss and accuracy after adaptation: two [B] tensors."""
         params, hard = self._initial_params()
@@ -249,8 +280,18 @@ class MetaLearner(nn.Module):
             logits = self.logits(adapted, xq)
             return F.cross_entropy(logits, yq), (logits.argmax(-1) == yq).float().mean()
 
+        mode = self._mode(tasks, steps)
+        if mode == "factored":
+            inner = FactoredInner(self._chain, params, self.inner_names, hard, len(tasks), lr=self.inner_lr,
+                                  first_order=first_order)
+            inner.adapt(tasks.support_x, tasks.support_y, steps)
+            with self._autocast():
+                logits = _full(inner.logits(tasks.query_x))  # [B, m, ways]
+            yq = tasks.query_y
+            losses = F.cross_entropy(logits.flatten(0, 1), yq.flatten(), reduction="none").view(yq.shape).mean(1)
+            return losses, (logits.detach().argmax(-1) == yq).float().mean(1)
         args = (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
-        if self.vectorize == "vmap":
+        if mode == "vmap":
             return vmap(one_task, randomness="different")(*args)  # dropout: each task its own draws
         results = [one_task(*(self._layout(a[i]) for a in args)) for i in range(len(tasks))]
         return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
@@ -258,12 +299,12 @@ class MetaLearner(nn.Module):
     def _meta_gradient(self, tasks: Tasks, steps: int, first_order: bool) -> tuple[Tensor, Tensor]:
         """Accumulate the gradient of the mean query loss into the outer parameters' ``.grad``.
 
-        Returns the per-task query losses and accuracies ([B] each, detached). ``vmap``: one graph over all
-        tasks. ``loop``: one task's graph at a time from detached copies of the start point (peak memory of a
-        single task), then one backward from the start point into the outer parameters (``w * mask`` -> scores
-        for Meta-ticket; the identity for MAML).
+        Returns the per-task query losses and accuracies ([B] each, detached). ``vmap`` and ``factored``: one
+        graph over all tasks. ``loop``: one task's graph at a time from detached copies of the start point (peak
+        memory of a single task), then one backward from the start point into the outer parameters (``w * mask``
+        -> scores for Meta-ticket; the identity for MAML).
         """
-        if self.vectorize == "vmap":
+        if self._mode(tasks, steps) != "loop":
             losses, accs = self._task_losses(tasks, steps, first_order)
             losses.mean().backward()
             return losses.detach(), accs
@@ -341,7 +382,7 @@ class MetaLearner(nn.Module):
         """The network with parameters ``params`` (e.g. one of :meth:`adapt`'s dicts) on x [N, ...] -> [N, ways]
         float32: the query pass of training and evaluation (bfloat16 products with ``precision="bfloat16"``)."""
         with self._autocast():
-            return self._forward(params, self._layout(x)).float()
+            return _full(self._forward(params, self._layout(x)))
 
     @torch.no_grad()
     def inner_change(self, tasks: Tasks, steps: int | None = None) -> dict[str, float]:

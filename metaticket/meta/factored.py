@@ -1,0 +1,195 @@
+"""The inner loop of an MLP with each task's weight changes kept as factors, not as copies of the weights.
+
+One SGD step on a linear layer ``y = x W^T + b`` changes ``W`` by ``-lr * G^T X``: ``X`` [n, in] is the layer's
+input on the task's n support rows and ``G`` [n, out] the support loss's gradient at its output. After k steps
+a task's weight is ``W - lr * sum_j G_j^T X_j``, and its product with new rows ``H`` [m, in] is
+
+    H W^T - lr * (H Xc^T) Gc            (Xc, Gc: the k factors stacked, [K, in] and [K, out]),
+
+one product with the shared ``W`` for every task of the meta-batch at once plus two small per-task products.
+The loop path (:func:`metaticket.meta.inner.adapt`) instead writes, updates, reads and differentiates a copy of
+every weight for every task: at MLP width 8 those weight-sized passes, not the arithmetic, were most of a
+meta-step (benchmarks/README.md, speed). Masked weights (Meta-ticket: ``(G^T X) * M`` keeps pruned weights at
+zero) have no low-rank form; their correction is ``sum_s G_s * ((H * X_s) M^T)``, which costs K times the
+product of ``H`` with ``W``; it is used only while ``m * K`` is small (:func:`fits`), and the learner runs its
+per-task loop otherwise.
+
+The result is the loop path's, up to float rounding (tests/test_factored.py compares meta-gradients in float64).
+It runs the built-in :class:`~metaticket.models.mlp.MLP` (Linear, task BatchNorm and elementwise activations);
+:func:`chain_of` says whether a model is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaticket.meta.modules import ACTIVATIONS
+from metaticket.models.mlp import MLP
+from metaticket.norm import TaskBatchNorm1d
+
+# masked layers cost (rows per task) x (factor rows) products with the weight: beyond this many the per-task loop
+# is faster (MLP width 8, Meta-ticket, 5 support rows: 3.6x faster at 5 query rows, 1.2x at 25, 0.6x at 75)
+MASKED_FACTOR_MAX = 150
+
+
+def fits(masked: bool, support_rows: int, query_rows: int, steps: int) -> bool:
+    """Whether factors beat the per-task loop for tasks of these sizes: always without masked layers; with them,
+    while every pass multiplies at most :data:`MASKED_FACTOR_MAX` (row, factor row) pairs."""
+    return not masked or max(query_rows * support_rows * steps,
+                             support_rows * support_rows * (steps - 1)) <= MASKED_FACTOR_MAX
+
+
+def chain_of(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The layers of ``model`` in the order its forward runs them, as (name, module), when this path can run it:
+    an :class:`MLP` made of ``nn.Linear``, :class:`TaskBatchNorm1d` and parameter-free activations. Else None."""
+    if not isinstance(model, MLP) or not isinstance(model.features, nn.Sequential):
+        return None
+    layers = [(f"features.{n}", m) for n, m in model.features.named_children()] + [("head", model.head)]
+    for _, m in layers:
+        if not isinstance(m, (nn.Linear, TaskBatchNorm1d, nn.Identity, *ACTIVATIONS)):
+            return None
+        if isinstance(m, nn.Dropout | nn.AlphaDropout | nn.FeatureAlphaDropout):
+            return None  # per-task random draws: the loop path's semantics
+    return layers
+
+
+@dataclass
+class _Linear:
+    """One linear layer of every task: shared start ``weight`` [out, in], per-task ``bias`` [B, out] (or None),
+    0/1 ``mask`` of its gradient (or None), and the factors of the steps so far, [B, K, in] and [B, K, out]."""
+
+    weight: Tensor
+    bias: Tensor | None
+    mask: Tensor | None
+    xs: list[Tensor] = field(default_factory=list)
+    gs: list[Tensor] = field(default_factory=list)
+
+    def __call__(self, h: Tensor, lr: float) -> Tensor:
+        """h [B, m, in] -> [B, m, out] in the weight's dtype. Under bfloat16 autocast only the product with the
+        shared weight runs in bfloat16: the correction is a sum over support rows whose gradients cancel (a
+        BatchNorm after the layer makes them sum to zero), and rounding its terms to bfloat16 first took the
+        meta-gradient's cosine to float32's from 0.997 to 0.90 (tests/test_meta.py)."""
+        full = self.weight.dtype
+        out = (h @ self.weight.T).to(full)
+        if self.bias is not None:
+            out = out + self.bias.unsqueeze(1)
+        if not self.xs:
+            return out
+        with torch.autocast(h.device.type, enabled=False):
+            h = h.to(full)
+            x, g = torch.cat(self.xs, 1), torch.cat(self.gs, 1)  # [B, K, in], [B, K, out]
+            if self.mask is None:
+                return out - lr * torch.bmm(torch.bmm(h, x.transpose(1, 2)), g)
+            # sum_s g[s, o] * sum_i h[r, i] x[s, i] mask[o, i]: the rows h * x_s through the mask, [B, m, K, out]
+            b, m, k = h.shape[0], h.shape[1], x.shape[1]
+            p = ((h.unsqueeze(2) * x.unsqueeze(1)).reshape(-1, x.shape[2]) @ self.mask.T).view(b, m, k, -1)
+            return out - lr * (p * g.unsqueeze(1)).sum(2)
+
+
+@dataclass
+class _Norm:
+    """Task BatchNorm with per-task affine parameters [B, C] (or None)."""
+
+    eps: float
+    weight: Tensor | None
+    bias: Tensor | None
+
+    def __call__(self, h: Tensor) -> Tensor:
+        """h [B, m, C]: each task normalized over its own m rows."""
+        centered = h - h.mean(1, keepdim=True)
+        var = (centered * centered).mean(1, keepdim=True)  # torch's var over a middle dim was 9% of a step
+        out = centered * torch.rsqrt(var + self.eps)
+        if self.weight is None:
+            return out
+        return out * self.weight.unsqueeze(1) + self.bias.unsqueeze(1)
+
+
+class FactoredInner:
+    """The inner loop of all B tasks of a meta-batch at once over an MLP's parameter dict ``params`` (dense-twin
+    names; masked weights already multiplied by their masks), adapting ``inner_names`` with SGD at ``lr``.
+
+    ``adapt(x, y, steps)`` runs the support steps (x [B, n, ...], y [B, n]); ``logits(x)`` then gives the adapted
+    networks' logits [B, m, ways] on x [B, m, ...]. Second-order gradients flow through both unless
+    ``first_order``.
+    """
+
+    def __init__(self, layers: Sequence[tuple[str, nn.Module]], params: dict[str, Tensor],
+                 inner_names: Sequence[str], grad_masks: dict[str, Tensor], tasks: int, *, lr: float,
+                 first_order: bool) -> None:
+        self.lr, self.first_order = lr, first_order
+        self.adapted = set(inner_names)
+        self.ops: list[tuple[str, object]] = []
+
+        def start(key: str, per_task: bool) -> Tensor | None:
+            """The start of one parameter: a tensor the support loss is differentiated by when it adapts, one
+            row per task (a view) when ``per_task``."""
+            t = params.get(key)
+            if t is None:
+                return None
+            if key in self.adapted and not t.requires_grad:
+                t = t.detach().requires_grad_()
+            return t.unsqueeze(0).expand(tasks, *t.shape) if per_task else t
+
+        with torch.enable_grad():  # evaluation runs under no_grad; the support steps need their graph
+            for name, m in layers:
+                if isinstance(m, nn.Linear):
+                    self.ops.append((name, _Linear(start(f"{name}.weight", False), start(f"{name}.bias", True),
+                                                   grad_masks.get(f"{name}.weight"))))
+                elif isinstance(m, TaskBatchNorm1d):
+                    self.ops.append((name, _Norm(m.eps, start(f"{name}.weight", True), start(f"{name}.bias", True))))
+                else:
+                    self.ops.append((name, m))
+
+    def _forward(self, x: Tensor, taps: dict[str, tuple[Tensor, Tensor]] | None = None) -> Tensor:
+        """x [B, m, ...] -> logits [B, m, ways]; ``taps`` collects each linear layer's (input, output)."""
+        h = x.flatten(2)
+        for name, op in self.ops:
+            if isinstance(op, _Linear):
+                out = op(h, self.lr)
+                if taps is not None:
+                    taps[name] = (h, out)
+                h = out
+            else:
+                h = op(h)
+        return h
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The adapted networks on x [B, m, ...] -> logits [B, m, ways]."""
+        return self._forward(x)
+
+    def adapt(self, x: Tensor, y: Tensor, steps: int) -> None:
+        """``steps`` SGD steps of every task on its support set: x [B, n, ...], y [B, n]."""
+        for _ in range(steps):
+            with torch.enable_grad():
+                taps: dict[str, tuple[Tensor, Tensor]] = {}
+                logits = self._forward(x, taps)
+                # each task's mean loss; their sum keeps every task's gradient its own
+                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1).sum()
+                wrt: list[tuple[str, str, object]] = []  # (kind, name, op)
+                for name, op in self.ops:
+                    if isinstance(op, _Linear):
+                        if f"{name}.weight" in self.adapted or (op.bias is not None and f"{name}.bias" in self.adapted):
+                            wrt.append(("out", name, op))
+                    elif isinstance(op, _Norm) and op.weight is not None:
+                        for part in ("weight", "bias"):
+                            if f"{name}.{part}" in self.adapted:
+                                wrt.append((part, name, op))
+                tensors = [taps[n][1] if kind == "out" else getattr(op, kind) for kind, n, op in wrt]
+                grads = torch.autograd.grad(loss, tensors, create_graph=not self.first_order)
+                for (kind, name, op), g in zip(wrt, grads):
+                    if self.first_order:
+                        g = g.detach()
+                    if kind != "out":
+                        setattr(op, kind, getattr(op, kind) - self.lr * g)
+                        continue
+                    if f"{name}.weight" in self.adapted:
+                        h = taps[name][0]
+                        op.xs.append(h.detach() if self.first_order else h)
+                        op.gs.append(g)
+                    if op.bias is not None and f"{name}.bias" in self.adapted:
+                        op.bias = op.bias - self.lr * g.sum(1)

@@ -1,0 +1,96 @@
+"""The factored inner loop (MLPs): every task's weight change kept as factors gives the per-task loop's
+meta-gradient and scores, and runs only where it is meant to."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_meta import learner, tasks
+from torch import nn
+
+from metaticket.meta import factored
+from metaticket.meta.learner import MetaLearner
+from metaticket.tasks import Tasks
+
+
+class Spy:
+    """Counts how many meta-batches ran the factored inner loop."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = factored.FactoredInner.adapt
+
+        def adapt(inner, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+            self.calls += 1
+            return real(inner, *args, **kwargs)
+
+        monkeypatch.setattr(factored.FactoredInner, "adapt", adapt)
+
+
+def double(batch: Tasks) -> Tasks:
+    return Tasks(batch.support_x.double(), batch.support_y, batch.query_x.double(), batch.query_y)
+
+
+def run(method: str, vectorize: str, batch: Tasks, steps: int, first_order: bool) -> tuple[dict, list]:
+    """The float64 meta-gradient of one meta-batch, and (loss, accuracy) of the meta-gradient and of evaluate."""
+    lrn = learner("metaticket" if method == "metaticket_boil" else method, vectorize=vectorize, inner_steps_test=steps)
+    if method == "metaticket_boil":
+        lrn = MetaLearner(lrn.model, method=method, steps=10, vectorize=vectorize, inner_steps_test=steps)
+    lrn.double()
+    losses, accs = lrn._meta_gradient(batch, steps=steps, first_order=first_order)
+    grads = {n: p.grad.clone() for n, p in lrn.model.named_parameters() if p.grad is not None}
+    return grads, [losses, accs, *lrn.evaluate(batch)]
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("method", ["maml", "anil", "boil", "metaticket", "metaticket_boil"])
+def test_factors_give_the_loop_meta_gradient_and_scores(method, first_order, steps, monkeypatch):
+    # float64, so that only a wrong gradient (not rounding) can make the two differ; 3 queries per class keep the
+    # masked layers' factors within their size limit at 2 steps (15 x 5 x 2 = 150)
+    batch = double(tasks(batch=4, queries=3))
+    spy = Spy(monkeypatch)
+    loop_grads, loop_scores = run(method, "loop", batch, steps, first_order)
+    assert spy.calls == 0
+    grads, scores = run(method, "factored", batch, steps, first_order)
+    assert spy.calls == 2  # the meta-gradient and evaluate
+    assert grads.keys() == loop_grads.keys() and grads
+    scale = max(float(g.abs().max()) for g in loop_grads.values())
+    for n in grads:  # biases right before a BatchNorm have a zero gradient: compare against the largest entry
+        torch.testing.assert_close(grads[n], loop_grads[n], rtol=1e-9, atol=1e-11 * scale)
+    for ours, ref in zip(scores, loop_scores):
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_the_second_order_term_is_there():
+    """The check above can fail: dropping the factors' graph (first order) changes the second-order gradient."""
+    batch = double(tasks(batch=2))
+    second, _ = run("maml", "factored", batch, 1, first_order=False)
+    first, _ = run("maml", "factored", batch, 1, first_order=True)
+    assert any(not torch.allclose(second[n], first[n], rtol=1e-6, atol=1e-9) for n in second)
+
+
+def test_auto_picks_factors_for_the_mlp_only():
+    assert learner("maml").vectorize == "factored" and learner("metaticket").vectorize == "factored"
+    assert learner("maml", model="conv4").vectorize == "loop"
+    own = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 5))
+    assert MetaLearner(own, method="maml").vectorize == "vmap"  # a user's MLP: not the chain this path knows
+    with pytest.raises(ValueError, match="vectorize='factored' runs the built-in MLP"):
+        MetaLearner(own, method="maml", vectorize="factored")
+    with pytest.raises(ValueError, match="unknown vectorize 'bmm'"):
+        learner("maml", vectorize="bmm")
+
+
+def test_masked_layers_use_factors_only_while_they_are_cheaper(monkeypatch):
+    """Masked weights cost (query rows x support rows) products: Meta-ticket with 15 queries per class runs what
+    ``auto`` would without factors (vmap for this small MLP); MAML, whose factors stay low-rank, keeps them."""
+    spy = Spy(monkeypatch)
+    many = tasks(batch=2, queries=15)
+    lrn = learner("metaticket")
+    assert lrn._mode(many, 1) == "vmap" and learner("metaticket", vectorize="loop")._mode(many, 1) == "loop"
+    lrn.meta_step(many)
+    assert spy.calls == 0 and not factored.fits(True, 5, 75, 1)
+    lrn.meta_step(tasks(batch=2, queries=1))
+    assert spy.calls == 1 and factored.fits(True, 5, 5, 1) and factored.fits(True, 5, 5, 3)
+    learner("maml").meta_step(many)
+    assert spy.calls == 2 and factored.fits(False, 25, 75, 5)
