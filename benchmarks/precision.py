@@ -10,7 +10,7 @@ and relative error ``||g_bf16 - g_fp32|| / ||g_fp32||``. For scale, the same two
 between the float32 meta-gradients of two different task batches (the noise every SGD step already has).
 Rows name the ``path`` that ran (``--vectorize``; rows without one ran before the factored path existed).
 ``accuracy``: the meta-test lines (best checkpoint, the same test tasks) of runs that differ only in
-``meta.precision``. Both write into
+``meta.precision`` (added to the rows of earlier runs; a run measured again replaces its row). Both write into
 ``benchmarks/results/precision.json`` (and ``.md``).
 """
 
@@ -166,7 +166,8 @@ def main() -> None:
                             or "path" not in r]
         out["gradients"] += gradients(args)
     else:
-        out["accuracy"] = accuracy(args.runs, args.tasks)
+        new = accuracy(args.runs, args.tasks)  # rows of other runs are kept
+        out["accuracy"] = [r for r in out.get("accuracy", []) if r["run"] not in {x["run"] for x in new}] + new
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     path.with_suffix(".md").write_text(markdown(out))
