@@ -6,7 +6,7 @@ Meta-ticket, second order, 5-way 1-shot, one inner step: the per-task path (what
 the loop for wide MLPs) against the factored inner loop forced for every batch size (``MASKED_FACTOR_MAX`` raised),
 on the same synthetic tasks, median of ``--reps`` meta-steps after 2 warm-up steps, in this process. Each row
 names the (query rows x support rows) count that :func:`metaticket.meta.factored.fits` compares with the limit.
-Writes ``benchmarks/results/factored_masks.json``.
+Writes ``benchmarks/results/factored_masks_w<width>.json``.
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def main() -> None:
     p.add_argument("--queries", type=int, nargs="+", default=[1, 3, 5, 15])
     p.add_argument("--meta-batch", type=int, default=16)
     p.add_argument("--reps", type=int, default=4)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "factored_masks.json"))
+    p.add_argument("--out", default="", help="default: benchmarks/results/factored_masks_w<width>.json")
     args = p.parse_args()
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"factored_masks_w{args.width:g}.json")
     limit, rows = factored.MASKED_FACTOR_MAX, []
     for q in args.queries:
         factored.MASKED_FACTOR_MAX = limit
@@ -68,7 +69,7 @@ def main() -> None:
                      "per_task_ms": round(per_task, 1), "factored_ms": round(forced, 1),
                      "factored_speedup": round(per_task / forced, 2), "threads": torch.get_num_threads()})
         print(json.dumps(rows[-1]), flush=True)
-    Path(args.out).write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ from metaticket.models.mlp import MLP
 from metaticket.norm import TaskBatchNorm1d
 
 # masked layers cost (rows per task) x (factor rows) products with the weight: beyond this many the per-task loop
-# is faster (MLP width 8, Meta-ticket, 5 support rows: 3.6x faster at 5 query rows, 1.2x at 25, 0.6x at 75)
-MASKED_FACTOR_MAX = 150
+# is faster (benchmarks/factored_masks.py, Meta-ticket, 5 support rows, meta-batch 16, one thread; at width 8:
+# 5.4x faster at 5 query rows, 1.4x at 25, 1.1x at 35, 0.9x at 40, 0.5x at 75; at width 4: 1.1x at 35, 1.0x at 40)
+MASKED_FACTOR_MAX = 175
 
 
 def fits(masked: bool, support_rows: int, query_rows: int, steps: int) -> bool:
