@@ -379,8 +379,9 @@ class MetaLearner(nn.Module):
                 for i in range(len(tasks))]
 
     def logits(self, params: Params, x: Tensor) -> Tensor:
-        """The network with parameters ``params`` (e.g. one of :meth:`adapt`'s dicts) on x [N, ...] -> [N, ways]
-        float32: the query pass of training and evaluation (bfloat16 products with ``precision="bfloat16"``)."""
+        """The network with parameters ``params`` (e.g. one of :meth:`adapt`'s dicts) on x [N, ...] -> [N, ways] in
+        the parameters' dtype: the query pass of training and evaluation (``precision="bfloat16"``: bfloat16
+        products, float32 logits)."""
         with self._autocast():
             return _full(self._forward(params, self._layout(x)))
 
