@@ -51,11 +51,9 @@ def chain_of(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     if not isinstance(model, MLP) or not isinstance(model.features, nn.Sequential):
         return None
     layers = [(f"features.{n}", m) for n, m in model.features.named_children()] + [("head", model.head)]
-    for _, m in layers:
-        if not isinstance(m, (nn.Linear, TaskBatchNorm1d, nn.Identity, *ACTIVATIONS)):
-            return None
-        if isinstance(m, nn.Dropout | nn.AlphaDropout | nn.FeatureAlphaDropout):
-            return None  # per-task random draws: the loop path's semantics
+    # anything else (dropout's per-task random draws included) runs on the per-task paths
+    if not all(isinstance(m, (nn.Linear, TaskBatchNorm1d, nn.Identity, *ACTIVATIONS)) for _, m in layers):
+        return None
     return layers
 
 
@@ -146,6 +144,16 @@ class FactoredInner:
                 else:
                     self.ops.append((name, m))
 
+        # what each support step differentiates by: (kind, layer name, op), kind "out" for a linear layer's output
+        # (its weight's factors and its bias come from that gradient), "weight"/"bias" for a norm's parameters
+        self.wrt: list[tuple[str, str, object]] = []
+        for name, op in self.ops:
+            if isinstance(op, _Linear):
+                if f"{name}.weight" in self.adapted or (op.bias is not None and f"{name}.bias" in self.adapted):
+                    self.wrt.append(("out", name, op))
+            elif isinstance(op, _Norm) and op.weight is not None:
+                self.wrt += [(part, name, op) for part in ("weight", "bias") if f"{name}.{part}" in self.adapted]
+
     def _forward(self, x: Tensor, taps: dict[str, tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """x [B, m, ...] -> logits [B, m, ways]; ``taps`` collects each linear layer's (input, output)."""
         h = x.flatten(2)
@@ -171,18 +179,9 @@ class FactoredInner:
                 logits = self._forward(x, taps)
                 # each task's mean loss; their sum keeps every task's gradient its own
                 loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1).sum()
-                wrt: list[tuple[str, str, object]] = []  # (kind, name, op)
-                for name, op in self.ops:
-                    if isinstance(op, _Linear):
-                        if f"{name}.weight" in self.adapted or (op.bias is not None and f"{name}.bias" in self.adapted):
-                            wrt.append(("out", name, op))
-                    elif isinstance(op, _Norm) and op.weight is not None:
-                        for part in ("weight", "bias"):
-                            if f"{name}.{part}" in self.adapted:
-                                wrt.append((part, name, op))
-                tensors = [taps[n][1] if kind == "out" else getattr(op, kind) for kind, n, op in wrt]
+                tensors = [taps[n][1] if kind == "out" else getattr(op, kind) for kind, n, op in self.wrt]
                 grads = torch.autograd.grad(loss, tensors, create_graph=not self.first_order)
-                for (kind, name, op), g in zip(wrt, grads):
+                for (kind, name, op), g in zip(self.wrt, grads):
                     if self.first_order:
                         g = g.detach()
                     if kind != "out":
