@@ -19,17 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import shutil
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from metaticket import runs  # noqa: E402
-from metaticket.config import load_config  # noqa: E402
+from metaticket.config import load_config, load_run_config  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = ROOT / "configs" / "omniglot" / "paper"
@@ -46,15 +49,50 @@ def run_dir(out: Path, arch: str, method: str, seed: int, steps: int, tag: str =
     return out / f"{arch}_5w1s_{method}{'_' + tag if tag else ''}_{steps}x4_seed{seed}"
 
 
+def cpu() -> dict:
+    """The CPU a run ran on: model name and the vector extensions that change float speed and rounding."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or platform.machine(), "flags": []}
+    field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()[:40])}
+    flags = field.get("flags", "").split()
+    return {"model": field.get("model name", platform.machine()),
+            "flags": sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))}
+
+
+def protocol_line(folder: Path, line: dict, arch: str, method: str, tag: str, seed: int, minutes: float) -> dict:
+    """One result line that names its whole protocol: split, score gradient, queries, checkpoint, budget, seed,
+    CPU and the commit that ran it, so tables never mix protocols."""
+    config = load_run_config(folder / "config.yaml")
+    summary = json.loads((folder / "train_summary.json").read_text())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    masked = config.meta.method.startswith("metaticket")
+    return {"arch": arch, "method": method, "tag": tag, "seed": seed, "split": config.data.split,
+            "score_grad": getattr(config.meta, "score_grad", "masked-start") if masked else None,
+            "first_order": config.meta.first_order, "queries": config.data.queries,
+            "queries_test": line.get("queries"), "checkpoint": line["checkpoint"],
+            "meta_steps": config.meta.steps, "meta_batch": config.meta.meta_batch,
+            "inner_steps": config.meta.inner_steps, "inner_steps_test": line["inner_steps_test"],
+            "vectorize": config.meta.vectorize, "accuracy": line["accuracy"], "ci95": line["ci95"],
+            "tasks": line["tasks"], "sparsity": line["sparsity"], "ms_per_step": round(summary["ms_per_step"], 1),
+            "minutes": round(minutes, 1), "threads": config.run.threads, "cpu": cpu(),
+            "torch": __import__("torch").__version__, "commit": commit,
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
 def train_one(
     out: Path, arch: str, method: str, seed: int, steps: int, threads: int, extra: list[str], tag: str = "",
-    test_tasks: int = 1000,
+    test_tasks: int = 1000, record: Path | None = None,
 ) -> dict:
-    """Meta-train (or resume) one run and meta-test its last checkpoint; returns the meta-test line."""
+    """Meta-train (or resume) one run and meta-test its last checkpoint; returns the meta-test line. With
+    ``record``, the run's :func:`protocol_line` is appended to that JSON-lines file when the run ends."""
     folder = run_dir(out, arch, method, seed, steps, tag)
     result = folder / "meta_test_last.json"
     if result.is_file():
         return json.loads(result.read_text())
+    started = time.perf_counter()
     sets = [f"meta.steps={steps}", f"run.seed={seed}", f"run.threads={threads}", f"run.out_dir={out}",
             f"run.name={folder.name}", *extra]
     ctx = runs.Context.from_environment(os.environ)
@@ -65,6 +103,10 @@ def train_one(
         runs.meta_train(load_config(CONFIGS / f"{arch}_5w1s_{method}.yaml", sets), ctx, resume=resume)
     line = runs.meta_test(folder, ctx, tasks=test_tasks, checkpoint="last")
     result.write_text(json.dumps(line) + "\n")
+    if record is not None:
+        with open(record, "a") as f:
+            f.write(json.dumps(protocol_line(folder, line, arch, method, tag, seed,
+                                             (time.perf_counter() - started) / 60)) + "\n")
     return line
 
 
@@ -194,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="run.threads of the training runs (0: torch's default)")
     p.add_argument("--test-tasks", type=int, default=1000, help="test tasks scored per run (the protocol: 1,000)")
     p.add_argument("--set", action="append", default=[], help="extra config override for every run")
+    p.add_argument("--record", default=None, help="append each finished run's protocol line to this JSON-lines "
+                   "file (e.g. benchmarks/results/paper_protocol_runs.jsonl)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "paper"))
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
@@ -206,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             for arch in archs:
                 for method in args.methods:
                     line = train_one(runs_dir, arch, method, seed, args.steps, args.threads, args.set, args.tag,
-                                     args.test_tasks)
+                                     args.test_tasks, Path(args.record) if args.record else None)
                     print(
                         json.dumps(
                             {

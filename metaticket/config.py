@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-VERSION = 2  # the config format: run folders' config.yaml starts with ``version: 2``; older ones: see upgrade()
+VERSION = 3  # the config format: run folders' config.yaml starts with ``version: 3``; older ones: see upgrade()
 
 
 class ConfigError(ValueError):
@@ -59,6 +59,9 @@ class DataConfig:
                                    metadata=_check(lambda v: v is None or 4 <= v <= 1024,
                                                    "use an image size in [4, 1024] (or null: the dataset's own)"))
     rotations: bool = True  # Omniglot: 90/180/270-degree rotations as extra classes (MAML convention)
+    # the class split, for datasets with several (Omniglot: vinyals, the standard alphabet-disjoint split, or maml,
+    # characters drawn at random over all alphabets as in the MAML paper's code); null: the dataset's default
+    split: str | None = None
     workers: int = field(default=2, metadata=_check(lambda v: 0 <= v <= 256,
                                                     "use workers in [0, 256] (0: load in the main process)"))
 
@@ -346,17 +349,31 @@ def upgrade(raw: dict[str, Any], unversioned: int = VERSION) -> dict[str, Any]:
     and ``model.sparsity`` is only the top-k fraction. Version-1 spellings that mean one thing (``method: iterand``,
     a randommask run's ``model.sparsity``) are rewritten in an unversioned file too, with one
     :class:`ConfigDeprecation` line; run folders' config.yaml without ``version`` were written by version 1
-    (:func:`load_run_config`) and are read silently as what they ran.
+    (:func:`load_run_config`) and are read silently as what they ran. Version 3 made Omniglot's standard class
+    split (``data.split: vinyals``) the default; an Omniglot file of version 1 or 2 without ``data.split`` ran
+    the random-character split and is read as ``data.split: maml`` (run folders silently, other files with one
+    :class:`ConfigDeprecation` line), so a resumed run keeps its classes.
     """
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items() if k != "version"}
     version = raw.get("version")
-    if version is not None and (isinstance(version, bool) or version not in (1, VERSION)):
-        raise ConfigError(f"version = {version!r} is not a config format this metaticket reads; use 1 or {VERSION} "
-                          f"(or leave it out)")
+    if version is not None and (isinstance(version, bool) or version not in (1, 2, VERSION)):
+        raise ConfigError(f"version = {version!r} is not a config format this metaticket reads; use 1, 2 or "
+                          f"{VERSION} (or leave it out)")
     if version == VERSION:
         return out
-    train, model = _section(out, "train"), _section(out, "model")
+    train, model, data = _section(out, "train"), _section(out, "model"), _section(out, "data")
     said = []
+    if (version or unversioned) in (1, 2) and _section(out, "run").get("task", "meta") == "meta" and \
+            data.get("dataset", "omniglot") == "omniglot" and "split" not in data:
+        out.setdefault("data", data)  # format 3 made the standard split Omniglot's default; older files ran this one
+        data["split"] = "maml"
+        said.append("data.split was not a key: Omniglot ran the split now called maml (write data.split: vinyals "
+                    "for the standard split)")
+    if version == 2:
+        if said and unversioned == VERSION:
+            warnings.warn(f"config of format 2, read as it ran: {'; '.join(said)} (write that, and `version: "
+                          f"{VERSION}` at the top, to silence this)", ConfigDeprecation, stacklevel=3)
+        return out
     if train.get("method") == "iterand":
         train.update(method="edgepopup", rerand_every=train.get("rerand_every", 300))
         said.append(f"train.method: iterand is train.method: edgepopup with train.rerand_every: "

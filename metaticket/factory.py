@@ -33,7 +33,7 @@ def image_size(config: Config) -> int:
 
 
 # the keys whose ``auto``/null a run resolves before it starts; config.yaml records what ran
-RESOLVED = ("data.image_size", "meta.optimizer", "meta.outer_lr", "meta.schedule", "meta.warmup_steps",
+RESOLVED = ("data.image_size", "data.split", "meta.optimizer", "meta.outer_lr", "meta.schedule", "meta.warmup_steps",
             "meta.vectorize")
 
 
@@ -49,8 +49,11 @@ def resolve(config: Config, saved: Config | None = None, vectorize: str | None =
         if values[sec][name] in (None, "auto") and old is not None and old[sec][name] not in (None, "auto"):
             values[sec][name] = old[sec][name]
     d, m = values["data"], values["meta"]
+    spec = get_dataset(config.data.dataset)
     if d["image_size"] is None:
-        d["image_size"] = get_dataset(config.data.dataset).image_size
+        d["image_size"] = spec.image_size
+    if config.run.task == "meta" and spec.episodes is not None:
+        d["split"] = spec.split_name(d["split"])
     if config.run.task == "meta":
         m["optimizer"], m["outer_lr"], m["schedule"], m["warmup_steps"] = outer_defaults(
             m["method"], m["optimizer"], m["outer_lr"], m["schedule"], m["warmup_steps"], m["steps"])

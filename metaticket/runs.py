@@ -96,7 +96,8 @@ def samplers(config: Config, ctx: Context, dataset: str | None = None) -> dict[s
     return episode_samplers(dataset or d.dataset, data_root(config, ctx), ctx.cache_dir, ways=d.ways, shots=d.shots,
                             queries=d.queries, image_size=image_size(config), rotations=d.rotations,
                             seed=config.run.seed, val_seed=config.eval.task_seed, download=d.download,
-                            workers=d.workers, progress=not ctx.quiet)
+                            workers=d.workers, progress=not ctx.quiet,
+                            split=d.split if dataset in (None, d.dataset) else None)
 
 
 def machine_memory() -> int:

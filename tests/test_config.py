@@ -115,8 +115,8 @@ def test_iterand_has_one_switch_and_the_old_method_name_is_read_with_one_line(tm
     assert loaded_quietly(write(tmp_path, TRAIN + "train:\n  method: edgepopup\n")).train.rerand_every == 0
     with pytest.raises(ConfigError, match="train.method = 'iterand' is not allowed"):
         load_config(write(tmp_path, "version: 2\n" + TRAIN + "train:\n  method: iterand\n"))
-    with pytest.raises(ConfigError, match="version = 3 is not a config format"):
-        load_config(write(tmp_path, "version: 3\n"))
+    with pytest.raises(ConfigError, match="version = 4 is not a config format"):
+        load_config(write(tmp_path, "version: 4\n"))
     for section in ("meta", "train"):  # the same range in both sections
         with pytest.raises(ConfigError, match=f"{section}.rerand_rate = 0.0 is out of range"):
             load_config(write(tmp_path, ""), [f"{section}.rerand_rate=0"])
@@ -142,7 +142,7 @@ def test_run_folders_of_version_1_keep_what_they_ran(tmp_path):
     # what this version writes carries its format and reads back as itself, IteRand included
     current = load_config(write(tmp_path, TRAIN + "train:\n  rerand_every: 9\n"))
     dump_config(current, tmp_path / "now.yaml")
-    assert (tmp_path / "now.yaml").read_text().startswith("version: 2\n")
+    assert (tmp_path / "now.yaml").read_text().startswith("version: 3\n")
     assert loaded_quietly(tmp_path / "now.yaml", run_folder=True) == current
 
 
@@ -159,3 +159,32 @@ def test_random_mask_sparsity_has_its_own_key(tmp_path):
                                           "model.random_sparsity"):
         load_config(new, ["model.sparsity=0.9"])
     assert loaded_quietly(new, ("model.random_sparsity=0.9",)).model.random_sparsity == 0.9
+
+
+def test_omniglot_files_of_earlier_formats_keep_the_split_they_ran(tmp_path):
+    """Format 3 made the standard (alphabet-disjoint) split the default. An Omniglot meta config of format 1 or 2
+    without data.split ran the random-character split: read as data.split maml, silently from a run folder and
+    with one line otherwise; a file of the current format (or without a version) gets the new default."""
+    import yaml
+
+    from metaticket.config import ConfigDeprecation
+    from metaticket.factory import resolve
+
+    dump = Config().to_dict()
+    del dump["data"]["split"]
+    for version in (None, 2):
+        text = (f"version: {version}\n" if version else "") + yaml.safe_dump(dump)
+        assert loaded_quietly(write(tmp_path, text, "old.yaml"), run_folder=True).data.split == "maml"
+    with pytest.warns(ConfigDeprecation, match="data.split was not a key: Omniglot ran the split now called maml"):
+        assert load_config(write(tmp_path, "version: 2\n" + yaml.safe_dump(dump))).data.split == "maml"
+    fresh = loaded_quietly(write(tmp_path, yaml.safe_dump(dump)))
+    assert fresh.data.split is None and resolve(fresh).data.split == "vinyals"
+    assert loaded_quietly(write(tmp_path, f"version: 3\n{yaml.safe_dump(dump)}")).data.split is None
+    # a resumed run takes the split its folder saved, whatever the new default
+    assert resolve(fresh, saved=loaded_quietly(write(tmp_path, yaml.safe_dump(dump), "o.yaml"),
+                                                run_folder=True)).data.split == "maml"
+    # other datasets and supervised runs are not touched
+    for extra in ("run:\n  task: train\n", "data:\n  dataset: tinyimagenet\n"):
+        assert loaded_quietly(write(tmp_path, "version: 2\n" + extra)).data.split is None
+    with pytest.raises(Exception, match="data.split = 'alphabets' is not a class split of omniglot"):
+        resolve(load_config(write(tmp_path, ""), ["data.split=alphabets"]))

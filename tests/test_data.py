@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from metaticket.data.episodes import EpisodeSampler
-from metaticket.data.omniglot import SPLIT_FILE, find_sources, load_omniglot, load_split
+from metaticket.data.omniglot import CLASS_SPLITS, find_sources, load_omniglot, load_split, split_file
 from metaticket.errors import MetaticketError
 
 
@@ -21,13 +21,72 @@ def test_omniglot_shapes_and_values(omniglot):
     assert 0.03 < ink < 0.3
 
 
-def test_split_is_fixed_and_disjoint(omniglot):
-    spec = json.loads(SPLIT_FILE.read_text())
-    split = load_split(omniglot.characters)
-    assert [len(split[k]) for k in ("train", "val", "test")] == [1100, 100, 423]
+def _alphabet(character: str) -> str:
+    return character.rsplit("/", 1)[0]  # images_background/<alphabet>
+
+
+@pytest.mark.parametrize("name", CLASS_SPLITS)
+def test_splits_are_fixed_and_disjoint(omniglot, name):
+    spec = json.loads(split_file(name).read_text())
+    split = load_split(omniglot.characters, name)
+    sizes = {"vinyals": [1028, 172, 423], "maml": [1100, 100, 423]}[name]
+    assert [len(split[k]) for k in ("train", "val", "test")] == sizes
     sets = [set(spec[k]) for k in ("train", "val", "test")]
     assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
     assert len(sets[0] | sets[1] | sets[2]) == 1623
+
+
+def test_vinyals_split_holds_out_whole_alphabets(omniglot):
+    """The standard split: validation is 5 whole background alphabets, test 13 evaluation alphabets of which only
+    Gurmukhi also has characters in train (its 1-41; 42-45 are test); the maml split shares nearly every alphabet."""
+    spec = {k: v for k, v in json.loads(split_file("vinyals").read_text()).items() if k != "_about"}
+    alphabets = {k: {_alphabet(c) for c in v} for k, v in spec.items()}
+    assert len(alphabets["val"]) == 5 and all(a.startswith("images_background/") for a in alphabets["val"])
+    assert len(alphabets["test"]) == 13 and all(a.startswith("images_evaluation/") for a in alphabets["test"])
+    assert not alphabets["train"] & alphabets["val"] and not alphabets["val"] & alphabets["test"]
+    assert alphabets["train"] & alphabets["test"] == {"images_evaluation/Gurmukhi"}
+    gurmukhi = {k: sorted(int(c[-2:]) for c in v if _alphabet(c) == "images_evaluation/Gurmukhi")
+                for k, v in spec.items()}
+    assert gurmukhi == {"train": list(range(1, 42)), "val": [], "test": [42, 43, 44, 45]}
+    # every character of a whole alphabet is in the split of that alphabet (nothing lost between the three)
+    all_chars = {c for c in omniglot.characters}
+    for k in ("val", "test"):
+        whole = alphabets[k] - {"images_evaluation/Gurmukhi"}
+        assert {c for c in all_chars if _alphabet(c) in whole} <= set(spec[k])
+    maml = {k: {_alphabet(c) for c in v} for k, v in json.loads(split_file("maml").read_text()).items()
+            if k != "_about"}
+    assert len(maml["train"] & maml["test"]) >= 40  # the control: the random split shares the test alphabets
+
+
+def test_rotations_stay_in_the_split_of_their_character(omniglot):
+    """Each character's 4 rotations are 4 classes of its own split: a val task's images, rotated back, are
+    drawings of val characters and never of train characters."""
+    split = load_split(omniglot.characters, "vinyals")
+    tagged = torch.zeros(1623, 20, 28, 28, dtype=torch.uint8)
+    tagged[:, :, 0, 0] = 255  # a corner mark shows the rotation: it moves to another corner
+    code = torch.arange(1623)
+    tagged[:, :, 14, 14:25] = ((code.view(-1, 1) >> torch.arange(11)) & 1).to(torch.uint8).view(1623, 1, 11) * 255
+    for name, rows in split.items():
+        s = EpisodeSampler(tagged, rows, ways=5, shots=2, queries=2, rotations=True, seed=5)
+        t = s.sample(30)
+        seen, turns = set(), set()
+        for img in torch.cat([t.support_x, t.query_x], 1).flatten(0, 1)[:, 0]:
+            k = next(k for k in range(4) if torch.rot90(img, -k, dims=(0, 1))[0, 0] > 0.5)
+            turns.add(k)
+            back = torch.rot90(img, -k, dims=(0, 1))
+            seen.add(int(((back[14, 14:25] > 0.5).long() << torch.arange(11)).sum()))
+        assert seen <= set(rows) and turns == {0, 1, 2, 3}, name
+
+
+def test_split_names_are_checked():
+    from metaticket.data import get_dataset
+
+    assert get_dataset("omniglot").split_name(None) == "vinyals"
+    with pytest.raises(MetaticketError, match="data.split = 'random' is not a class split of omniglot; use one of: "
+                                              "vinyals, maml"):
+        get_dataset("omniglot").split_name("random")
+    with pytest.raises(MetaticketError, match="tinyimagenet has one fixed class split; leave data.split unset"):
+        get_dataset("tinyimagenet").split_name("vinyals")
 
 
 def test_episodes_draw_only_from_their_split(omniglot):

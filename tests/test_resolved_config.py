@@ -25,6 +25,7 @@ def test_resolve_fills_each_auto_from_one_rule():
     assert (done.meta.optimizer, done.meta.outer_lr, done.meta.schedule, done.meta.warmup_steps) == (
         "sgd", 10.0, "cosine", 300)
     assert done.data.image_size == 28 and done.meta.vectorize == "auto"  # vectorize: from the built learner
+    assert config.data.split is None and done.data.split == "vinyals"  # Omniglot's default class split
     assert resolve(config, vectorize="loop").meta.vectorize == "loop"
     maml = resolve(load_config(QUICK, ["meta.method=maml", "meta.outer_lr=null", "meta.warmup_steps=null"]))
     assert (maml.meta.optimizer, maml.meta.outer_lr, maml.meta.schedule, maml.meta.warmup_steps) == (
@@ -33,7 +34,7 @@ def test_resolve_fills_each_auto_from_one_rule():
     # a resumed run takes its saved values before the rules: growing meta.steps keeps the warm-up it started with
     grown = resolve(load_config(QUICK, ["meta.warmup_steps=null", "meta.steps=6000"]), saved=done)
     assert grown.meta.warmup_steps == 300 and resolve(grown) == grown
-    assert set(RESOLVED) == {"data.image_size", "meta.optimizer", "meta.outer_lr", "meta.schedule",
+    assert set(RESOLVED) == {"data.image_size", "data.split", "meta.optimizer", "meta.outer_lr", "meta.schedule",
                              "meta.warmup_steps", "meta.vectorize"}
 
 
@@ -45,6 +46,7 @@ def test_config_yaml_holds_resolved_values_and_a_resume_with_auto_continues(tmp_
     assert saved["meta"]["optimizer"] == "sgd" and saved["meta"]["schedule"] == "cosine"
     assert saved["meta"]["warmup_steps"] == 0 and saved["meta"]["vectorize"] == "factored"  # min(1000, 4 // 10)
     assert saved["data"]["image_size"] == 28 and saved["meta"]["outer_lr"] == 10.0
+    assert saved["data"]["split"] == "vinyals"
     # the same command with auto values (and more steps) resumes the folder it wrote
     assert main([*args[:2], *small(tmp_path, "r", steps=6), "--set", "meta.warmup_steps=null", "--resume"]) == 0
     again = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())

@@ -25,16 +25,19 @@ __all__ = ["DATASETS", "ClassImages", "DatasetSpec", "EpisodeSampler", "Source",
 
 def episode_samplers(dataset: str, root: str | Path, cache_dir: str | Path, *, ways: int, shots: int, queries: int,
                      image_size: int, rotations: bool, seed: int, val_seed: int, download: bool = True,
-                     workers: int = 2, progress: bool = True) -> dict[str, EpisodeSampler]:
+                     workers: int = 2, progress: bool = True, split: str | None = None) -> dict[str, EpisodeSampler]:
     """Samplers over the class-disjoint splits of ``dataset`` (train uses ``seed``, val/test ``val_seed``).
 
     ``rotations`` (extra classes rotated by 90/180/270 degrees) applies to datasets that offer it (Omniglot).
+    ``split`` names the class split of datasets that offer several (``DatasetSpec.class_splits``; Omniglot:
+    ``vinyals``, the default, or ``maml``); None takes the dataset's default.
     """
     spec = get_dataset(dataset)
     if spec.episodes is None:
         raise MetaticketError(f"data.dataset = {dataset} has no few-shot tasks; meta-learning takes one of: "
                               f"{', '.join(list_datasets(episodes=True))}")
-    data = spec.episodes(Source(Path(root), Path(cache_dir), image_size, download, workers, progress))
+    data = spec.episodes(Source(Path(root), Path(cache_dir), image_size, download, workers, progress,
+                                spec.split_name(split)))
     return {
         name: EpisodeSampler(data.images, rows, ways=ways, shots=shots, queries=queries,
                              rotations=rotations and spec.rotations,

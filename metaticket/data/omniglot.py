@@ -31,7 +31,15 @@ from metaticket.errors import MetaticketError
 PARTS = ("images_background", "images_evaluation")
 DRAWINGS = 20
 NUM_CHARACTERS = 1623
-SPLIT_FILE = Path(__file__).parent / "splits" / "omniglot.json"
+SPLITS_DIR = Path(__file__).parent / "splits"
+# data.split: vinyals, the standard split (whole alphabets held out; the Meta-ticket code, torchmeta, Prototypical
+# Networks), or maml, characters drawn at random over all alphabets (the kind of split of the MAML paper's code)
+CLASS_SPLITS = ("vinyals", "maml")
+
+
+def split_file(name: str = CLASS_SPLITS[0]) -> Path:
+    """The committed file of the class split ``name`` (one of :data:`CLASS_SPLITS`)."""
+    return SPLITS_DIR / f"omniglot-{name}.json"
 
 
 @dataclass(frozen=True)
@@ -161,15 +169,17 @@ def _download(root: Path) -> None:
                               f"folder holding omniglot/images_background.zip and images_evaluation.zip") from None
 
 
-def load_split(characters: list[str], split_file: Path = SPLIT_FILE) -> dict[str, list[int]]:
-    """Row indices of the train / val / test characters from the committed split file."""
-    spec = json.loads(split_file.read_text())
+def load_split(characters: list[str], split: str | Path = CLASS_SPLITS[0]) -> dict[str, list[int]]:
+    """Row indices of the train / val / test characters of the class split ``split`` (a name of
+    :data:`CLASS_SPLITS`, or a split file of the same format)."""
+    path = split_file(split) if isinstance(split, str) else split
+    spec = json.loads(path.read_text())
     index = {c: i for i, c in enumerate(characters)}
     out: dict[str, list[int]] = {}
     for name in ("train", "val", "test"):
         missing = [c for c in spec[name] if c not in index]
         if missing:
-            raise MetaticketError(f"{split_file}: {len(missing)} {name} characters (e.g. {missing[0]}) are not in "
+            raise MetaticketError(f"{path}: {len(missing)} {name} characters (e.g. {missing[0]}) are not in "
                                   f"the loaded Omniglot; the archives differ from the official ones")
         out[name] = [index[c] for c in spec[name]]
     return out
@@ -178,8 +188,9 @@ def load_split(characters: list[str], split_file: Path = SPLIT_FILE) -> dict[str
 def _episodes(src: Source) -> ClassImages:
     data = load_omniglot(src.root, src.cache_dir, image_size=src.image_size, download=src.download,
                          workers=src.workers, progress=src.progress)
-    return ClassImages(data.images, load_split(data.characters))
+    return ClassImages(data.images, load_split(data.characters, src.split or CLASS_SPLITS[0]))
 
 
 register_dataset(DatasetSpec("omniglot", channels=1, image_size=28, decoded_images=32_460, episodes=_episodes,
-                             episode_splits=("train", "val", "test"), rotations=True))
+                             episode_splits=("train", "val", "test"), rotations=True,
+                             class_splits=CLASS_SPLITS))

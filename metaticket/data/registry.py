@@ -34,6 +34,7 @@ class Source:
     download: bool = True
     workers: int = 2
     progress: bool = True
+    split: str | None = None  # the class split (DatasetSpec.class_splits); None: the dataset's default
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,23 @@ class DatasetSpec:
     classification: Callable[[Source, bool, int], Classification] | None = None
     classes: int = 0  # supervised classes (0 without a supervised split)
     rotations: bool = False  # offers rotated copies of classes as extra classes (data.rotations)
+    class_splits: tuple[str, ...] = ()  # named class splits ``episodes`` offers (data.split), the default first;
+    # () when the dataset has one fixed split
+
+    def split_name(self, split: str | None) -> str | None:
+        """The class split a run of this dataset uses for ``data.split = split`` (None: the default), or a one-line
+        error naming the splits the dataset has."""
+        if not self.class_splits:
+            if split is not None:
+                raise MetaticketError(f"data.split = {split!r}, but {self.name} has one fixed class split; leave "
+                                      f"data.split unset (null)")
+            return None
+        if split is None:
+            return self.class_splits[0]
+        if split not in self.class_splits:
+            raise MetaticketError(f"data.split = {split!r} is not a class split of {self.name}; use one of: "
+                                  f"{', '.join(self.class_splits)}")
+        return split
 
 
 DATASETS: dict[str, DatasetSpec] = {}
