@@ -116,6 +116,10 @@ class MetaConfig:
     # bfloat16: the query pass's matrix products in bfloat16 (inner loop, parameters, losses float32); faster for
     # wide MLPs on CPUs with AVX512-BF16/AMX and on GPUs; the meta-gradient differs a little (benchmarks/README.md)
     precision: Literal["float32", "bfloat16"] = "float32"
+    # Meta-ticket: which function of the mask the outer loop differentiates (the adapted networks are the same).
+    # reference: the mask applied in every inner forward, as the Meta-ticket code; start: the mask's gradient
+    # enters only at the inner loop's start w * mask (metaticket's formulation before format 3)
+    score_grad: Literal["reference", "start"] = "reference"
 
 
 @dataclass(frozen=True)
@@ -350,9 +354,10 @@ def upgrade(raw: dict[str, Any], unversioned: int = VERSION) -> dict[str, Any]:
     a randommask run's ``model.sparsity``) are rewritten in an unversioned file too, with one
     :class:`ConfigDeprecation` line; run folders' config.yaml without ``version`` were written by version 1
     (:func:`load_run_config`) and are read silently as what they ran. Version 3 made Omniglot's standard class
-    split (``data.split: vinyals``) the default; an Omniglot file of version 1 or 2 without ``data.split`` ran
-    the random-character split and is read as ``data.split: maml`` (run folders silently, other files with one
-    :class:`ConfigDeprecation` line), so a resumed run keeps its classes.
+    split (``data.split: vinyals``) and the reference code's score gradient (``meta.score_grad: reference``) the
+    defaults; a file of version 1 or 2 without them ran the random-character split (Omniglot) and the ``start``
+    gradient (Meta-ticket) and is read so (run folders silently, other files with one :class:`ConfigDeprecation`
+    line), so a resumed run keeps its classes and its gradient.
     """
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items() if k != "version"}
     version = raw.get("version")
@@ -369,6 +374,13 @@ def upgrade(raw: dict[str, Any], unversioned: int = VERSION) -> dict[str, Any]:
         data["split"] = "maml"
         said.append("data.split was not a key: Omniglot ran the split now called maml (write data.split: vinyals "
                     "for the standard split)")
+    meta = _section(out, "meta")
+    if (version or unversioned) in (1, 2) and _section(out, "run").get("task", "meta") == "meta" and \
+            "score_grad" not in meta and str(meta.get("method", "metaticket")).startswith("metaticket"):
+        out.setdefault("meta", meta)  # format 3 made the reference code's score gradient the default
+        meta["score_grad"] = "start"
+        said.append("meta.score_grad was not a key: Meta-ticket ran the score gradient now called start (write "
+                    "meta.score_grad: reference for the reference code's)")
     if version == 2:
         if said and unversioned == VERSION:
             warnings.warn(f"config of format 2, read as it ran: {'; '.join(said)} (write that, and `version: "

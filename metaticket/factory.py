@@ -111,7 +111,7 @@ def build_learner(config: Config, device: torch.device | str = "cpu", collective
                        momentum=meta.momentum, schedule=meta.schedule, warmup_steps=meta.warmup_steps,
                        steps=meta.steps, rerand_every=meta.rerand_every, rerand_rate=meta.rerand_rate,
                        vectorize=meta.vectorize, seed=config.run.seed, collective=collective,
-                       precision=meta.precision)
+                       precision=meta.precision, score_grad=meta.score_grad)
 
 
 def build_classifier(config: Config, num_classes: int, device: torch.device | str = "cpu") -> nn.Module:

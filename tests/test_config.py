@@ -184,7 +184,31 @@ def test_omniglot_files_of_earlier_formats_keep_the_split_they_ran(tmp_path):
     assert resolve(fresh, saved=loaded_quietly(write(tmp_path, yaml.safe_dump(dump), "o.yaml"),
                                                 run_folder=True)).data.split == "maml"
     # other datasets and supervised runs are not touched
-    for extra in ("run:\n  task: train\n", "data:\n  dataset: tinyimagenet\n"):
-        assert loaded_quietly(write(tmp_path, "version: 2\n" + extra)).data.split is None
+    assert loaded_quietly(write(tmp_path, "version: 2\nrun:\n  task: train\n")).data.split is None
+    tiny = "version: 2\ndata:\n  dataset: tinyimagenet\nmeta:\n  score_grad: start\n"
+    assert loaded_quietly(write(tmp_path, tiny)).data.split is None
     with pytest.raises(Exception, match="data.split = 'alphabets' is not a class split of omniglot"):
         resolve(load_config(write(tmp_path, ""), ["data.split=alphabets"]))
+
+
+def test_meta_ticket_files_of_earlier_formats_keep_the_score_gradient_they_ran(tmp_path):
+    """Format 3 made the reference code's score gradient the default; a Meta-ticket meta config of format 1 or 2
+    without meta.score_grad ran the one now called start, and is read so (MAML files are not touched)."""
+    import yaml
+
+    from metaticket.config import ConfigDeprecation
+
+    dump = Config().to_dict()
+    del dump["meta"]["score_grad"], dump["data"]["split"]
+    assert loaded_quietly(write(tmp_path, yaml.safe_dump(dump))).meta.score_grad == "reference"
+    old = loaded_quietly(write(tmp_path, "version: 2\n" + yaml.safe_dump(dump), "o.yaml"), run_folder=True)
+    assert (old.meta.score_grad, old.data.split) == ("start", "maml")
+    with pytest.warns(ConfigDeprecation, match="meta.score_grad was not a key: Meta-ticket ran the score gradient "
+                                               "now called start") as said:
+        load_config(write(tmp_path, "version: 2\n" + yaml.safe_dump(dump)))
+    assert len(said) == 1 and "data.split" in str(said[0].message)  # one line names both
+    dump["meta"]["method"] = "maml"
+    assert loaded_quietly(write(tmp_path, "version: 2\n" + yaml.safe_dump(dump), "m.yaml"),
+                          run_folder=True).meta.score_grad == "reference"  # not used by MAML
+    with pytest.raises(ConfigError, match="meta.score_grad = 'mask-every-step' is not allowed"):
+        load_config(write(tmp_path, ""), ["meta.score_grad=mask-every-step"])

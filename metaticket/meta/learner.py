@@ -13,6 +13,18 @@ The mask of a meta-step is computed once: the inner loop starts from the masked 
 gradients so pruned weights stay zero, and runs them through a dense twin of the model (plain
 ``Linear``/``Conv2d`` kernels, no mask multiply in any inner forward).
 
+``score_grad`` says which function of the mask the outer loop differentiates; both adapt the same networks:
+
+- ``reference`` (the Meta-ticket code's): the inner loop adapts the dense weights ``w`` and applies the mask in
+  every forward, ``w_k+1 = w_k - lr * grad_w L(w_k * m)``. Its masked weights ``w_k * m`` equal
+  ``w * m - lr * sum_j G_j * m * m`` (``G_j`` the gradient at the masked weight), so it runs here as the start
+  ``w * m`` updated with the gradient mask ``m * m``, both factors carrying the straight-through gradient (first
+  order: ``stop_grad(m) * m``, the inner gradient ``G_j * m`` detached, the forward's mask not). The scores then
+  also get the terms of every inner forward and update, not only of the start.
+- ``start``: the mask's gradient enters only at the start ``w * m``; the updates use a detached 0/1 mask.
+  metaticket's formulation before config format 3. At initialization the two score gradients have cosine
+  0.998-1.000 and drift apart as training goes on (issue 31).
+
 ``vectorize`` chooses how a meta-batch runs, all with the same meta-gradient: ``factored`` (the built-in MLP: each
 task's weight changes kept as low-rank factors, :mod:`metaticket.meta.factored`), ``vmap`` over tasks, or a
 per-task ``loop``; ``auto`` picks what measured fastest for the model on a CPU.
@@ -65,6 +77,7 @@ METHODS: dict[str, Method] = {
 
 VMAP_MAX_WEIGHT = 2 ** 18
 PRECISIONS = ("float32", "bfloat16")
+SCORE_GRADS = ("reference", "start")
 VECTORIZE = ("auto", "factored", "vmap", "loop")
 
 
@@ -132,13 +145,16 @@ class MetaLearner(nn.Module):
                  schedule: str = "auto", warmup_steps: int | None = None, steps: int = 10000,
                  rerand_every: int = 0, rerand_rate: float = 0.1, vectorize: str = "auto", seed: int = 0,
                  head: str | Callable[[str], bool] | None = None, collective: Collective = SINGLE,
-                 precision: str = "float32") -> None:
+                 precision: str = "float32", score_grad: str = "reference") -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+        if score_grad not in SCORE_GRADS:
+            raise ValueError(f"unknown score_grad {score_grad!r}; known: {', '.join(SCORE_GRADS)}")
         self.precision = precision
+        self.score_grad = score_grad
         self.method = method
         self.roles = METHODS[method]
         has_masks = any(True for _ in supermask_layers(model))
@@ -241,11 +257,13 @@ class MetaLearner(nn.Module):
     def _forward(self, params: Params, x: Tensor) -> Tensor:
         return functional_call(self.twin, params, (x,))
 
-    def _initial_params(self) -> tuple[Params, dict[str, Tensor]]:
-        """The inner loop's start under the twin's names, and the 0/1 masks of the masked weights.
+    def _initial_params(self, first_order: bool = True) -> tuple[Params, dict[str, Tensor]]:
+        """The inner loop's start under the twin's names, and the masks of the masked weights' gradients.
 
         Masked weights enter as ``w * mask(scores)``: the mask is computed once per call and its
-        straight-through gradient reaches the scores; the inner loop then keeps pruned weights at zero.
+        straight-through gradient reaches the scores; the inner loop then keeps pruned weights at zero. The
+        gradient masks are 0/1 in value; under ``score_grad="reference"`` they carry the mask's gradient too
+        (``m * m``, or ``stop_grad(m) * m`` with ``first_order``: module docstring), else they are detached.
         """
         own = dict(self.model.named_parameters())
         params = {n: own[n] for n, _ in self.twin.named_parameters()}
@@ -254,6 +272,8 @@ class MetaLearner(nn.Module):
             params[k] = params[k] * m
         if self.channels_last:
             params = {k: self._layout(v) for k, v in params.items()}
+        if self.score_grad == "reference" and torch.is_grad_enabled():
+            return params, {k: (m.detach() if first_order else m) * m for k, m in weight_masks.items()}
         return params, {k: m.detach() for k, m in weight_masks.items()}
 
     def _layout(self, x: Tensor) -> Tensor:
@@ -272,7 +292,7 @@ class MetaLearner(nn.Module):
 
     def _task_losses(self, tasks: Tasks, steps: int, first_order: bool) -> tuple[Tensor, Tensor]:
         """Per-task query loss and accuracy after adaptation: two [B] tensors."""
-        params, hard = self._initial_params()
+        params, hard = self._initial_params(first_order)
 
         def one_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor]:
             adapted = adapt(self._forward, params, self.inner_names, xs, ys, lr=self.inner_lr, steps=steps,
@@ -308,20 +328,23 @@ class MetaLearner(nn.Module):
             losses, accs = self._task_losses(tasks, steps, first_order)
             losses.mean().backward()
             return losses.detach(), accs
-        start, hard = self._initial_params()
+        start, gmasks = self._initial_params(first_order)
         leaves = {k: v.detach().requires_grad_() for k, v in start.items()}
+        # score_grad reference: the gradient masks carry the scores' gradient too, collected like the start's
+        mask_leaves = {k: v.detach().requires_grad_() if v.requires_grad else v for k, v in gmasks.items()}
         n = len(tasks)
         losses, accs = [], []
         for i in range(n):
             adapted = adapt(self._forward, leaves, self.inner_names, self._layout(tasks.support_x[i]),
                             tasks.support_y[i], lr=self.inner_lr, steps=steps, first_order=first_order,
-                            grad_masks=hard, engine="autograd")
+                            grad_masks=mask_leaves, engine="autograd")
             logits = self.logits(adapted, tasks.query_x[i])
             loss = F.cross_entropy(logits, tasks.query_y[i])
             (loss / n).backward()
             losses.append(loss.detach())
             accs.append((logits.detach().argmax(-1) == tasks.query_y[i]).float().mean())
         pairs = [(start[k], leaves[k].grad) for k in start if start[k].requires_grad and leaves[k].grad is not None]
+        pairs += [(gmasks[k], v.grad) for k, v in mask_leaves.items() if gmasks[k].requires_grad and v.grad is not None]
         if pairs:
             torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
         return torch.stack(losses), torch.stack(accs)
@@ -372,6 +395,7 @@ class MetaLearner(nn.Module):
     def _adapt_from(self, start: Params, hard: dict[str, Tensor], tasks: Tasks, steps: int | None) -> list[Params]:
         n_steps = self.inner_steps_test if steps is None else steps
         params = {k: v.detach() for k, v in start.items()}
+        hard = {k: v.detach() for k, v in hard.items()}
         return [{k: v.detach() for k, v in adapt(self._forward, params, self.inner_names,
                                                  self._layout(tasks.support_x[i]),
                                                  tasks.support_y[i], lr=self.inner_lr, steps=n_steps,
