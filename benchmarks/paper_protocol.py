@@ -37,16 +37,16 @@ from metaticket.config import load_config, load_run_config  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = ROOT / "configs" / "omniglot" / "paper"
 METHODS = ("maml", "metaticket", "metaticket_iterand")
-# run folder: <arch>_5w1s_<method>[_<tag>]_<steps>x4_seed<seed>, arch "mlp-w<width>" or "conv4"
+# run folder: <arch>_5w1s_<method>[_<tag>]_<steps>x<meta-batch>_seed<seed>, arch "mlp-w<width>" or "conv4"
 FOLDER = re.compile(
     r"^(?P<arch>mlp-w\d+|conv4)_5w1s_(?P<method>"
     + "|".join(sorted(METHODS, key=len, reverse=True))
-    + r")(?:_(?P<tag>[a-z0-9-]+))?_(?P<steps>\d+)x4_seed(?P<seed>\d+)$"
+    + r")(?:_(?P<tag>[a-z0-9-]+))?_(?P<steps>\d+)x(?P<batch>\d+)_seed(?P<seed>\d+)$"
 )
 
 
-def run_dir(out: Path, arch: str, method: str, seed: int, steps: int, tag: str = "") -> Path:
-    return out / f"{arch}_5w1s_{method}{'_' + tag if tag else ''}_{steps}x4_seed{seed}"
+def run_dir(out: Path, arch: str, method: str, seed: int, steps: int, tag: str = "", meta_batch: int = 4) -> Path:
+    return out / f"{arch}_5w1s_{method}{'_' + tag if tag else ''}_{steps}x{meta_batch}_seed{seed}"
 
 
 def cpu() -> dict:
@@ -74,7 +74,8 @@ def protocol_line(folder: Path, line: dict, arch: str, method: str, tag: str, se
             "first_order": config.meta.first_order, "queries": config.data.queries,
             "queries_test": line.get("queries"), "checkpoint": line["checkpoint"],
             "meta_steps": config.meta.steps, "meta_batch": config.meta.meta_batch,
-            "inner_steps": config.meta.inner_steps, "inner_steps_test": line["inner_steps_test"],
+            "inner_lr": config.meta.inner_lr, "inner_steps": config.meta.inner_steps,
+            "inner_steps_test": line["inner_steps_test"],
             "vectorize": config.meta.vectorize, "accuracy": line["accuracy"], "ci95": line["ci95"],
             "tasks": line["tasks"], "sparsity": line["sparsity"], "ms_per_step": round(summary["ms_per_step"], 1),
             "minutes": round(minutes, 1), "threads": config.run.threads, "cpu": cpu(),
@@ -84,17 +85,17 @@ def protocol_line(folder: Path, line: dict, arch: str, method: str, tag: str, se
 
 def train_one(
     out: Path, arch: str, method: str, seed: int, steps: int, threads: int, extra: list[str], tag: str = "",
-    test_tasks: int = 1000, record: Path | None = None,
+    test_tasks: int = 1000, record: Path | None = None, meta_batch: int = 4,
 ) -> dict:
     """Meta-train (or resume) one run and meta-test its last checkpoint; returns the meta-test line. With
     ``record``, the run's :func:`protocol_line` is appended to that JSON-lines file when the run ends."""
-    folder = run_dir(out, arch, method, seed, steps, tag)
+    folder = run_dir(out, arch, method, seed, steps, tag, meta_batch)
     result = folder / "meta_test_last.json"
     if result.is_file():
         return json.loads(result.read_text())
     started = time.perf_counter()
-    sets = [f"meta.steps={steps}", f"run.seed={seed}", f"run.threads={threads}", f"run.out_dir={out}",
-            f"run.name={folder.name}", *extra]
+    sets = [f"meta.steps={steps}", f"meta.meta_batch={meta_batch}", f"run.seed={seed}", f"run.threads={threads}",
+            f"run.out_dir={out}", f"run.name={folder.name}", *extra]
     ctx = runs.Context.from_environment(os.environ)
     if not (folder / "train_summary.json").is_file():
         resume = (folder / "checkpoints" / "last.pt").is_file()
@@ -224,15 +225,138 @@ def plot(rows: list[dict], lines: list[dict], steps: int, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def old_protocol_lines(path: Path = RESULTS / "paper_protocol_30000.json") -> list[dict]:
+    """The 30k x 4 rows measured before config format 3 (random-character split, start gradient), as protocol
+    lines: the old/start cell of the ablation."""
+    if not path.is_file():
+        return []
+    out = []
+    for r in json.loads(path.read_text())["runs"]:
+        if r["tag"] or r["arch"] == "conv4":
+            continue
+        t = r["test"]
+        out.append({"arch": r["arch"], "method": r["method"], "tag": "maml-start (format 2)", "seed": r["seed"],
+                    "split": "maml", "score_grad": "start" if r["method"].startswith("metaticket") else None,
+                    "queries": t["queries"], "checkpoint": t["checkpoint"], "meta_steps": t["meta_steps"],
+                    "meta_batch": t["meta_batch"], "accuracy": t["accuracy"], "ci95": t["ci95"],
+                    "tasks": t["tasks"], "sparsity": t["sparsity"], "ms_per_step": r["ms_per_step"],
+                    "cpu": {"model": "AMD EPYC (session 9)", "flags": ["avx2", "avx512_bf16", "avx512f"]}})
+    return out
+
+
+def summarize(lines: list[dict]) -> list[dict]:
+    """One row per protocol (arch, method, split, score_grad, budget): mean over seeds, the seeds' spread (95% CI
+    over seeds, 1.96 std / sqrt(n)), the widest per-run task CI."""
+    groups: dict[tuple, list[dict]] = {}
+    for line in lines:
+        key = (line["arch"], line["method"], line["split"], line["score_grad"], line["meta_steps"],
+               line["meta_batch"], line["queries"], line["checkpoint"])
+        groups.setdefault(key, []).append(line)
+    out = []
+    for (arch, method, split, grad, steps, batch, queries, checkpoint), sel in sorted(groups.items(),
+                                                                                      key=lambda kv: str(kv[0])):
+        accs = [x["accuracy"] for x in sel]
+        out.append({"arch": arch, "width": int(arch.removeprefix("mlp-w")) if arch.startswith("mlp-w") else None,
+                    "method": method, "split": split, "score_grad": grad, "meta_steps": steps, "meta_batch": batch,
+                    "queries": queries, "checkpoint": checkpoint, "seeds": sorted(x["seed"] for x in sel),
+                    "accuracy": round(statistics.mean(accs), 2), "per_seed": [x["accuracy"] for x in sel],
+                    "ci95_tasks": round(max(x["ci95"] for x in sel), 2),
+                    "ci95_seeds": round(1.96 * statistics.stdev(accs) / len(accs) ** 0.5, 2) if len(accs) > 1
+                    else None,
+                    "sparsity": round(statistics.mean(x["sparsity"] for x in sel), 3),
+                    "cpus": sorted({x["cpu"]["model"] + " " + "/".join(x["cpu"]["flags"]) for x in sel})})
+    return out
+
+
+def write_table(record: Path, out: Path) -> int:
+    """``table``: results/paper_protocol_v3.{json,md,png} from the protocol lines of ``record``."""
+    if not record.is_file():
+        sys.exit(f"{record} holds no protocol lines yet; run the train action with --record {record}")
+    lines = [json.loads(x) for x in record.read_text().splitlines() if x.strip()]
+    rows = summarize(lines + old_protocol_lines())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "paper_protocol_v3.json").write_text(json.dumps({"rows": rows, "lines": lines}, indent=1) + "\n")
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "not run"
+        spread = f", seeds {'/'.join(f'{a:.2f}' for a in r['per_seed'])} (+- {r['ci95_seeds']})" \
+            if r["ci95_seeds"] is not None else ""
+        return f"{r['accuracy']:.2f} +- {r['ci95_tasks']:.2f}{spread}"
+
+    def find(arch: str, method: str, split: str, grad: str | None) -> dict | None:
+        return next((r for r in rows if (r["arch"], r["method"], r["split"], r["score_grad"], r["meta_steps"],
+                                         r["meta_batch"]) == (arch, method, split, grad, 30000, 4)), None)
+
+    md = ["| MLP width | MAML (vinyals) | Meta-ticket (vinyals, reference) | gap (MT - MAML) | MT sparsity |",
+          "|---|---|---|---|---|"]
+    for w in (1, 2, 4, 8):
+        a, b = find(f"mlp-w{w}", "maml", "vinyals", None), find(f"mlp-w{w}", "metaticket", "vinyals", "reference")
+        gap = f"{b['accuracy'] - a['accuracy']:+.2f}" if a and b else ""
+        md.append(f"| {w} | {cell(a)} | {cell(b)} | {gap} | {b['sparsity'] if b else ''} |")
+    md += ["", "| Meta-ticket, seed 1 | split maml (random characters) | split vinyals (alphabets held out) |",
+           "|---|---|---|"]
+    for w in (1, 8):
+        for grad in ("start", "reference"):
+            cells = []
+            for split in ("maml", "vinyals"):
+                r = find(f"mlp-w{w}", "metaticket", split, grad)
+                one = None
+                if r is not None:
+                    line = next((x for x in lines + old_protocol_lines() if x["arch"] == r["arch"] and
+                                 x["method"] == "metaticket" and x["split"] == split and x["score_grad"] == grad and
+                                 x["seed"] == 1 and x["meta_steps"] == 30000), None)
+                    one = f"{line['accuracy']:.2f} +- {line['ci95']:.2f}" if line else None
+                cells.append(one or "not run")
+            md.append(f"| width {w}, score_grad {grad} | {cells[0]} | {cells[1]} |")
+    (out / "paper_protocol_v3.md").write_text("\n".join(md) + "\n")
+    plot_v3(rows, out / "paper_protocol_v3.png")
+    print("\n".join(md))
+    return 0
+
+
+def plot_v3(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    series = [("maml", "vinyals", None, "C0", "-", "MAML, vinyals"),
+              ("metaticket", "vinyals", "reference", "C1", "-", "Meta-ticket, vinyals, reference"),
+              ("maml", "maml", None, "C0", ":", "MAML, maml split (format 2)"),
+              ("metaticket", "maml", "start", "C1", ":", "Meta-ticket, maml split, start (format 2)")]
+    for method, split, grad, colour, style, label in series:
+        sel = sorted((r for r in rows if (r["method"], r["split"], r["score_grad"], r["meta_steps"],
+                                          r["meta_batch"]) == (method, split, grad, 30000, 4) and r["width"]),
+                     key=lambda r: r["width"])
+        if not sel:
+            continue
+        ax.errorbar([r["width"] for r in sel], [r["accuracy"] for r in sel], yerr=[r["ci95_tasks"] for r in sel],
+                    color=colour, linestyle=style, marker="o", capsize=3, label=label)
+        for r in sel:
+            ax.scatter([r["width"]] * len(r["per_seed"]), r["per_seed"], color=colour, s=10, alpha=0.5)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
+    ax.set_xlabel("MLP width factor")
+    ax.set_ylabel("test accuracy (%), 1,000 tasks, last checkpoint")
+    ax.set_title("Omniglot 5w1s, paper protocol, 30k x 4 (dots: seeds; bars: task CI)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["train", "report"])
+    p.add_argument("action", choices=["train", "report", "table"],
+                   help="table: the by-width table, seeds and ablation from the --record file's protocol lines")
     p.add_argument("--arch", choices=["mlp", "conv4"], default="mlp", help="the MLP at --widths, or Conv4")
     p.add_argument("--widths", type=int, nargs="+", default=[1, 4])
     p.add_argument("--tag", default="", help="name of a controlled variant set with --set (lowercase, digits, -)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
-    p.add_argument("--steps", type=int, default=30000, help="meta-steps of every run (meta-batch 4)")
+    p.add_argument("--steps", type=int, default=30000, help="meta-steps of every run")
+    p.add_argument("--meta-batch", type=int, default=4, help="tasks per meta-step (the protocol: 4)")
     p.add_argument("--threads", type=int, default=0, help="run.threads of the training runs (0: torch's default)")
     p.add_argument("--test-tasks", type=int, default=1000, help="test tasks scored per run (the protocol: 1,000)")
     p.add_argument("--set", action="append", default=[], help="extra config override for every run")
@@ -250,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             for arch in archs:
                 for method in args.methods:
                     line = train_one(runs_dir, arch, method, seed, args.steps, args.threads, args.set, args.tag,
-                                     args.test_tasks, Path(args.record) if args.record else None)
+                                     args.test_tasks, Path(args.record) if args.record else None,
+                                     args.meta_batch)
                     print(
                         json.dumps(
                             {
@@ -265,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
         return 0
+    if args.action == "table":
+        return write_table(Path(args.record or RESULTS / "paper_protocol_runs.jsonl"), Path(args.out))
     rows = collect(runs_dir, args.steps)
     if not rows:
         sys.exit(f"no finished runs of {args.steps} steps under {runs_dir}; run the train action first")
