@@ -110,7 +110,7 @@ class MetaConfig:
                                      metadata=_check(lambda v: v is None or v >= 0, "use warmup_steps >= 0 (or null)"))
     rerand_every: int = field(default=0, metadata=_check(lambda v: v >= 0, _RERAND_HINT))  # IteRand, meta-steps
     rerand_rate: float = field(default=0.1, metadata=_check(lambda v: 0 < v <= 1, _RATE_HINT))
-    # auto: factored for the built-in MLP (task weight changes kept as low-rank factors), else vmap over tasks for
+    # auto: factored for MLP-like chains (task weight changes kept as low-rank factors), else vmap over tasks for
     # small linear models and a per-task loop for the rest (convs); all give the same meta-gradient
     vectorize: Literal["auto", "factored", "vmap", "loop"] = "auto"
     # bfloat16: the query pass's matrix products in bfloat16 (inner loop, parameters, losses float32); faster for

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_meta import learner, tasks
 from torch import nn
 
@@ -70,15 +71,86 @@ def test_the_second_order_term_is_there():
     assert any(not torch.allclose(second[n], first[n], rtol=1e-6, atol=1e-9) for n in second)
 
 
-def test_auto_picks_factors_for_the_mlp_only():
+class UserMLP(nn.Module):
+    """A user's own MLP class: stock BatchNorm1d, functional activations, a flatten call, Dropout(0)."""
+
+    def __init__(self, hidden: int = 24, ways: int = 5) -> None:
+        super().__init__()
+        self.fc1, self.bn1 = nn.Linear(784, hidden), nn.BatchNorm1d(hidden, track_running_stats=False)
+        self.fc2, self.bn2 = nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden, track_running_stats=False)
+        self.drop, self.out = nn.Dropout(0.0), nn.Linear(hidden, ways)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.fc1(x.flatten(1))))
+        h = F.leaky_relu(self.bn2(self.fc2(h)), 0.1)
+        return self.out(self.drop(h))
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(784, 784), nn.Linear(784, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.flatten(1)
+        return self.out(self.fc(h) + h)
+
+
+def test_auto_picks_factors_for_chains_of_linear_layers():
     assert learner("maml").vectorize == "factored" and learner("metaticket").vectorize == "factored"
     assert learner("maml", model="conv4").vectorize == "loop"
     own = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 5))
-    assert MetaLearner(own, method="maml").vectorize == "vmap"  # a user's MLP: not the chain this path knows
-    with pytest.raises(ValueError, match="vectorize='factored' runs the built-in MLP"):
-        MetaLearner(own, method="maml", vectorize="factored")
+    assert MetaLearner(own, method="maml").vectorize == "factored"  # a user's Sequential is a chain too
+    with pytest.warns(UserWarning, match="replaced 2 BatchNorm"):
+        mine = MetaLearner(UserMLP(), method="maml")
+    assert mine.vectorize == "factored"
+    assert [n for n, _ in mine._chain.layers] == ["fc1", "bn1", "relu", "fc2", "bn2", "leaky_relu", "drop", "out"]
+    # not chains: a residual, a second use of one layer, a flatten that keeps a spatial dim, a convolution
+    assert MetaLearner(Residual(), method="maml").vectorize == "loop"  # its 784 x 784 weight: not vmap
+    twice = nn.Sequential(nn.Flatten(), nn.Linear(784, 784), nn.ReLU())
+    twice.append(twice[1]).append(nn.Linear(784, 5))
+    assert factored.chain_of(twice) is None
+    assert factored.chain_of(nn.Sequential(nn.Flatten(2), nn.Linear(28, 5))) is None
+    with pytest.raises(ValueError, match="vectorize='factored' runs models whose forward is a chain of Linear"):
+        MetaLearner(Residual(), method="maml", vectorize="factored")
     with pytest.raises(ValueError, match="unknown vectorize 'bmm'"):
         learner("maml", vectorize="bmm")
+    # a chain without its own flatten runs factored only on flat inputs [B, N, features]
+    flat_only = factored.chain_of(nn.Sequential(nn.Linear(784, 5)))
+    assert flat_only is not None and not flat_only.flattens
+    assert flat_only.runs(torch.zeros(2, 5, 784)) and not flat_only.runs(torch.zeros(2, 5, 1, 28, 28))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_a_user_mlp_takes_the_factored_path_with_the_loop_meta_gradient(first_order, monkeypatch):
+    batch = double(tasks(batch=3, queries=3))
+    grads = {}
+    for vectorize in ("loop", "factored"):
+        torch.manual_seed(0)
+        with pytest.warns(UserWarning, match="BatchNorm"):
+            lrn = MetaLearner(UserMLP(), method="maml", vectorize=vectorize, first_order=first_order, steps=10,
+                              inner_steps=2).double()
+        spy = Spy(monkeypatch)
+        lrn.meta_step(batch)
+        assert spy.calls == (vectorize == "factored")
+        grads[vectorize] = {n: p.grad.clone() for n, p in lrn.model.named_parameters()}
+    scale = max(float(g.abs().max()) for g in grads["loop"].values())
+    for n, g in grads["loop"].items():
+        torch.testing.assert_close(grads["factored"][n], g, rtol=1e-9, atol=1e-11 * scale)
+
+
+def test_dropout_that_is_on_runs_the_per_task_path(monkeypatch):
+    """Dropout with p > 0 draws per task: in training such a batch runs vmap or the loop; in eval mode (off) the
+    factors run."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 5))
+    lrn = MetaLearner(net, method="maml", steps=10)
+    spy = Spy(monkeypatch)
+    assert lrn.vectorize == "factored"
+    lrn.meta_step(tasks(batch=2))
+    assert spy.calls == 0
+    lrn.eval()
+    lrn.evaluate(tasks(batch=2))
+    assert spy.calls == 1
 
 
 def test_masked_layers_use_factors_only_while_they_are_cheaper(monkeypatch):

@@ -15,8 +15,9 @@ product of ``H`` with ``W``; it is used only while ``m * K`` is small (:func:`fi
 per-task loop otherwise.
 
 The result is the loop path's, up to float rounding (tests/test_factored.py compares meta-gradients in float64).
-It runs the built-in :class:`~metaticket.models.mlp.MLP` (Linear, task BatchNorm and elementwise activations);
-:func:`chain_of` says whether a model is one.
+It runs any model whose forward is a chain of ``nn.Linear``, task BatchNorm1d, elementwise activations (modules
+or functions), flattening and Dropout that is off (p = 0, or eval mode): the built-in MLP, a user's own MLP class
+or an ``nn.Sequential``. :func:`chain_of` finds the chain by tracing the forward with ``torch.fx``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaticket.meta.modules import ACTIVATIONS
-from metaticket.models.mlp import MLP
-from metaticket.norm import TaskBatchNorm1d
+from metaticket.norm import TaskBatchNorm1d, TaskBatchNorm2d
 
 # masked layers cost (rows per task) x (factor rows) products with the weight: beyond this many the per-task loop
 # is faster (benchmarks/factored_masks.py, Meta-ticket, 5 support rows, meta-batch 16, one thread; at width 8:
@@ -45,16 +45,100 @@ def fits(masked: bool, support_rows: int, query_rows: int, steps: int) -> bool:
                              support_rows * support_rows * (steps - 1)) <= MASKED_FACTOR_MAX
 
 
-def chain_of(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
-    """The layers of ``model`` in the order its forward runs them, as (name, module), when this path can run it:
-    an :class:`MLP` made of ``nn.Linear``, :class:`TaskBatchNorm1d` and parameter-free activations. Else None."""
-    if not isinstance(model, MLP) or not isinstance(model.features, nn.Sequential):
+# elementwise functions a traced forward may call on the running tensor, with constant further arguments
+_FUNCTIONS = (F.relu, torch.relu, F.relu6, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.leaky_relu, F.softplus,
+              F.hardtanh, F.tanhshrink, F.softsign, torch.tanh, torch.sigmoid, F.tanh, F.sigmoid)
+_METHODS = ("relu", "tanh", "sigmoid")
+_CHAIN_MODULES = (nn.Linear, TaskBatchNorm1d, nn.Identity, nn.Flatten, nn.Dropout, *ACTIVATIONS)
+
+
+class _ChainTracer(torch.fx.Tracer):
+    """Keeps the modules a chain may hold as single calls (task BatchNorm's forward has a branch)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _CHAIN_MODULES) or super().is_leaf_module(m, qualname)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """An elementwise function of the running tensor, ``fn(h, *args, **kwargs)``; h [B, m, C]."""
+
+    fn: object
+    args: tuple
+    kwargs: dict
+
+    def __call__(self, h: Tensor) -> Tensor:
+        return self.fn(h, *self.args, **self.kwargs) if callable(self.fn) else getattr(h, self.fn)(*self.args,
+                                                                                                   **self.kwargs)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A model's forward as a chain: ``layers`` (name, module or elementwise call) in the order it runs them, and
+    whether its input is flattened before the first linear layer (else it must come in as [N, features])."""
+
+    layers: list[tuple[str, object]]
+    flattens: bool
+
+    def runs(self, inputs: Tensor) -> bool:
+        """Whether the factored loop computes what the model does on task inputs [B, N, ...]: every Dropout off
+        (p = 0, or eval mode), and flat inputs unless the chain flattens them itself."""
+        off = all(not (isinstance(m, nn.Dropout) and m.p > 0 and m.training) for _, m in self.layers)
+        return off and (self.flattens or inputs.dim() == 3)
+
+
+def _flattens_all(node: torch.fx.Node, module: nn.Module | None) -> bool:
+    """Whether a flatten node (``nn.Flatten``, ``x.flatten(...)``, ``torch.flatten``) keeps the batch dim and
+    flattens all the others, the only flatten a chain of linear layers can hold."""
+    if module is not None:
+        return module.start_dim == 1 and module.end_dim == -1
+    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+    end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+    return start == 1 and end == -1
+
+
+def chain_of(model: nn.Module) -> Chain | None:
+    """``model``'s forward as a :class:`Chain` when the factored loop can run it, found by tracing with
+    ``torch.fx``: one input, each step a function of the previous one only, each module called once. None for
+    anything else (convolutions, branches, residuals, a module that does not trace)."""
+    try:
+        graph = _ChainTracer().trace(model)
+    except Exception:  # noqa: BLE001 (whatever does not trace is not a chain)
         return None
-    layers = [(f"features.{n}", m) for n, m in model.features.named_children()] + [("head", model.head)]
-    # anything else (dropout's per-task random draws included) runs on the per-task paths
-    if not all(isinstance(m, (nn.Linear, TaskBatchNorm1d, nn.Identity, *ACTIVATIONS)) for _, m in layers):
-        return None
-    return layers
+    layers: list[tuple[str, object]] = []
+    flattens, seen_linear, prev = False, False, None
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            if prev is not None:
+                return None  # a second input
+            prev = node
+            continue
+        if node.op == "output":
+            return Chain(layers, flattens) if node.args[0] is prev and seen_linear else None
+        others = [a for a in (*node.args[1:], *node.kwargs.values()) if isinstance(a, torch.fx.Node)]
+        if prev is None or not node.args or node.args[0] is not prev or others or len(prev.users) != 1:
+            return None
+        module = model.get_submodule(node.target) if node.op == "call_module" else None
+        is_flatten = isinstance(module, nn.Flatten) or (node.op == "call_method" and node.target == "flatten") or \
+            (node.op == "call_function" and node.target is torch.flatten)
+        if is_flatten:
+            if not _flattens_all(node, module):
+                return None
+            flattens = flattens or not seen_linear
+        elif module is not None:
+            if not isinstance(module, _CHAIN_MODULES) or isinstance(module, TaskBatchNorm2d) or \
+                    any(name == node.target for name, _ in layers):
+                return None
+            seen_linear = seen_linear or isinstance(module, nn.Linear)
+            layers.append((node.target, module))
+        elif node.op == "call_function" and node.target in _FUNCTIONS:
+            layers.append((node.name, _Call(node.target, tuple(node.args[1:]), dict(node.kwargs))))
+        elif node.op == "call_method" and node.target in _METHODS:
+            layers.append((node.name, _Call(node.target, tuple(node.args[1:]), dict(node.kwargs))))
+        else:
+            return None
+        prev = node
+    return None
 
 
 @dataclass
@@ -117,7 +201,7 @@ class FactoredInner:
     ``first_order``.
     """
 
-    def __init__(self, layers: Sequence[tuple[str, nn.Module]], params: dict[str, Tensor],
+    def __init__(self, layers: Sequence[tuple[str, object]], params: dict[str, Tensor],
                  inner_names: Sequence[str], grad_masks: dict[str, Tensor], tasks: int, *, lr: float,
                  first_order: bool) -> None:
         self.lr, self.first_order = lr, first_order
@@ -141,7 +225,7 @@ class FactoredInner:
                                                    grad_masks.get(f"{name}.weight"))))
                 elif isinstance(m, TaskBatchNorm1d):
                     self.ops.append((name, _Norm(m.eps, start(f"{name}.weight", True), start(f"{name}.bias", True))))
-                else:
+                elif not isinstance(m, (nn.Dropout, nn.Identity)):  # Dropout runs only when off: Chain.runs
                     self.ops.append((name, m))
 
         # what each support step differentiates by: (kind, layer name, op), kind "out" for a linear layer's output

@@ -25,8 +25,9 @@ gradients so pruned weights stay zero, and runs them through a dense twin of the
   metaticket's formulation before config format 3. At initialization the two score gradients have cosine
   0.998-1.000 and drift apart as training goes on (issue 31).
 
-``vectorize`` chooses how a meta-batch runs, all with the same meta-gradient: ``factored`` (the built-in MLP: each
-task's weight changes kept as low-rank factors, :mod:`metaticket.meta.factored`), ``vmap`` over tasks, or a
+``vectorize`` chooses how a meta-batch runs, all with the same meta-gradient: ``factored`` (MLP-like chains of
+Linear, BatchNorm1d and activations: each task's weight changes kept as low-rank factors,
+:mod:`metaticket.meta.factored`), ``vmap`` over tasks, or a
 per-task ``loop``; ``auto`` picks what measured fastest for the model on a CPU.
 """
 
@@ -184,8 +185,8 @@ class MetaLearner(nn.Module):
             raise ValueError(f"unknown vectorize {vectorize!r}; known: {', '.join(VECTORIZE)}")
         self._chain = chain_of(self.twin)
         if vectorize == "factored" and self._chain is None:
-            raise ValueError("vectorize='factored' runs the built-in MLP (Linear, task BatchNorm, activations); "
-                             "use vectorize='auto' for this model")
+            raise ValueError("vectorize='factored' runs models whose forward is a chain of Linear, BatchNorm1d, "
+                             "elementwise activations, Flatten and Dropout; use vectorize='auto' for this model")
         # what runs the batches factors would not suit (and every batch of a model that is not the MLP)
         self._per_task = "vmap" if _vmap_wins(self.twin) else "loop"
         if vectorize == "auto":
@@ -288,7 +289,7 @@ class MetaLearner(nn.Module):
         if self.vectorize != "factored":
             return self.vectorize
         fit = fits(self._masked, tasks.support_x.shape[1], tasks.query_x.shape[1], steps)
-        return "factored" if fit else self._per_task
+        return "factored" if fit and self._chain.runs(tasks.support_x) else self._per_task
 
     def _task_losses(self, tasks: Tasks, steps: int, first_order: bool) -> tuple[Tensor, Tensor]:
         """Per-task query loss and accuracy after adaptation: two [B] tensors."""
@@ -302,7 +303,7 @@ class MetaLearner(nn.Module):
 
         mode = self._mode(tasks, steps)
         if mode == "factored":
-            inner = FactoredInner(self._chain, params, self.inner_names, hard, len(tasks), lr=self.inner_lr,
+            inner = FactoredInner(self._chain.layers, params, self.inner_names, hard, len(tasks), lr=self.inner_lr,
                                   first_order=first_order)
             inner.adapt(tasks.support_x, tasks.support_y, steps)
             with self._autocast():
