@@ -9,7 +9,8 @@ class, meta-batch 32 (``--meta-batch`` and ``--queries`` take several values: ev
 inner SGD step (lr 0.4), Adam outer step (Meta-ticket: SGD on the scores). ``-bf16`` rows are ours with
 ``precision="bfloat16"`` (the query pass's matrix products in bfloat16); ``-nchw`` rows are ours with conv
 models kept channels-first (what ran before channels-last); ``-copies`` rows are ours with every task's adapted
-weights materialized (``vmap`` or the per-task loop, what MLPs ran before the factored inner loop).
+weights materialized (``vmap`` or the per-task loop, what MLPs ran before the factored inner loop); Meta-ticket rows
+use the reference score gradient (``meta.score_grad: reference``), ``-start`` rows the formulation of config format 2.
 ``conv4-84`` takes 3 x 84 x 84 images. Each
 (implementation, model, order) runs in a fresh process, so peak memory is its own: ours in this interpreter,
 learn2learn and higher in ``--peers-python`` (a venv made with ``../shared/peers/install-learn2learn.sh``; they
@@ -52,7 +53,7 @@ def model_kwargs(model_key: str) -> dict:
     return {"in_channels": channels, "image_size": side}
 OURS = ("ours-maml", "ours-metaticket-threshold", "ours-metaticket-topk", "ours-maml-bf16",
         "ours-metaticket-threshold-bf16", "ours-maml-nchw", "ours-metaticket-threshold-nchw", "ours-maml-copies",
-        "ours-metaticket-threshold-copies")
+        "ours-metaticket-threshold-copies", "ours-metaticket-threshold-start", "ours-metaticket-threshold-start-copies")
 PEERS = ("learn2learn", "higher")
 WAYS, SHOTS, QUERIES, INNER_LR = 5, 1, 15, 0.4
 
@@ -89,6 +90,8 @@ def ours(impl: str, model_key: str, first_order: bool, meta_batch: int, queries:
     nchw = impl.endswith("-nchw")  # conv models: the channels-first order we ran before channels-last
     copies = impl.endswith("-copies")  # MLPs: each task's weights materialized (vmap or loop), as before factors
     impl = impl.removesuffix("-bf16").removesuffix("-nchw").removesuffix("-copies")
+    start = impl.endswith("-start")  # Meta-ticket's score gradient of config format 2 (meta.score_grad start)
+    impl = impl.removesuffix("-start")
     method = "maml" if impl == "ours-maml" else "metaticket"
     mask = impl.rsplit("-", 1)[-1] if method == "metaticket" else "threshold"
     layers = make_layers(supermask=method == "metaticket", mask=mask, sparsity=0.5,
@@ -96,7 +99,8 @@ def ours(impl: str, model_key: str, first_order: bool, meta_batch: int, queries:
     model = build_model(name, num_classes=WAYS, width=width, layers=layers, **model_kwargs(model_key))
     vectorize = ("vmap" if _vmap_wins(dense_like(model)) else "loop") if copies else "auto"
     learner = MetaLearner(model, method=method, inner_lr=INNER_LR, first_order=first_order, steps=1000,
-                          warmup_steps=0, precision=precision, vectorize=vectorize)
+                          warmup_steps=0, precision=precision, vectorize=vectorize,
+                          score_grad="start" if start else "reference")
     if nchw:
         learner.channels_last = False
     batch = Tasks(*tasks(meta_batch, queries=queries, image=IMAGES.get(model_key, (1, 28))))
@@ -178,7 +182,7 @@ def measure(impl: str, model_key: str, order: str, meta_batch: int, reps: int, q
            "median_ms":
            statistics.median(times), "times_ms": times, "peak_rss_mb": rss_mb(), "rss_before_mb": before,
            "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
-    if impl in ("ours-maml", "ours-maml-copies"):
+    if learner is not None:  # what this path computes (FlopCounterMode counts matrix products and convolutions)
         out["flops"] = count_flops(learner, batch)
     if learner is not None:
         out["vectorize"] = learner.vectorize
@@ -258,6 +262,10 @@ def table(rows: list[dict], gflops_peak: float) -> str:
         gain = f"{plain['median_ms'] / r['median_ms']:.2f}x vs NCHW" if plain else gain
         copies = next((x for x in same if x["impl"] == r["impl"] + "-copies"), None)
         gain = f"{copies['median_ms'] / r['median_ms']:.2f}x vs copies" if copies else gain
+        start = next((x for x in same if x["impl"] == r["impl"].replace("-copies", "") + "-start" +
+                      ("-copies" if r["impl"].endswith("-copies") else "")), None)
+        gain = f"{gain + ', ' if gain else ''}{r['median_ms'] / start['median_ms']:.2f}x the cost of start" \
+            if start else gain
         rate = ""
         # the per-task formulation's FLOPs (what learn2learn computes) when measured, else our MAML's
         flops = next((x.get("flops") for x in same if x["impl"] == "ours-maml-copies" and "flops" in x), None) or \

@@ -168,8 +168,21 @@ def test_paper_protocol_trains_resumes_and_reports(tmp_path, data_root):
     args = ["--widths", "1", "--steps", "3", "--runs", str(runs), "--out", str(out), "--test-tasks", "20",
             "--set", "eval.val_every=3",
             "--set", "eval.val_tasks=4", "--set", "run.log_every=3"]
-    lines = bench("paper_protocol.py", "train", *args, "--methods", "maml", "metaticket", cwd=tmp_path).stdout
+    record = tmp_path / "runs.jsonl"
+    lines = bench("paper_protocol.py", "train", *args, "--methods", "maml", "metaticket", "--record", str(record),
+                  cwd=tmp_path).stdout
     assert [json.loads(x)["method"] for x in lines.splitlines()] == ["maml", "metaticket"]
+    # one protocol line per finished run names what the table must not mix
+    recorded = [json.loads(x) for x in record.read_text().splitlines()]
+    assert [(r["method"], r["split"], r["score_grad"]) for r in recorded] == [
+        ("maml", "vinyals", None), ("metaticket", "vinyals", "reference")]
+    assert all(r["meta_steps"] == 3 and r["meta_batch"] == 4 and r["queries"] == 1 and r["checkpoint"] == "last"
+               and r["cpu"]["model"] and r["commit"] for r in recorded)
+    bench("paper_protocol.py", "table", "--record", str(record), "--out", str(out), cwd=tmp_path)
+    rows = json.loads((out / "paper_protocol_v3.json").read_text())["rows"]
+    assert {(r["method"], r["split"], r["meta_steps"]) for r in rows} >= {("maml", "vinyals", 3),
+                                                                          ("metaticket", "vinyals", 3)}
+    assert (out / "paper_protocol_v3.md").is_file() and (out / "paper_protocol_v3.png").stat().st_size > 0
     test = json.loads((runs / "mlp-w1_5w1s_maml_3x4_seed1" / "meta_test_last.json").read_text())
     assert test["queries"] == 1 and test["checkpoint"] == "last" and test["tasks"] == 20 and test["meta_batch"] == 4
     variant = bench("paper_protocol.py", "train", *args, "--methods", "maml", "--tag", "q2", "--set", "data.queries=2",
@@ -181,3 +194,12 @@ def test_paper_protocol_trains_resumes_and_reports(tmp_path, data_root):
     assert {(t["method"], t["width"], t["tag"]) for t in report["table"]} == {
         ("maml", 1, ""), ("metaticket", 1, ""), ("maml", 1, "q2")}
     assert (out / "paper_protocol_3.png").stat().st_size > 0
+
+
+def test_peak_benchmark_measures_each_dtype_and_op(tmp_path):
+    bench("peak.py", "--threads", "1", "--reps", "2", "--n", "128", "--results", str(tmp_path), "--name", "p",
+          cwd=tmp_path)
+    out = json.loads((tmp_path / "p.json").read_text())
+    assert {(r["op"], r["dtype"]) for r in out["rows"]} == {("matmul", "float32"), ("matmul", "bfloat16"),
+                                                            ("conv3x3", "float32"), ("conv3x3", "bfloat16")}
+    assert all(r["gflops"] > 0 for r in out["rows"]) and "flags" in out["cpu"]
