@@ -101,10 +101,12 @@ class MetaConfig:
     first_order: bool = False
     meta_batch: int = field(default=32, metadata=_check(lambda v: v >= 1, "use a meta_batch of at least 1 task"))
     steps: int = field(default=10000, metadata=_check(lambda v: v >= 1, "train for at least 1 step"))
-    optimizer: Literal["auto", "adam", "sgd"] = "auto"  # auto: Adam for MAML, SGD + momentum for Meta-ticket
+    optimizer: Literal["auto", "adam", "adamw", "sgd"] = "auto"  # auto: Adam for MAML, SGD + momentum for Meta-ticket
     outer_lr: float | None = field(default=None,
                                    metadata=_check(lambda v: v is None or v > 0, "use a positive outer_lr (or null)"))
     momentum: float = field(default=0.9, metadata=_check(lambda v: 0 <= v < 1, "momentum lies in [0, 1)"))
+    # the outer optimizer's weight decay (adamw: decoupled, as AdamW; adam, sgd: L2 added to the gradient)
+    weight_decay: float = field(default=0.0, metadata=_check(lambda v: v >= 0, "use weight_decay >= 0"))
     schedule: Literal["auto", "constant", "cosine"] = "auto"  # auto: constant for MAML, cosine for Meta-ticket
     warmup_steps: int | None = field(default=None,
                                      metadata=_check(lambda v: v is None or v >= 0, "use warmup_steps >= 0 (or null)"))

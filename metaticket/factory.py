@@ -108,7 +108,8 @@ def build_learner(config: Config, device: torch.device | str = "cpu", collective
     return MetaLearner(build_meta_model(config, device), method=meta.method, inner_lr=meta.inner_lr,
                        inner_steps=meta.inner_steps, inner_steps_test=meta.inner_steps_test,
                        first_order=meta.first_order, optimizer=meta.optimizer, outer_lr=meta.outer_lr,
-                       momentum=meta.momentum, schedule=meta.schedule, warmup_steps=meta.warmup_steps,
+                       momentum=meta.momentum, weight_decay=meta.weight_decay, schedule=meta.schedule,
+                       warmup_steps=meta.warmup_steps,
                        steps=meta.steps, rerand_every=meta.rerand_every, rerand_rate=meta.rerand_rate,
                        vectorize=meta.vectorize, seed=config.run.seed, collective=collective,
                        precision=meta.precision, score_grad=meta.score_grad)

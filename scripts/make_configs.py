@@ -46,6 +46,13 @@ BASES["tinyimagenet"] = {
           "model": {**cfg["model"], "name": "conv4"}}
     for fam, cfg in BASES["miniimagenet"].items()
 }
+# miniImageNet follows the Meta-ticket reference code's protocol (its config.yaml): queries = shots in training and
+# test (each grid file sets its queries), 1,000 test tasks, and AdamW (weight decay 0) for the MAML family
+for fam, cfg in BASES["miniimagenet"].items():
+    cfg["data"] = {**cfg["data"], "queries": 1}
+    cfg["eval"] = {**cfg["eval"], "test_tasks": 1000}
+    if fam == "maml":
+        cfg["meta"] = {**cfg["meta"], "optimizer": "adamw", "weight_decay": 0.0}
 
 
 def write(path: Path, data: dict, comment: str) -> None:
@@ -63,7 +70,8 @@ def grid() -> None:
         fam = "metaticket" if method in TICKETS else "maml"
         name = f"{tag}_{ways}w{shots}s_{method}"
         data = {"base": f"base_{fam}.yaml", "run": {"name": f"{dataset}_{name}"},
-                "data": {"ways": ways, "shots": shots}, "model": {"name": model, **model_over},
+                "data": {"ways": ways, "shots": shots, **({"queries": shots} if dataset == "miniimagenet" else {})},
+                "model": {"name": model, **model_over},
                 "meta": {"method": method}}
         write(ROOT / dataset / f"{name}.yaml", data, f"{dataset} {ways}-way {shots}-shot, {tag}, {method}")
 

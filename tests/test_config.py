@@ -212,3 +212,24 @@ def test_meta_ticket_files_of_earlier_formats_keep_the_score_gradient_they_ran(t
                           run_folder=True).meta.score_grad == "reference"  # not used by MAML
     with pytest.raises(ConfigError, match="meta.score_grad = 'mask-every-step' is not allowed"):
         load_config(write(tmp_path, ""), ["meta.score_grad=mask-every-step"])
+
+
+def test_miniimagenet_configs_follow_the_reference_protocol(tmp_path):
+    """queries = shots in training and test, 1,000 test tasks, AdamW (weight decay 0) for the MAML family, as the
+    Meta-ticket code's config.yaml; the learner builds AdamW from them."""
+    from metaticket.config import shipped_configs
+    from metaticket.factory import build_learner
+
+    names = [n for n in shipped_configs() if n.startswith("miniimagenet/")]
+    assert len(names) == 20
+    for name in names:
+        c = load_config(name)
+        assert c.data.queries == c.data.shots and c.eval.test_tasks == 1000, name
+        if not c.meta.method.startswith("metaticket"):
+            assert (c.meta.optimizer, c.meta.weight_decay, c.meta.outer_lr) == ("adamw", 0.0, 6e-4), name
+    c = load_config("miniimagenet/resnet12_5w5s_maml", ["model.width=0.05", "data.image_size=16",
+                                                       "meta.weight_decay=0.01"])
+    opt = build_learner(c).optimizer
+    assert type(opt).__name__ == "AdamW" and opt.param_groups[0]["weight_decay"] == 0.01
+    with pytest.raises(ConfigError, match="meta.weight_decay = -1.0 is out of range"):
+        load_config(write(tmp_path, ""), ["meta.weight_decay=-1"])

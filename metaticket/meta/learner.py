@@ -143,6 +143,7 @@ class MetaLearner(nn.Module):
     def __init__(self, model: nn.Module, *, method: str = "metaticket", inner_lr: float = 0.4,
                  inner_steps: int = 1, inner_steps_test: int = 3, first_order: bool = False,
                  optimizer: str = "auto", outer_lr: float | None = None, momentum: float = 0.9,
+                 weight_decay: float = 0.0,
                  schedule: str = "auto", warmup_steps: int | None = None, steps: int = 10000,
                  rerand_every: int = 0, rerand_rate: float = 0.1, vectorize: str = "auto", seed: int = 0,
                  head: str | Callable[[str], bool] | None = None, collective: Collective = SINGLE,
@@ -202,9 +203,14 @@ class MetaLearner(nn.Module):
         opt_name, lr, sched, warmup = outer_defaults(method, optimizer, outer_lr, schedule, warmup_steps, steps)
         params = [p for n, p in model.named_parameters() if n in self.outer_names]
         if opt_name == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum,
+                                                                    weight_decay=weight_decay)
+        elif opt_name == "adamw":  # decoupled weight decay (the reference code's MAML optimizer)
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        elif opt_name == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
         else:
-            self.optimizer = torch.optim.Adam(params, lr=lr)
+            raise ValueError(f"unknown optimizer {opt_name!r}; known: auto, adam, adamw, sgd")
         factor = cosine_warmup(steps, warmup) if sched == "cosine" else (lambda t: min(1.0, (t + 1) / warmup)
                                                                           if warmup else 1.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
