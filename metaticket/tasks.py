@@ -10,7 +10,8 @@ from torch import Tensor
 
 @dataclass
 class Tasks:
-    """A batch of B few-shot tasks (``ways`` classes labelled 0..ways-1 in each task).
+    """A batch of B few-shot tasks (``ways`` classes labelled 0..ways-1 in each task; regression tasks hold float
+    targets [B, N, D] in ``support_y``/``query_y``).
 
     support_x: [B, ways*shots, C, H, W] float; support_y: [B, ways*shots] long;
     query_x: [B, ways*queries, C, H, W] float; query_y: [B, ways*queries] long.

@@ -19,9 +19,10 @@ class Score:
     loss: float
 
 
-def summarize(accuracies: Tensor, losses: Tensor) -> Score:
-    """accuracies, losses: [T] per-task values (accuracy as a fraction)."""
-    acc = accuracies.double() * 100.0
+def summarize(accuracies: Tensor, losses: Tensor, percent: bool = True) -> Score:
+    """accuracies, losses: [T] per-task values (accuracy as a fraction, shown in percent; with ``percent=False``
+    another metric, e.g. a regression's MSE, kept as it is)."""
+    acc = accuracies.double() * (100.0 if percent else 1.0)
     n = acc.numel()
     std = float(acc.std(unbiased=True)) if n > 1 else 0.0
     return Score(accuracy=float(acc.mean()), ci95=1.96 * std / math.sqrt(n), tasks=n, loss=float(losses.mean()))
@@ -40,16 +41,19 @@ def evaluate(learner, sampler, tasks: int, batch: int, device: torch.device, pro
         done += n
         if progress is not None:
             progress(n)
-    return summarize(torch.cat(accs), torch.cat(losses))
+    metric = getattr(getattr(learner, "objective", None), "metric", "accuracy")
+    return summarize(torch.cat(accs), torch.cat(losses), percent=metric == "accuracy")
 
 
 def meta_test(learner, sampler, tasks: int = 600, batch: int = 50, device: torch.device | str | None = None) -> dict:
     """Meta-test ``learner`` on ``tasks`` tasks of ``sampler`` (adapt on each support set, score its queries):
-    ``{"accuracy": percent, "ci95": 1.96 std / sqrt(tasks), "tasks", "loss"}``. ``device``: the learner's own
-    (its first parameter's) by default."""
+    ``{"accuracy": percent, "ci95": 1.96 std / sqrt(tasks), "tasks", "loss"}``; a learner whose objective is
+    scored by another metric (``loss="mse"``: regression) reports it under its name (``"mse"``) instead of
+    ``"accuracy"``. ``device``: the learner's own (its first parameter's) by default."""
     if tasks < 1:
         raise ValueError(f"tasks = {tasks}: score at least 1 task")
     if device is None:
         device = next(iter(learner.model.parameters())).device
     score = evaluate(learner, sampler, tasks, batch, torch.device(device))
-    return {"accuracy": score.accuracy, "ci95": score.ci95, "tasks": score.tasks, "loss": score.loss}
+    metric = getattr(getattr(learner, "objective", None), "metric", "accuracy")
+    return {metric: score.accuracy, "ci95": score.ci95, "tasks": score.tasks, "loss": score.loss}

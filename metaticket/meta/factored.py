@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaticket.meta.modules import ACTIVATIONS
+from metaticket.meta.objective import CROSS_ENTROPY, Objective
 from metaticket.norm import TaskBatchNorm1d, TaskBatchNorm2d
 
 # masked layers cost (rows per task) x (factor rows) products with the weight: beyond this many the per-task loop
@@ -203,8 +204,8 @@ class FactoredInner:
 
     def __init__(self, layers: Sequence[tuple[str, object]], params: dict[str, Tensor],
                  inner_names: Sequence[str], grad_masks: dict[str, Tensor], tasks: int, *, lr: float,
-                 first_order: bool) -> None:
-        self.lr, self.first_order = lr, first_order
+                 first_order: bool, objective: Objective = CROSS_ENTROPY) -> None:
+        self.lr, self.first_order, self.objective = lr, first_order, objective
         self.adapted = set(inner_names)
         self.ops: list[tuple[str, object]] = []
 
@@ -256,13 +257,13 @@ class FactoredInner:
         return self._forward(x)
 
     def adapt(self, x: Tensor, y: Tensor, steps: int) -> None:
-        """``steps`` SGD steps of every task on its support set: x [B, n, ...], y [B, n]."""
+        """``steps`` SGD steps of every task on its support set: x [B, n, ...], y [B, n] (labels) or [B, n, D]."""
         for _ in range(steps):
             with torch.enable_grad():
                 taps: dict[str, tuple[Tensor, Tensor]] = {}
                 logits = self._forward(x, taps)
                 # each task's mean loss; their sum keeps every task's gradient its own
-                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1).sum()
+                loss = self.objective.task_losses(logits, y).sum()
                 tensors = [taps[n][1] if kind == "out" else getattr(op, kind) for kind, n, op in self.wrt]
                 grads = torch.autograd.grad(loss, tensors, create_graph=not self.first_order)
                 for (kind, name, op), g in zip(self.wrt, grads):

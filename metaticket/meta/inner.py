@@ -18,10 +18,11 @@ ForwardFn = Callable[[Params, Tensor], Tensor]  # (params, x [N, ...]) -> logits
 
 def adapt(forward: ForwardFn, params: Params, inner_names: Sequence[str], x: Tensor, y: Tensor, *, lr: float,
           steps: int, first_order: bool = False, grad_masks: dict[str, Tensor] | None = None,
-          engine: str = "func") -> Params:
+          engine: str = "func", loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> Params:
     """``steps`` SGD steps with learning rate ``lr`` on ``params[inner_names]``; the rest stay fixed.
 
-    x: [N, ...] support inputs, y: [N] labels. ``grad_masks`` (0/1, shaped like the named parameters)
+    x: [N, ...] support inputs, y: [N] labels (or the targets ``loss`` takes: the task's mean loss of
+    (predictions, y), cross-entropy by default). ``grad_masks`` (0/1, shaped like the named parameters)
     multiply those gradients, so pruned weights stay exactly zero. ``engine="func"`` differentiates with
     ``torch.func.grad`` and works under ``torch.func.vmap``; ``engine="autograd"`` uses ``torch.autograd.grad``
     (one task at a time, less dispatch overhead; the inner tensors must require grad for second order).
@@ -31,7 +32,7 @@ def adapt(forward: ForwardFn, params: Params, inner_names: Sequence[str], x: Ten
     rest = {k: v for k, v in params.items() if k not in inner}
 
     def support_loss(inner: Params) -> Tensor:
-        return F.cross_entropy(forward({**rest, **inner}, x), y)
+        return loss(forward({**rest, **inner}, x), y)
 
     def step(inner: Params, grads: Params) -> Params:
         # one fused op per weight (w - lr * g [* mask]): at MLP width 8 the weight-sized elementwise ops of the

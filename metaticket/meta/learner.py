@@ -38,7 +38,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
@@ -46,6 +45,7 @@ from metaticket.distributed import SINGLE, Collective
 from metaticket.meta.factored import FactoredInner, chain_of, fits
 from metaticket.meta.inner import Params, adapt
 from metaticket.meta.modules import head_predicate, prepare_model
+from metaticket.meta.objective import Objective, RowLoss, objective
 from metaticket.norm import TaskBatchNorm1d
 from metaticket.supermask import IteRandSchedule, dense_like, masks, supermask_layers
 from metaticket.tasks import Tasks
@@ -147,7 +147,8 @@ class MetaLearner(nn.Module):
                  schedule: str = "auto", warmup_steps: int | None = None, steps: int = 10000,
                  rerand_every: int = 0, rerand_rate: float = 0.1, vectorize: str = "auto", seed: int = 0,
                  head: str | Callable[[str], bool] | None = None, collective: Collective = SINGLE,
-                 precision: str = "float32", score_grad: str = "reference") -> None:
+                 precision: str = "float32", score_grad: str = "reference",
+                 loss: str | Objective | RowLoss = "cross_entropy") -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
@@ -157,6 +158,7 @@ class MetaLearner(nn.Module):
             raise ValueError(f"unknown score_grad {score_grad!r}; known: {', '.join(SCORE_GRADS)}")
         self.precision = precision
         self.score_grad = score_grad
+        self.objective = objective(loss)  # what a task's loss and metric are (cross-entropy/accuracy, mse, ...)
         self.method = method
         self.roles = METHODS[method]
         has_masks = any(True for _ in supermask_layers(model))
@@ -298,25 +300,24 @@ class MetaLearner(nn.Module):
         return "factored" if fit and self._chain.runs(tasks.support_x) else self._per_task
 
     def _task_losses(self, tasks: Tasks, steps: int, first_order: bool) -> tuple[Tensor, Tensor]:
-        """Per-task query loss and accuracy after adaptation: two [B] tensors."""
+        """Per-task query loss and metric (accuracy as a fraction for classification) after adaptation: [B] each."""
         params, hard = self._initial_params(first_order)
 
         def one_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor]:
             adapted = adapt(self._forward, params, self.inner_names, xs, ys, lr=self.inner_lr, steps=steps,
-                            first_order=first_order, grad_masks=hard)
+                            first_order=first_order, grad_masks=hard, loss=self.objective.loss)
             logits = self.logits(adapted, xq)
-            return F.cross_entropy(logits, yq), (logits.argmax(-1) == yq).float().mean()
+            return self.objective.loss(logits, yq), self.objective.score(logits.detach(), yq)
 
         mode = self._mode(tasks, steps)
         if mode == "factored":
             inner = FactoredInner(self._chain.layers, params, self.inner_names, hard, len(tasks), lr=self.inner_lr,
-                                  first_order=first_order)
+                                  first_order=first_order, objective=self.objective)
             inner.adapt(tasks.support_x, tasks.support_y, steps)
             with self._autocast():
                 logits = _full(inner.logits(tasks.query_x))  # [B, m, ways]
             yq = tasks.query_y
-            losses = F.cross_entropy(logits.flatten(0, 1), yq.flatten(), reduction="none").view(yq.shape).mean(1)
-            return losses, (logits.detach().argmax(-1) == yq).float().mean(1)
+            return self.objective.task_losses(logits, yq), self.objective.score(logits.detach(), yq)
         args = (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
         if mode == "vmap":
             return vmap(one_task, randomness="different")(*args)  # dropout: each task its own draws
@@ -344,12 +345,12 @@ class MetaLearner(nn.Module):
         for i in range(n):
             adapted = adapt(self._forward, leaves, self.inner_names, self._layout(tasks.support_x[i]),
                             tasks.support_y[i], lr=self.inner_lr, steps=steps, first_order=first_order,
-                            grad_masks=mask_leaves, engine="autograd")
+                            grad_masks=mask_leaves, engine="autograd", loss=self.objective.loss)
             logits = self.logits(adapted, tasks.query_x[i])
-            loss = F.cross_entropy(logits, tasks.query_y[i])
+            loss = self.objective.loss(logits, tasks.query_y[i])
             (loss / n).backward()
             losses.append(loss.detach())
-            accs.append((logits.detach().argmax(-1) == tasks.query_y[i]).float().mean())
+            accs.append(self.objective.score(logits.detach(), tasks.query_y[i]))
         pairs = [(start[k], leaves[k].grad) for k in start if start[k].requires_grad and leaves[k].grad is not None]
         pairs += [(gmasks[k], v.grad) for k, v in mask_leaves.items() if gmasks[k].requires_grad and v.grad is not None]
         if pairs:
@@ -406,7 +407,8 @@ class MetaLearner(nn.Module):
         return [{k: v.detach() for k, v in adapt(self._forward, params, self.inner_names,
                                                  self._layout(tasks.support_x[i]),
                                                  tasks.support_y[i], lr=self.inner_lr, steps=n_steps,
-                                                 first_order=True, grad_masks=hard).items()}
+                                                 first_order=True, grad_masks=hard,
+                                                 loss=self.objective.loss).items()}
                 for i in range(len(tasks))]
 
     def logits(self, params: Params, x: Tensor) -> Tensor:

@@ -1,0 +1,103 @@
+"""Regression tasks: the MSE objective on every path (factored, vmap, loop) for MAML and Meta-ticket, checked in
+float64 against a per-task loop written here, and a short sinusoid run that learns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_factored import Spy
+from torch.func import functional_call
+
+from metaticket.data.sinusoid import SinusoidSampler
+from metaticket.factory import make_layers
+from metaticket.meta.evaluate import meta_test
+from metaticket.meta.learner import MetaLearner
+from metaticket.meta.objective import objective
+from metaticket.models import build_model
+from metaticket.tasks import Tasks
+
+
+def regression_learner(method: str, seed: int = 0, **kw) -> MetaLearner:
+    g = torch.Generator().manual_seed(seed)
+    layers = make_layers(supermask=method == "metaticket", generator=g, mask="threshold",
+                         init_sparsity=0.5 if method == "metaticket" else 0.0)
+    net = build_model("sinusoid-mlp", num_classes=1, layers=layers)
+    return MetaLearner(net, method=method, loss="mse", steps=10, **kw)
+
+
+def loop_meta_gradient(lrn: MetaLearner, batch: Tasks, steps: int, first_order: bool) -> dict[str, torch.Tensor]:
+    """The mean query MSE's gradient, one task at a time: the model's own forward (a supermask model applies its
+    mask in every forward), SGD on every parameter the method adapts, F.mse_loss throughout."""
+    model, lr = lrn.model, lrn.inner_lr
+    own = dict(model.named_parameters())
+    outer = {n: own[n] for n in lrn.outer_names}
+    adapted = [n for n in own if not n.endswith("scores")]
+    total = 0.0
+    for i in range(len(batch)):
+        inner = {n: (own[n] if n in outer else own[n].detach().clone().requires_grad_()) for n in adapted}
+        fixed = {n: p for n, p in own.items() if n not in inner}
+        for _ in range(steps):
+            loss = F.mse_loss(functional_call(model, {**fixed, **inner}, (batch.support_x[i],)), batch.support_y[i])
+            grads = torch.autograd.grad(loss, list(inner.values()), create_graph=not first_order)
+            inner = {n: v - lr * g for (n, v), g in zip(inner.items(), grads)}
+        pred = functional_call(model, {**fixed, **inner}, (batch.query_x[i],))
+        total = total + F.mse_loss(pred, batch.query_y[i]) / len(batch)
+    return dict(zip(outer, torch.autograd.grad(total, list(outer.values()))))
+
+
+def double(t: Tasks) -> Tasks:
+    return Tasks(*(x.double() for x in (t.support_x, t.support_y, t.query_x, t.query_y)))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("vectorize", ["factored", "vmap", "loop"])
+@pytest.mark.parametrize("method", ["maml", "metaticket"])
+def test_mse_meta_gradient_matches_a_per_task_loop(method, vectorize, steps, first_order, monkeypatch):
+    batch = double(SinusoidSampler(shots=5, queries=5, seed=3).sample(3))
+    lrn = regression_learner(method, vectorize=vectorize, inner_steps=steps, first_order=first_order,
+                             inner_lr=0.01).double()
+    want = loop_meta_gradient(lrn, batch, steps, first_order)
+    spy = Spy(monkeypatch)
+    out = lrn.meta_step(batch)
+    assert spy.calls == (vectorize == "factored")
+    got = {n: p.grad for n, p in lrn.model.named_parameters() if p.grad is not None}
+    assert got.keys() == want.keys() and got
+    scale = max(float(g.abs().max()) for g in want.values())
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-9, atol=1e-12 * scale)
+    assert out["acc"] > 0  # the metric of a regression batch is its MSE
+
+
+def test_sinusoid_tasks_are_seeded_and_in_range():
+    a, b = SinusoidSampler(5, 10, seed=1).sample(4), SinusoidSampler(5, 10, seed=1).sample(4)
+    assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_y, b.query_y)
+    assert a.support_x.shape == (4, 5, 1) and a.query_y.shape == (4, 10, 1)
+    assert float(a.support_x.abs().max()) <= 5 and float(a.query_y.abs().max()) <= 5
+    assert not torch.equal(SinusoidSampler(5, 10, seed=2).sample(4).support_x, a.support_x)
+    with pytest.raises(ValueError, match="at least 1"):
+        SinusoidSampler(0, 10)
+
+
+def test_a_short_sinusoid_run_learns():
+    """MAML, 10 shots, 400 meta-steps of 8 tasks: the test MSE falls well below the zero predictor's (about 4.9 on
+    these tasks; measured 3.1 here, and a run that does not learn stays at or above 4.9). Our Kaiming-normal
+    init (std 1.4 on the 1-input layer, 2.4x torch's default) needs an inner lr below MAML's 0.01 to be stable."""
+    torch.manual_seed(0)
+    lrn = regression_learner("maml", inner_lr=0.002, outer_lr=3e-3)
+    train, test = SinusoidSampler(10, 10, seed=0), SinusoidSampler(10, 10, seed=99)
+    for _ in range(400):
+        lrn.meta_step(train.sample(8))
+    score = meta_test(lrn, test, tasks=200, batch=50)
+    zero = float(SinusoidSampler(10, 10, seed=99).sample(200).query_y.square().mean())
+    assert "mse" in score and "accuracy" not in score
+    assert score["mse"] < 0.75 * zero, (score, zero)
+
+
+def test_losses_by_name_or_function():
+    assert objective("mse").metric == "mse" and objective("cross_entropy").higher_is_better
+    own = objective(lambda pred, y: (pred - y).abs().mean(-1))
+    assert own.metric == "loss" and float(own.loss(torch.ones(3, 1), torch.zeros(3, 1))) == 1.0
+    with pytest.raises(ValueError, match="unknown loss 'l1'"):
+        objective("l1")
