@@ -56,8 +56,8 @@ class DataConfig:
     shots: int = field(default=1, metadata=_check(lambda v: v >= 1, "use at least 1 shot"))
     queries: int = field(default=15, metadata=_check(lambda v: v >= 1, "use at least 1 query per class"))
     image_size: int | None = field(default=None,  # null: the dataset's own (28, 64, 84, 32)
-                                   metadata=_check(lambda v: v is None or 4 <= v <= 1024,
-                                                   "use an image size in [4, 1024] (or null: the dataset's own)"))
+                                   metadata=_check(lambda v: v is None or 1 <= v <= 1024,
+                                                   "use an image size in [1, 1024] (or null: the dataset's own)"))
     rotations: bool = True  # Omniglot: 90/180/270-degree rotations as extra classes (MAML convention)
     # the class split, for datasets with several (Omniglot: vinyals, the standard alphabet-disjoint split, or maml,
     # characters drawn at random over all alphabets as in the MAML paper's code); null: the dataset's default

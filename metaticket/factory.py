@@ -97,7 +97,8 @@ def build_meta_model(config: Config, device: torch.device | str = "cpu") -> nn.M
     layers = make_layers(supermask=METHODS[meta.method].needs_supermask, mask=m.mask, sparsity=m.sparsity,
                          init=m.init, init_sparsity=m.init_sparsity, dense_head=m.dense_head, norm_eps=m.norm_eps,
                          generator=generator)
-    return _build(config, layers, config.data.ways, get_dataset(config.data.dataset).channels, device)
+    spec = get_dataset(config.data.dataset)
+    return _build(config, layers, spec.outputs or config.data.ways, spec.channels, device)
 
 
 def build_learner(config: Config, device: torch.device | str = "cpu", collective: Collective = SINGLE) -> MetaLearner:
@@ -112,7 +113,8 @@ def build_learner(config: Config, device: torch.device | str = "cpu", collective
                        warmup_steps=meta.warmup_steps,
                        steps=meta.steps, rerand_every=meta.rerand_every, rerand_rate=meta.rerand_rate,
                        vectorize=meta.vectorize, seed=config.run.seed, collective=collective,
-                       precision=meta.precision, score_grad=meta.score_grad)
+                       precision=meta.precision, score_grad=meta.score_grad,
+                       loss=get_dataset(config.data.dataset).loss)
 
 
 def build_classifier(config: Config, num_classes: int, device: torch.device | str = "cpu") -> nn.Module:

@@ -10,7 +10,8 @@ from metaticket.errors import MetaticketError
 # (axis label, candidate (split, key, what) triples) per panel: the first pair a run has wins (meta-learning runs
 # validate, supervised runs test); the legend says which one a line is
 PANELS = [
-    ("accuracy (%), band: 95% CI", [("val", "acc", "validation"), ("test", "top1", "test")]),
+    ("accuracy (%) or MSE (regression), band: 95% CI", [("val", "acc", "validation"), ("test", "top1", "test"),
+                                                          ("val", "mse", "validation MSE")]),
     ("training loss", [("train", "loss", "train")]),
     ("sparsity (fraction pruned)", [("val", "sparsity", "masks"), ("test", "sparsity", "masks")]),
 ]
@@ -64,7 +65,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
                 line, = ax.plot(steps, values, marker="." if len(steps) < 30 else None,
                                 label=f"{run_dir.name} ({what})")
                 ci_steps, ci = curve(rows, split, "ci95")
-                if key in ("acc", "top1") and ci_steps == steps:  # the 95% CI logged with the accuracy
+                if key in ("acc", "top1", "mse") and ci_steps == steps:  # the 95% CI logged with the accuracy
                     ax.fill_between(steps, [v - c for v, c in zip(values, ci)], [v + c for v, c in zip(values, ci)],
                                     color=line.get_color(), alpha=0.2, linewidth=0)
                 break

@@ -260,8 +260,11 @@ def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool,
     return _finish(lambda: meta_train_loop(learner, sets["train"], sets["val"], plan, run_dir, monitor, device,
                                            resume=resume, main=group.main, callbacks=callbacks),
                    run_dir, monitor, group.main and not quiet,
-                   lambda r: f"trained {r['steps']} steps ({r['ms_per_step']:.0f} ms/step); best val accuracy "
-                             f"{r['best_val_accuracy']:.2f}% at step {r['best_step']}")
+                   lambda r: f"trained {r['steps']} steps ({r['ms_per_step']:.0f} ms/step); best val "
+                             + (f"accuracy {r['best_val_accuracy']:.2f}%" if "best_val_accuracy" in r else
+                                ", ".join(f"{k.removeprefix('best_val_')} {v:.4f}" for k, v in r.items()
+                                          if k.startswith("best_val_")))
+                             + f" at step {r['best_step']}")
 
 
 def _classification(config: Config, ctx: Context) -> Classification:
@@ -351,6 +354,10 @@ def meta_test(run_dir: Path, ctx: Context, tasks: int | None = None, checkpoint:
     config = saved_config(run_dir, "the folder meta-train")
     target = dataset or config.data.dataset
     have, need = get_dataset(target).channels, get_dataset(config.data.dataset).channels
+    if get_dataset(target).loss != get_dataset(config.data.dataset).loss:
+        raise MetaticketError(f"--dataset {target} is scored by {get_dataset(target).loss} but {run_dir} was "
+                              f"trained on {config.data.dataset} ({get_dataset(config.data.dataset).loss} tasks); "
+                              f"pick a dataset with the same kind of tasks")
     if have != need:
         raise MetaticketError(f"--dataset {target} has {have}-channel images but {run_dir} was "
                               f"trained on {need}-channel "
@@ -369,14 +376,16 @@ def meta_test(run_dir: Path, ctx: Context, tasks: int | None = None, checkpoint:
     bar = monitor.progress(n, "meta-test")
     score = evaluate_tasks(learner, test, n, config.eval.batch, device, progress=bar.update)
     bar.close()
-    monitor.log(learner.step, "test", {"acc": score.accuracy, "ci95": score.ci95, "loss": score.loss})
+    key = learner.metric_key  # acc (percent), or a regression's mse
+    monitor.log(learner.step, "test", {key: score.accuracy, "ci95": score.ci95, "loss": score.loss})
     monitor.close()
     result = {"method": method_label(config.meta.method, config.meta.rerand_every), "dataset": target,
               "trained_on": config.data.dataset,
               "model": config.model.name,
               "width": config.model.width, "ways": config.data.ways, "shots": config.data.shots,
               "queries": config.data.queries, "meta_steps": config.meta.steps, "meta_batch": config.meta.meta_batch,
-              "accuracy": round(score.accuracy, 3), "ci95": round(score.ci95, 3), "tasks": score.tasks,
+              "accuracy" if key == "acc" else key: round(score.accuracy, 3 if key == "acc" else 5),
+              "ci95": round(score.ci95, 3 if key == "acc" else 5), "tasks": score.tasks,
               "inner_steps_test": config.meta.inner_steps_test, "checkpoint": checkpoint, "step": learner.step,
               "sparsity": round(float(sparsity_report(learner.model)["overall"]), 4)}
     return result

@@ -55,6 +55,21 @@ for fam, cfg in BASES["miniimagenet"].items():
         cfg["meta"] = {**cfg["meta"], "optimizer": "adamw", "weight_decay": 0.0}
 
 
+# Sinusoid regression, the Meta-ticket code's settings (30k x 4, AdamW 1e-3 for MAML, 5 inner steps in training and
+# test, queries = shots) but for the inner lr: 0.002, not 0.01, because our Kaiming-normal init (std 1.4 on the
+# 1-input layer, 2.4x torch's default) makes 0.01 diverge (tests/test_regression.py)
+BASES["sinusoid"] = {
+    fam: {"data": {"dataset": "sinusoid", "shots": 5, "queries": 5},
+          "model": {"name": "sinusoid-mlp", "init": "kaiming_normal",
+                    **({"mask": "threshold", "init_sparsity": 0.0} if fam == "metaticket" else {})},
+          "meta": {"method": fam, "inner_lr": 0.002, "inner_steps": 5, "inner_steps_test": 5, "meta_batch": 4,
+                   "steps": 30000, **({"optimizer": "adamw", "weight_decay": 0.0, "outer_lr": 0.001}
+                                      if fam == "maml" else {"outer_lr": 10.0, "warmup_steps": 1000})},
+          "eval": {"val_every": 1000, "val_tasks": 200, "test_tasks": 1000}}
+    for fam in ("maml", "metaticket")
+}
+
+
 def write(path: Path, data: dict, comment: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {comment}\n" + yaml.safe_dump(data, sort_keys=False))
@@ -88,6 +103,15 @@ def grid() -> None:
             entry("tinyimagenet", "resnet12", "resnet12", 5, shots, method, {})
         for widen in (5, 10):
             entry("miniimagenet", "wrn28", f"wrn28-{widen}", 5, 5, method, {"width": float(widen)})
+    for width in (1, 4):
+        for shots in (5, 10):
+            for method in ("maml", "metaticket"):
+                tag = "mlp" if width == 1 else f"mlp-w{width}"
+                name = f"{tag}_{shots}shot_{method}"
+                write(ROOT / "sinusoid" / f"{name}.yaml",
+                      {"base": f"base_{method}.yaml", "run": {"name": f"sinusoid_{name}"},
+                       "data": {"shots": shots, "queries": shots}, "model": {"width": float(width)}},
+                      f"sinusoid regression, {shots} shots, {tag}, {method}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 # each dataset file registers its DatasetSpec on import; a new dataset adds its import here
-from metaticket.data import cifar10, imagenet, miniimagenet, omniglot, tinyimagenet  # noqa: F401
+from metaticket.data import cifar10, imagenet, miniimagenet, omniglot, sinusoid, tinyimagenet  # noqa: F401
 from metaticket.data.episodes import EpisodeSampler
 from metaticket.data.registry import (
     DATASETS,
@@ -33,6 +33,8 @@ def episode_samplers(dataset: str, root: str | Path, cache_dir: str | Path, *, w
     ``vinyals``, the default, or ``maml``); None takes the dataset's default.
     """
     spec = get_dataset(dataset)
+    if spec.tasks is not None:  # generated tasks (sinusoid regression): no files, no classes
+        return spec.tasks(shots, queries, seed, val_seed)
     if spec.episodes is None:
         raise MetaticketError(f"data.dataset = {dataset} has no few-shot tasks; meta-learning takes one of: "
                               f"{', '.join(list_datasets(episodes=True))}")

@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from metaticket.data.registry import DatasetSpec, register_dataset
 from metaticket.tasks import Tasks
 
 
@@ -34,3 +35,20 @@ class SinusoidSampler:
         y = amp * torch.sin(x - phase)
         k = self.shots
         return Tasks(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def _samplers(shots: int, queries: int, seed: int, val_seed: int) -> dict[str, SinusoidSampler]:
+    """Train tasks from ``seed``; validation and test tasks from ``val_seed`` (fixed tasks for every run), as
+    for image episodes. Sinusoids have no class split: the three draw from the same distribution."""
+    return {name: SinusoidSampler(shots, queries, seed=seed if name == "train" else val_seed + i)
+            for i, name in enumerate(("train", "val", "test"))}
+
+
+register_dataset(DatasetSpec("sinusoid", channels=1, image_size=1, decoded_images=0, tasks=_samplers,
+                             episode_splits=("train", "val", "test"), loss="mse", outputs=1))

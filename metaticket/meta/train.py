@@ -61,7 +61,9 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
     Returns a summary with the best validation accuracy and the mean time per meta-step.
     """
     ckpt_dir = run_dir / "checkpoints"
-    best = {"accuracy": -1.0, "step": 0}
+    key, higher = learner.metric_key, learner.objective.higher_is_better
+    metric = "accuracy" if key == "acc" else key  # the best checkpoint's metric (lower is better unless accuracy)
+    best = {metric: -1.0 if higher else float("inf"), "step": 0}
     window: dict[str, float] = {}  # sums of the step outputs since the last train log line
     window_n = 0
     if resume:
@@ -132,19 +134,21 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
             first_pending = step + 1
         if due_log:
             means = {k: v / window_n for k, v in window.items()}
-            means["acc"] *= 100  # percent, like val/acc and test accuracy (meta_step returns a fraction)
+            if key == "acc":
+                means["acc"] *= 100  # percent, like val/acc and test accuracy (meta_step returns a fraction)
             means["ms_per_step"] = 1000.0 * step_time / max(timed_steps, 1)
             means["tasks_per_s"] = plan.meta.meta_batch * timed_steps / max(step_time, 1e-9)
             means["inner_lr"] = learner.inner_lr
             monitor.log(step, "train", means)
             if main and calls.on_log is not None:
                 calls.on_log(step, means)
-            bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['acc']:.1f}")
+            bar.set_postfix(loss=f"{means['loss']:.3f}", **{key: f"{means[key]:.1f}" if key == "acc" else
+                                                           f"{means[key]:.3f}"})
             window, window_n = {}, 0
         if due_val:
             score = validate(learner, val, plan, device)
             report = sparsity_report(learner.model)
-            values = {"acc": score.accuracy, "ci95": score.ci95, "loss": score.loss, "sparsity": report["overall"]}
+            values = {key: score.accuracy, "ci95": score.ci95, "loss": score.loss, "sparsity": report["overall"]}
             values.update({f"sparsity/{k}": v for k, v in report["layers"].items()})
             val.generator.manual_seed(plan.eval.task_seed)  # where adaptation moves the weights, on fixed tasks
             change = learner.inner_change(val.sample(min(plan.eval.batch, 8)).to(device))
@@ -153,13 +157,14 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
             if calls.on_validate is not None:
                 calls.on_validate(step, values)
             log_masks(monitor, learner.model, step)
-            monitor.print(f"step {step}: val acc {score.accuracy:.2f} +- {score.ci95:.2f}%  "
-                          f"sparsity {report['overall']:.3f}")
-            if score.accuracy > best["accuracy"]:
-                best = {"accuracy": score.accuracy, "step": step}
+            unit = "%" if key == "acc" else ""
+            monitor.print(f"step {step}: val {key} {score.accuracy:.{2 if key == 'acc' else 4}f} +- "
+                          f"{score.ci95:.{2 if key == 'acc' else 4}f}{unit}  sparsity {report['overall']:.3f}")
+            if (score.accuracy > best[metric]) if higher else (score.accuracy < best[metric]):
+                best = {metric: score.accuracy, "step": step}
                 save("best.pt")
         if due_save:
             save("last.pt")
     bar.close()
-    return {"best_val_accuracy": best["accuracy"], "best_step": best["step"],
+    return {f"best_val_{metric}": best[metric], "best_step": best["step"],
             "ms_per_step": 1000.0 * step_time / max(timed_steps, 1), "steps": learner.step}
