@@ -283,7 +283,7 @@ class MetaLearner(nn.Module):
             params[k] = params[k] * m
         if self.channels_last:
             params = {k: self._layout(v) for k, v in params.items()}
-        if self.score_grad == "reference" and torch.is_grad_enabled():
+        if self.score_grad == "reference":  # m * m is m for a 0/1 mask; for any other mask it is the reference's
             return params, {k: (m.detach() if first_order else m) * m for k, m in weight_masks.items()}
         return params, {k: m.detach() for k, m in weight_masks.items()}
 
