@@ -6,25 +6,16 @@ CIFAR-10 and Tiny-ImageNet are decoded once into memory (see their readers); Ima
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metaticket.data.registry import Source, get_dataset, list_datasets
+from metaticket.data.registry import Classification, Source, get_dataset, list_datasets
 from metaticket.errors import MetaticketError
 
-
-@dataclass
-class Classification:
-    train: torch.utils.data.Dataset
-    test: torch.utils.data.Dataset
-    classes: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    image_size: int
+__all__ = ["Classification", "TensorImages", "classification_data"]
 
 
 class TensorImages(torch.utils.data.Dataset):

@@ -68,6 +68,10 @@ class EpisodeSampler:
             query_y=labels.expand(batch, ways, q).reshape(batch, ways * q),
         )
 
+    def reseed(self, seed: int) -> None:
+        """Start the task draws again from ``seed`` (validation scores the same tasks every time)."""
+        self.generator.manual_seed(seed)
+
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
 

@@ -12,14 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 
 from metaticket.errors import MetaticketError
-
-if TYPE_CHECKING:
-    from metaticket.data.classification import Classification
 
 Stats = float | tuple[float, float, float]
 
@@ -46,6 +43,19 @@ class ClassImages:
     splits: dict[str, list[int]]
     mean: Stats = 0.0
     std: Stats = 1.0
+
+
+@dataclass
+class Classification:
+    """What a supervised reader returns: train and test sets of ``(uint8 [3, S, S], label)``, the class names and
+    the per-channel ``mean``/``std`` inputs are normalized with."""
+
+    train: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,10 @@ class SinusoidSampler:
         k = self.shots
         return Tasks(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
 
+    def reseed(self, seed: int) -> None:
+        """Start the task draws again from ``seed``."""
+        self.generator.manual_seed(seed)
+
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
 

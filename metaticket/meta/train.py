@@ -48,7 +48,7 @@ class MetaPlan:
 
 def validate(learner: MetaLearner, sampler: EpisodeSampler, plan: MetaPlan, device: torch.device) -> Score:
     """Score on the same ``val_tasks`` tasks every time (the sampler is re-seeded)."""
-    sampler.generator.manual_seed(plan.eval.task_seed)
+    sampler.reseed(plan.eval.task_seed)
     return evaluate(learner, sampler, plan.eval.val_tasks, plan.eval.batch, device)
 
 
@@ -150,7 +150,7 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
             report = sparsity_report(learner.model)
             values = {key: score.accuracy, "ci95": score.ci95, "loss": score.loss, "sparsity": report["overall"]}
             values.update({f"sparsity/{k}": v for k, v in report["layers"].items()})
-            val.generator.manual_seed(plan.eval.task_seed)  # where adaptation moves the weights, on fixed tasks
+            val.reseed(plan.eval.task_seed)  # where adaptation moves the weights, on fixed tasks
             change = learner.inner_change(val.sample(min(plan.eval.batch, 8)).to(device))
             values.update({f"inner_change/{k}": v for k, v in change.items()})
             monitor.log(step, "val", values)
