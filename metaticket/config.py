@@ -14,6 +14,7 @@ import math
 import re
 import types
 import typing
+import unicodedata
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from typing import Any, Literal
 
 import yaml
 
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: below it precision is lost, then 0
 VERSION = 3  # the config format: run folders' config.yaml starts with ``version: 3``; older ones: see upgrade()
 
 
@@ -38,7 +41,17 @@ def _one_path_component(name: str) -> bool:
     """A run name stays one folder inside ``run.out_dir``: not empty, no separators, no leading dot (``.``, ``..``,
     hidden folders), no control characters, and short enough for the ``-sweep`` / ``-N`` suffixes (255-byte limit)."""
     return (name != "" and not name.startswith(".") and "/" not in name and "\\" not in name
-            and all(ord(c) >= 32 for c in name) and len(name.encode("utf-8", "surrogatepass")) <= 200)
+            and name == name.strip() and _utf8(name) and all(ord(c) >= 32 for c in name)
+            and len(name.encode("utf-8", "surrogatepass")) <= 200)
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (argv bytes that are not UTF-8 arrive as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # IteRand has one rule in both sections (meta, train): it runs when rerand_every > 0, re-drawing a rerand_rate
@@ -166,9 +179,11 @@ class RunConfig:
     task: Literal["meta", "train"] = "meta"  # meta: few-shot meta-learning (meta-train); train: supervised (train)
     name: str = field(default="run", metadata=_check(
         lambda v: _one_path_component(v), "use one folder name: no / or \\, not starting with '.', no control "
-                                          "characters, at most 200 bytes"))
-    out_dir: str = field(default="runs", metadata=_check(lambda v: v.strip() != "" and "\0" not in v,
-                                                         "name the folder that holds run folders, e.g. runs"))
+                                          "characters, no leading or trailing spaces, valid UTF-8, at most 200 "
+                                          "bytes"))
+    out_dir: str = field(default="runs", metadata=_check(lambda v: v.strip() != "" and "\0" not in v and _utf8(v),
+                                                         "name the folder that holds run folders in valid UTF-8, "
+                                                         "e.g. runs"))
     seed: int = field(default=0, metadata=_check(lambda v: 0 <= v < 2**32, "seeds lie in [0, 2^32)"))
     device: str = field(default="auto", metadata=_check(lambda v: re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,3})?", v)
                                                         is not None, "use auto, cpu or cuda[:N]"))
@@ -196,7 +211,31 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in data
 
 # ----------------------------------------------------------------------------------------------- loading
 class _StrictLoader(yaml.SafeLoader):
-    """safe_load that also refuses duplicate keys."""
+    """safe_load that also refuses duplicate keys and reads scalars by YAML 1.2's rules (below)."""
+
+
+# YAML 1.2 scalars, not PyYAML's 1.1: 010 is ten (not octal eight), 1:30 is a string (not ninety), yes/no/on/off are
+# strings (only true/false are booleans) and 1e-3 is a number; octal and hex are written 0o10 and 0x10
+_INT, _FLOAT, _BOOL = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in pairs if tag not in (_INT, _FLOAT, _BOOL)]
+    for first, pairs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_StrictLoader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                                    list("-+0123456789"))
+_StrictLoader.add_implicit_resolver(
+    _FLOAT, re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+                       r"|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+
+
+def _int_1_2(loader: _StrictLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)
+
+
+_StrictLoader.add_constructor(_INT, _int_1_2)
 
 
 def _mapping_no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -436,6 +475,8 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
             continue
         key = f"{section}.{name}"
         value = _coerce(values[name], hints[name], key)
+        if isinstance(value, str):  # names that differ only in Unicode normalization are one name (one folder)
+            value = unicodedata.normalize("NFC", value)
         check = f.metadata.get("rule")
         if check is not None and not check(value):
             raise ConfigError(f"{key} = {value!r} is out of range: {f.metadata['hint']}")
@@ -466,6 +507,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} = {value!r} must be a whole number")
+        if not -2 ** 63 <= value < 2 ** 63:  # what a tensor or a generator can hold
+            raise ConfigError(f"{key} = {value} is beyond a 64-bit integer; use a smaller number")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; a number is meant
@@ -477,6 +520,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} = {value!r} must be a number")
         if not math.isfinite(value):
             raise ConfigError(f"{key} = {value!r} must be a finite number")
+        # learning rates, decays and epsilons end up in float32 tensors: beyond its range they become inf or 0
+        if abs(value) > FLOAT32_MAX or 0 < abs(value) < FLOAT32_TINY:
+            raise ConfigError(f"{key} = {value!r} is beyond float32 (magnitudes {FLOAT32_TINY:.1e} to "
+                              f"{FLOAT32_MAX:.1e}), the precision it is used in; use a value in that range")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

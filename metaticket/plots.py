@@ -43,8 +43,21 @@ def curve(rows: list[dict], split: str, key: str) -> tuple[list[int], list[float
     return steps, [points[s] for s in steps]
 
 
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def check_output(out: Path) -> None:
+    """``-o``: a file path with an image suffix matplotlib writes, not a folder (one-line errors)."""
+    if out.is_dir():
+        raise MetaticketError(f"-o {out} is a folder; name the image file to write, e.g. {out / 'curves.png'}")
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise MetaticketError(f"-o {out}: {out.suffix or 'no suffix'} is not an image format plot writes; end the "
+                              f"name in one of {', '.join(IMAGE_SUFFIXES)}")
+
+
 def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     """One figure, one panel per metric (accuracy, loss, sparsity), one line per run; returns ``out``."""
+    check_output(out)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -204,7 +204,7 @@ def test_a_meta_step_never_waits_for_the_device(method, mask, vectorize):
     assert counted.reads == [] and isinstance(out["loss"], torch.Tensor) and out["loss"].dim() == 0
     with _Reads(steps) as control:  # the check can fail: the default step reads loss and accuracy
         lrn.meta_step(batch)
-    assert control.reads == ["aten._local_scalar_dense"] * 2
+    assert control.reads.count("aten._local_scalar_dense") >= 2  # loss, accuracy (and the input checks)
 
 
 @pytest.mark.parametrize("vectorize", ["factored", "vmap", "loop"])

@@ -359,6 +359,40 @@ class MetaLearner(nn.Module):
             torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
         return torch.stack(losses), torch.stack(accs)
 
+    def _check(self, tasks: Tasks, values: bool) -> None:
+        """Refuse a batch (or settings) the step would silently make meaningless, before anything changes: the
+        shapes and the inner-loop settings always; with ``values`` also label ranges and non-finite inputs (reading
+        values waits for the device, so ``meta_step(sync=False)`` leaves them to the training loop's checks)."""
+        if not isinstance(tasks, Tasks):
+            raise ValueError(f"expected a Tasks batch (metaticket.Tasks), got {type(tasks).__name__}")
+        sx, sy, qx, qy = tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y
+        if sx.dim() < 2 or sx.shape[0] == 0:
+            raise ValueError("the meta-batch holds no tasks; sample at least 1")
+        if sx.shape[1] == 0 or qx.dim() < 2 or qx.shape[1] == 0:
+            raise ValueError(f"every task needs support and query examples, got {sx.shape[1]} support and "
+                             f"{qx.shape[1] if qx.dim() >= 2 else 0} query per task")
+        if sy.shape[:2] != sx.shape[:2] or qy.shape[:2] != qx.shape[:2] or qx.shape[0] != sx.shape[0]:
+            raise ValueError(f"inputs and targets disagree: support {tuple(sx.shape)} / {tuple(sy.shape)}, query "
+                             f"{tuple(qx.shape)} / {tuple(qy.shape)} (the first two dims are tasks and examples)")
+        if not (isinstance(self.inner_lr, (int, float)) and math.isfinite(self.inner_lr) and self.inner_lr > 0):
+            raise ValueError(f"inner_lr = {self.inner_lr!r}: use a positive finite inner learning rate")
+        for name in ("inner_steps", "inner_steps_test"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"{name} = {getattr(self, name)!r}: use at least 1 inner step")
+        if not values:
+            return
+        if self.objective.metric == "accuracy":
+            for where, y in (("support", sy), ("query", qy)):
+                if y.is_floating_point() or y.dtype == torch.bool:
+                    raise ValueError(f"{where} labels are {y.dtype}; classification labels are integers 0..ways-1")
+                if int(y.min()) < 0:
+                    raise ValueError(f"{where} label {int(y.min())} is negative (-100 is cross-entropy's ignore "
+                                     f"index: its loss would be 0); labels are 0..ways-1")
+        for where, t in (("support inputs", sx), ("query inputs", qx), ("support targets", sy),
+                         ("query targets", qy)):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"the {where} hold NaN or Inf values; clean the data before meta_step")
+
     # ------------------------------------------------------------------------------------------- public
     def meta_step(self, tasks: Tasks, sync: bool = True) -> dict[str, float | Tensor]:
         """One outer update on a batch of tasks; returns loss, accuracy, lr (and IteRand's changed fraction).
@@ -366,6 +400,7 @@ class MetaLearner(nn.Module):
         ``sync=False`` leaves loss and accuracy as 0-d tensors on the model's device, so the step never waits for
         the device (no ``.item()``): a GPU runs ahead until the caller reads them. IteRand's changed fraction is
         read on the steps that re-draw (every ``rerand_every``)."""
+        self._check(tasks, values=sync)
         self.train()
         self.optimizer.zero_grad(set_to_none=True)
         group = self.collective
@@ -386,6 +421,12 @@ class MetaLearner(nn.Module):
             group.all_reduce_sum([*grads, sums])
             loss, acc = sums[0] / len(tasks), sums[1] / len(tasks)
         lr = self.optimizer.param_groups[0]["lr"]
+        if sync:  # never apply a non-finite update (sync=False: the training loop stops at its next read)
+            grads = [p.grad for p in self.optimizer.param_groups[0]["params"] if p.grad is not None]
+            if not bool(torch.isfinite(loss)) or not all(bool(torch.isfinite(g).all()) for g in grads):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise ValueError(f"the meta-loss ({float(loss)}) or its gradient is not finite; nothing was "
+                                 f"updated (lower inner_lr or the outer lr, or check the tasks)")
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -440,6 +481,7 @@ class MetaLearner(nn.Module):
     @torch.no_grad()
     def evaluate(self, tasks: Tasks) -> tuple[Tensor, Tensor]:
         """Per-task query loss and accuracy ([B] each) after ``inner_steps_test`` inner steps."""
+        self._check(tasks, values=False)
         return self._task_losses(tasks, self.inner_steps_test, first_order=True)
 
     def state_dict(self, *args, **kwargs) -> dict:  # noqa: ANN002, ANN003

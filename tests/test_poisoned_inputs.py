@@ -1,0 +1,159 @@
+"""Inputs that would poison a run are refused in one line and change nothing: learner batches and settings,
+config numbers at the edges of the dtypes they end up in, YAML 1.1 readings, odd run names, a torn metrics line,
+and plot outputs that are not images (issue 35)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_meta import learner, tasks
+
+from metaticket.config import ConfigError, config_from_dict, load_config, parse_yaml
+from metaticket.monitor import Monitor
+from metaticket.tasks import Tasks
+
+
+def snapshot(lrn) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in (*lrn.model.state_dict().values(),)]
+
+
+def unchanged(lrn, before: list[torch.Tensor]) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(before, lrn.model.state_dict().values())) and lrn.step == 0
+
+
+def poisoned(kind: str) -> Tasks:
+    t = tasks(batch=2, queries=2)
+    sx, sy, qx, qy = t.support_x.clone(), t.support_y.clone(), t.query_x.clone(), t.query_y.clone()
+    if kind == "ignore-index labels":
+        qy[:] = -100
+    elif kind == "NaN pixels":
+        sx[0, 0, 0, 0, 0] = float("nan")
+    elif kind == "Inf pixels":
+        qx[1, 2, 0, 3, 3] = float("inf")
+    elif kind == "empty support":
+        sx, sy = sx[:, :0], sy[:, :0]
+    elif kind == "empty meta-batch":
+        sx, sy, qx, qy = sx[:0], sy[:0], qx[:0], qy[:0]
+    elif kind == "float labels":
+        sy = sy.float()
+    elif kind == "labels of other tasks":
+        qy = qy[:1]
+    return Tasks(sx, sy, qx, qy)
+
+
+KINDS = ["ignore-index labels", "NaN pixels", "Inf pixels", "empty support", "empty meta-batch", "float labels",
+         "labels of other tasks"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["maml", "metaticket"])
+def test_poisoned_batches_are_refused_and_change_nothing(method, kind):
+    lrn = learner(method)
+    before = snapshot(lrn)
+    with pytest.raises(ValueError) as err:
+        lrn.meta_step(poisoned(kind))
+    assert "\n" not in str(err.value) and unchanged(lrn, before)
+    assert all(p.grad is None for p in lrn.parameters())
+
+
+@pytest.mark.parametrize(("name", "value"), [("inner_lr", float("nan")), ("inner_lr", -0.1), ("inner_steps", -1),
+                                             ("inner_steps", 0), ("inner_steps_test", 0)])
+def test_bad_inner_settings_are_refused(name, value):
+    lrn = learner("maml")
+    setattr(lrn, name, value)
+    before = snapshot(lrn)
+    with pytest.raises(ValueError, match=name):
+        lrn.meta_step(tasks(batch=2))
+    assert unchanged(lrn, before)
+
+
+def test_a_non_finite_meta_gradient_is_never_applied():
+    lrn = learner("maml", inner_lr=1e30)  # the inner step overflows
+    before = snapshot(lrn)
+    with pytest.raises(ValueError, match="not finite; nothing was updated"):
+        lrn.meta_step(tasks(batch=2))
+    assert unchanged(lrn, before) and not lrn.optimizer.state
+    lrn.inner_lr = 0.4
+    lrn.meta_step(tasks(batch=2))  # and the learner still works
+    assert lrn.step == 1
+
+
+# ------------------------------------------------------------------------------------------ config numbers
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["meta.inner_lr", "meta.outer_lr", "meta.weight_decay", "train.lr", "model.norm_eps"]),
+       st.sampled_from([1e39, 3.5e38, 1e300, 1e-39, 1e-300, 5e-324]))
+def test_floats_beyond_float32_are_refused_naming_the_key(key, value):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=f"{key} = .* is beyond float32"):
+        config_from_dict({section: {name: value}})
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["meta.steps", "meta.meta_batch", "train.epochs", "data.queries"]),
+       st.integers(min_value=2 ** 63, max_value=2 ** 80))
+def test_integers_beyond_int64_are_refused(key, value):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=f"{key} = {value} is beyond a 64-bit integer"):
+        config_from_dict({section: {name: value}})
+
+
+@pytest.mark.parametrize(("text", "value"), [("010", 10), ("0o10", 8), ("0x10", 16), ("1:30", "1:30"),
+                                             ("yes", "yes"), ("off", "off"), ("1e-3", 0.001), ("true", True)])
+def test_yaml_scalars_are_read_by_yaml_1_2(text, value):
+    got = parse_yaml(f"a: {text}\n", "t")["a"]
+    assert got == value and type(got) is type(value)
+
+
+def test_yaml_1_1_readings_do_not_pass_silently(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("meta:\n  steps: 010\n")
+    assert load_config(path).meta.steps == 10  # as written, not octal 8
+    path.write_text("run:\n  name: 1:30\n")
+    assert load_config(path).run.name == "1:30"  # a string, not 90 (which a str key refused)
+    path.write_text("data:\n  rotations: yes\n")
+    with pytest.raises(ConfigError, match="data.rotations = 'yes' must be true or false"):
+        load_config(path)
+
+
+# ------------------------------------------------------------------------------------------ names
+@pytest.mark.parametrize("name", [" run", "run ", "r\udcffn", "a\udc80"])
+def test_run_names_with_edge_spaces_or_invalid_utf8_are_refused(name):
+    with pytest.raises(ConfigError, match="run.name = .* is out of range"):
+        config_from_dict({"run": {"name": name}})
+    with pytest.raises(ConfigError, match="run.out_dir"):
+        config_from_dict({"run": {"out_dir": "r\udcffuns"}})
+
+
+def test_run_names_are_one_unicode_normal_form():
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    assert config_from_dict({"run": {"name": decomposed}}).run.name == composed
+    assert config_from_dict({"run": {"name": composed}}).run.name == composed
+
+
+# ------------------------------------------------------------------------------------------ files
+def test_a_torn_last_metrics_line_is_cut_before_appending(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2, "split": "tr')
+    monitor = Monitor(tmp_path, quiet=True, tensorboard=False)
+    monitor.log(3, "train", {"loss": 0.5})
+    monitor.close()
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 3]
+    from metaticket.plots import read_metrics
+
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 3]
+
+
+def test_plot_output_must_be_an_image_file(tmp_path, capsys):
+    from metaticket.cli import main
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_text('{"step": 1, "split": "val", "acc": 50.0, "ci95": 1.0}\n')
+    assert main(["plot", str(tmp_path / "r"), "-o", str(tmp_path / "curves.txt")]) == 2
+    assert ".txt is not an image format plot writes" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "r"), "-o", str(tmp_path)]) == 2
+    assert "is a folder; name the image file to write" in capsys.readouterr().err
