@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         finished = True
         return code
     except (ConfigError, MetaticketError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # one line, and the last one printed, whatever a wrapped library message held
+        print("error: " + " ".join(part.strip() for part in str(e).splitlines() if part.strip()), file=sys.stderr)
         return 2
     except OSError as e:  # a full disk (or quota) while writing logs, events or results
         if e.errno not in DISK_FULL:

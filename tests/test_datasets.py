@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
 import tarfile
 
 import numpy as np
@@ -68,6 +69,37 @@ def test_tinyimagenet_val_labels_come_from_annotations(tmp_path):
     (tmp_path / "tiny-imagenet-200.tar.gz").rename(packed_root / "tiny-imagenet-200.tar.gz")
     packed = load_tinyimagenet(packed_root, tmp_path / "cache2", progress=False)
     assert torch.equal(packed.train, data.train) and torch.equal(packed.val, data.val)
+
+
+@pytest.mark.parametrize(("damage", "needle"), [
+    ("space separators", "line 1 is not '<image>\\t<wnid>"),
+    ("a class without lines", "class n002 has no validation image"),
+    ("an unknown image", "names 'val_9.JPEG', which is not in val/images/"),
+    ("an image without a line", "image val_1.JPEG has no annotation line"),
+])
+def test_tinyimagenet_annotations_that_do_not_match_the_images_are_named(tmp_path, damage, needle):
+    """Annotations that leave images or classes out are refused before anything trains, instead of a test set of 0
+    images scored 'top-1 0.0' with exit 0."""
+    top = tmp_path / "tiny-imagenet-200"
+    (top / "val" / "images").mkdir(parents=True)
+    (top / "wnids.txt").write_text("n001\nn002\n")
+    for w in ("n001", "n002"):
+        (top / "train" / w / "images").mkdir(parents=True)
+        (top / "train" / w / "images" / f"{w}_0.JPEG").write_bytes(_jpeg((9, 9, 9)))
+    for i in range(2):
+        (top / "val" / "images" / f"val_{i}.JPEG").write_bytes(_jpeg((9, 9, 9)))
+    lines = ["val_0.JPEG\tn001\t0\t0\t63\t63", "val_1.JPEG\tn002\t0\t0\t63\t63"]
+    if damage == "space separators":
+        lines = [x.replace("\t", " ") for x in lines]
+    elif damage == "a class without lines":
+        lines[1] = lines[1].replace("n002", "n001")
+    elif damage == "an unknown image":
+        lines.append("val_9.JPEG\tn001\t0\t0\t63\t63")
+    elif damage == "an image without a line":
+        lines = lines[:1] + ["val_0.JPEG\tn002\t0\t0\t63\t63"]
+    (top / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(MetaticketError, match=re.escape(needle)):
+        load_tinyimagenet(tmp_path, tmp_path / "cache", progress=False)
 
 
 # ------------------------------------------------------------------------------------------------ miniImageNet
@@ -165,6 +197,21 @@ def test_cifar10_batches_match_image_folder(data_root, tmp_path):
             (folder / split / cls / name).write_bytes(raw)
     from_folder = read_image_folders(folder, progress=False)
     assert from_folder["classes"] == CLASSES
+    # the folder must hold CIFAR-10's 10 classes: an 11th, or one left empty, is named (not an 11- or 9-class set)
+    import shutil
+
+    odd = tmp_path / "odd"
+    shutil.copytree(folder, odd)
+    for split in ("train", "test"):
+        shutil.copytree(odd / split / "cat", odd / split / "lion")
+    with pytest.raises(MetaticketError, match="found extra lion"):
+        read_image_folders(odd, progress=False)
+    for split in ("train", "test"):
+        shutil.rmtree(odd / split / "lion")
+        for f in (odd / split / "frog").iterdir():
+            f.unlink()
+    with pytest.raises(MetaticketError, match="missing \\(or without images\\) frog"):
+        read_image_folders(odd, progress=False)
     batches = tmp_path / "cifar-10-batches-py"
     batches.mkdir()
     for split, files in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):

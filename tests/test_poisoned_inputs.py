@@ -157,3 +157,22 @@ def test_plot_output_must_be_an_image_file(tmp_path, capsys):
     assert ".txt is not an image format plot writes" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "r"), "-o", str(tmp_path)]) == 2
     assert "is a folder; name the image file to write" in capsys.readouterr().err
+
+
+def test_an_archive_that_is_not_one_ends_in_one_error_line(tmp_path):
+    """A .tar.gz of random bytes: exit 2 and the error is the last (and only) line on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    from test_cli import REPO
+
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(os.urandom(5000))
+    config = str(REPO / "configs/cifar10/conv6_edgepopup.yaml")
+    proc = subprocess.run([sys.executable, str(REPO / "run.py"), "train", config,
+                           "--set", f"data.root={tmp_path}", "--set", "data.download=false", "--set",
+                           f"run.out_dir={tmp_path / 'runs'}"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "METATICKET_CACHE": str(tmp_path / "cache")})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[-1].startswith("error: ") and "cifar-10-python.tar.gz is damaged or truncated" in lines[-1]

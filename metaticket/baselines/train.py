@@ -126,6 +126,8 @@ def evaluate_classifier(model: nn.Module, dataset: torch.utils.data.Dataset, mea
         if progress is not None:
             progress(y.numel())
     model.train(was_training)
+    if n == 0:  # a score over no images is no score: say so instead of "top-1 0.0"
+        raise MetaticketError("the test set holds no images; check the dataset's test (validation) split")
     p = correct1 / max(n, 1)
     return {"top1": 100 * p, "top5": 100 * correct5 / max(n, 1), "loss": loss / max(n, 1), "images": n,
             "ci95": 100 * 1.96 * math.sqrt(p * (1 - p) / max(n, 1))}

@@ -85,5 +85,6 @@ def iter_files(source: Path, keep: Callable[[str], bool]) -> Iterator[tuple[str,
         else:
             raise MetaticketError(f"{source} is neither a folder nor a .zip/.tar/.tar.gz archive")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise MetaticketError(f"{source} is damaged or truncated ({type(e).__name__}: {e}); "
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""  # tarfile's ReadError spans lines
+        raise MetaticketError(f"{source} is damaged or truncated ({type(e).__name__}: {first}); "
                               f"download it again") from None

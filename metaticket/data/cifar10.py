@@ -125,6 +125,13 @@ def read_image_folders(source: Path, progress: bool) -> dict:
     empty = [c for s in found for c in classes if not found[s].get(c)]
     if empty:
         raise MetaticketError(f"{source}: class folder {empty[0]} is empty; every class needs images")
+    if classes != sorted(CLASSES):  # "cifar10" promises its 10 classes: an 11th or a missing (empty) one is refused
+        extra, missing = sorted(set(classes) - set(CLASSES)), sorted(set(CLASSES) - set(classes))
+        raise MetaticketError(f"{source}: CIFAR-10 image folders hold the 10 classes {', '.join(CLASSES)}; "
+                              + (f"found extra {', '.join(extra)}" if extra else "")
+                              + ("; " if extra and missing else "")
+                              + (f"missing (or without images) {', '.join(missing)}" if missing else "")
+                              + "; fix the folders or register the data as a dataset of its own")
     out: dict = {"classes": classes}
     for split in ("train", "test"):
         xs, ys = [], []

@@ -98,10 +98,24 @@ def _decode(source: Path, size: int, progress: bool) -> dict:
         raise MetaticketError(f"{source}: class {empty[0]} has no training images ({len(empty)} such classes); "
                               f"the download is incomplete")
     val: dict[str, list[tuple[str, Tensor]]] = {w: [] for w in wnids}
-    for line in annotations.splitlines():
-        fields = line.split("\t")
-        if len(fields) >= 2 and fields[0] in val_images and fields[1] in val:
-            val[fields[1]].append((fields[0], val_images[fields[0]]))
+    where = f"{source}: val/val_annotations.txt"
+    for n, line in enumerate(annotations.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")  # the official lines: file, wnid, then the box, separated by single tabs
+        if len(fields) < 2 or fields[1] not in val:
+            raise MetaticketError(f"{where} line {n} is not '<image>\\t<wnid>\\t...' with a wnid of wnids.txt "
+                                  f"({line[:60]!r}); the annotations are damaged, download them again")
+        if fields[0] not in val_images:
+            raise MetaticketError(f"{where} line {n} names {fields[0]!r}, which is not in val/images/; the "
+                                  f"validation set is incomplete, download it again")
+        val[fields[1]].append((fields[0], val_images[fields[0]]))
+    unlabelled = sorted(set(val_images) - {f for v in val.values() for f, _ in v})
+    bare = [w for w in wnids if not val[w]]
+    if val_images and (bare or unlabelled):
+        what = f"class {bare[0]} has no validation image ({len(bare)} such classes)" if bare else \
+            f"image {unlabelled[0]} has no annotation line ({len(unlabelled)} such images)"
+        raise MetaticketError(f"{where}: {what}; the annotations do not match the images, download them again")
     t = min(len(v) for v in train.values())
     v_count = min(len(v) for v in val.values())
     return {
