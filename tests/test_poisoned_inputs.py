@@ -176,3 +176,32 @@ def test_an_archive_that_is_not_one_ends_in_one_error_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[-1].startswith("error: ") and "cifar-10-python.tar.gz is damaged or truncated" in lines[-1]
+
+
+def test_a_cache_file_of_the_wrong_shape_is_rebuilt_and_a_read_only_cache_is_used(tmp_path, monkeypatch, capsys):
+    import os
+
+    import metaticket.data.cache as cache
+
+    path = tmp_path / "d.pt"
+    valid = cache.images_of("images", dims=(4,), side=8)
+    torch.save({"images": torch.zeros(3, 2, 5, 5, dtype=torch.uint8)}, path)  # 5 x 5, not 8 x 8
+    built = []
+
+    def build() -> dict:
+        built.append(1)
+        return {"images": torch.ones(3, 2, 8, 8, dtype=torch.uint8)}
+
+    blob = cache.cached(path, build, keys=("images",), valid=valid)
+    assert built == [1] and blob["images"].shape == (3, 2, 8, 8) and "damaged or foreign" in capsys.readouterr().err
+    assert cache.cached(path, build, keys=("images",), valid=valid)["images"].shape == (3, 2, 8, 8) and built == [1]
+    # a cache folder that cannot be written: the decoded data is used, with a note (no traceback)
+    path.unlink()
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", read_only)
+    blob = cache.cached(path, build, keys=("images",), valid=valid)
+    assert blob["images"].shape == (3, 2, 8, 8) and not path.exists()
+    assert "read-only); using it without caching" in capsys.readouterr().err

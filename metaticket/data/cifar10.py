@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from metaticket.data.archive import iter_files
-from metaticket.data.cache import decode_once
+from metaticket.data.cache import decode_once, images_of
 from metaticket.data.classification import Classification, TensorImages
 from metaticket.data.images import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, resize_uint8
 from metaticket.data.registry import ClassImages, DatasetSpec, Source, register_dataset
@@ -67,7 +67,10 @@ def load_cifar10(root: Path, cache_dir: Path, progress: bool = True) -> Cifar10:
                        f"CIFAR-10 not found under {root}: expected cifar-10-batches-py/ (torchvision) or cifar10-jpeg/ "
                        f"(train/ and test/ class folders, or its .tar.gz); set METATICKET_DATA or data.root",
                        lambda key: cache_dir / f"cifar10-{kind}-{key}.pt", build,
-                       keys=("train_x", "train_y", "test_x", "test_y", "classes"))
+                       keys=("train_x", "train_y", "test_x", "test_y", "classes"),
+                       valid=lambda b: images_of("train_x", "test_x", dims=(4,), side=32)(b)
+                       and b["train_x"].shape[0] == b["train_y"].shape[0] and
+                       b["test_x"].shape[0] == b["test_y"].shape[0])
     return Cifar10(blob["train_x"], blob["train_y"], blob["test_x"], blob["test_y"], list(blob["classes"]))
 
 

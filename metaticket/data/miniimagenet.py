@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from metaticket.data.cache import decode_once
+from metaticket.data.cache import decode_once, images_of
 from metaticket.data.images import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, resize_uint8
 from metaticket.data.registry import ClassImages, DatasetSpec, Source, register_dataset
 from metaticket.data.safe_pickle import int_list, load_pickle, looks_like_html, uint8_array
@@ -52,7 +52,9 @@ def load_miniimagenet(root: Path, cache_dir: Path, image_size: int = 84, progres
                f"images/ with train.csv, val.csv and test.csv, there or in {root / 'miniimagenet'}; set "
                f"METATICKET_DATA or data.root")
     blob = decode_once(sources, missing, lambda key: cache_dir / f"miniimagenet-{key}-{image_size}px.pt", build,
-                       keys=("images", "classes", "split"))
+                       keys=("images", "classes", "split"),
+                       valid=lambda b: images_of("images", dims=(5,), side=image_size)(b)
+                       and b["images"].shape[0] == len(b["classes"]))
     return MiniImageNet(blob["images"], list(blob["classes"]), {k: list(v) for k, v in blob["split"].items()})
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from metaticket.data.archive import check_member, check_size, read_zip_member
-from metaticket.data.cache import cached, fingerprint
+from metaticket.data.cache import cached, fingerprint, images_of
 from metaticket.data.images import open_image
 from metaticket.data.registry import ClassImages, DatasetSpec, Source, register_dataset
 from metaticket.errors import MetaticketError
@@ -64,7 +64,10 @@ def load_omniglot(root: str | Path, cache_dir: str | Path, image_size: int = 28,
             f"omniglot/, or allow the download")
     key = fingerprint(sources)
     blob = cached(Path(cache_dir) / f"omniglot-{key[:16]}-{image_size}px.pt",
-                  lambda: _decode(sources, image_size, workers, progress), keys=("images", "characters"))
+                  lambda: _decode(sources, image_size, workers, progress), keys=("images", "characters"),
+                  valid=lambda b: images_of("images", dims=(4,), side=image_size)(b)
+                  and tuple(b["images"].shape[:2]) == (NUM_CHARACTERS, DRAWINGS)
+                  and len(b["characters"]) == NUM_CHARACTERS)
     return Omniglot(blob["images"], list(blob["characters"]))
 
 

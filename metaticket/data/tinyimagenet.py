@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from metaticket.data.archive import is_archive, iter_files
-from metaticket.data.cache import decode_once
+from metaticket.data.cache import decode_once, images_of
 from metaticket.data.classification import Classification, TensorImages
 from metaticket.data.images import IMAGENET_MEAN, IMAGENET_STD, decode_rgb, resize_uint8
 from metaticket.data.registry import ClassImages, DatasetSpec, Source, register_dataset
@@ -55,7 +55,9 @@ def load_tinyimagenet(root: Path, cache_dir: Path, image_size: int = 64, progres
                f"holding it")
     blob = decode_once(None if source is None else [source], missing,
                        lambda key: cache_dir / f"tinyimagenet-{key}-{image_size}px.pt",
-                       lambda: _decode(source, image_size, progress), keys=("train", "val", "wnids"))
+                       lambda: _decode(source, image_size, progress), keys=("train", "val", "wnids"),
+                       valid=lambda b: images_of("train", "val", dims=(5,), side=image_size)(b)
+                       and b["train"].shape[0] == b["val"].shape[0] == len(b["wnids"]))
     return TinyImageNet(blob["train"], blob["val"], list(blob["wnids"]))
 
 
