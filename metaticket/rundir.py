@@ -84,19 +84,60 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+LOCK = ".running"  # held (flock) by the process that trains in a run folder, for as long as it does
+
+
+def hold_run(run_dir: Path) -> int | None:
+    """Lock ``run_dir`` for this process (an exclusive ``flock`` on its ``.running`` file, which names the pid), or
+    a one-line error when another process holds it: two ``--resume`` of one run at once would interleave their
+    checkpoints and logs. Returns the file descriptor to :func:`release_hold` (None where flock does not exist)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    path = run_dir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise MetaticketError(f"{run_dir} is in use by a running process (pid {holder}); wait for it to end (or stop "
+                              f"it) before resuming it") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def release_hold(run_dir: Path, fd: int | None) -> None:
+    """Undo :func:`hold_run`: the lock file is removed, then released."""
+    if fd is None:
+        return
+    (run_dir / LOCK).unlink(missing_ok=True)
+    os.close(fd)
+
+
 def run_in_claimed_dir(start: Callable[[Path], object], run_dir: Path, resume: bool, group: Collective) -> Path:
-    """Claim the run folder (rank 0, unless resuming), call ``start(folder)``, and release the claim when the run is
-    refused before it writes its config. Returns the folder."""
+    """Claim the run folder (rank 0, unless resuming), hold it for the run (:func:`hold_run`), call
+    ``start(folder)``, and release the claim when the run is refused before it writes its config. Returns the
+    folder."""
     keep = _existing_ancestor(run_dir.parent)
     if not resume and group.main:
         run_dir = claim_run_dir(run_dir)
     run_dir = Path(group.broadcast(str(run_dir)))  # rank 0 chose the folder
+    fd = None
     try:
+        if group.main and run_dir.is_dir():
+            fd = hold_run(run_dir)
         start(run_dir)
     except BaseException:
+        release_hold(run_dir, fd)
+        fd = None
         if not resume and group.main:
             release_run_dir(run_dir, keep)
         raise
+    finally:
+        release_hold(run_dir, fd)
     return run_dir
 
 

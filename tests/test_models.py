@@ -14,7 +14,7 @@ from metaticket.tasks import Tasks
 
 SMALL = {"mlp": {"width": 0.25}, "conv4": {"channels": 8}, "resnet12": {"width": 0.125}, "wrn28": {"width": 1.0},
          "conv6": {"width": 0.125}, "resnet18": {"width": 0.125}, "resnet34": {"width": 0.125},
-         "resnet50": {"width": 0.125}, "wide_resnet50_2": {"width": 0.125}}
+         "resnet50": {"width": 0.125}, "wide_resnet50_2": {"width": 0.125}, "sinusoid-mlp": {"width": 1.0}}
 
 
 @pytest.mark.parametrize("name", list_models())

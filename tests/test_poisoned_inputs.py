@@ -205,3 +205,25 @@ def test_a_cache_file_of_the_wrong_shape_is_rebuilt_and_a_read_only_cache_is_use
     blob = cache.cached(path, build, keys=("images",), valid=valid)
     assert blob["images"].shape == (3, 2, 8, 8) and not path.exists()
     assert "read-only); using it without caching" in capsys.readouterr().err
+
+
+def test_a_run_folder_in_use_is_not_resumed_by_a_second_process(tmp_path, capsys, data_root):
+    import os
+
+    from test_cli import QUICK
+
+    from metaticket.cli import main
+    from metaticket.rundir import LOCK, hold_run, release_hold
+
+    args = ["meta-train", str(QUICK), "--set", f"run.out_dir={tmp_path}", "--set", "run.name=r", "--set",
+            "meta.steps=2", "--set", "meta.meta_batch=2", "--set", "eval.val_every=2", "--set", "eval.val_tasks=4",
+            "--quiet"]
+    assert main(args) == 0 and not (tmp_path / "r" / LOCK).exists()  # released when the run ends
+    fd = hold_run(tmp_path / "r")  # another process training in it (a lock is per open file, as across processes)
+    try:
+        capsys.readouterr()
+        assert main([*args[:-1], "--set", "meta.steps=4", "--resume", "--quiet"]) == 2
+        assert f"is in use by a running process (pid {os.getpid()})" in capsys.readouterr().err
+    finally:
+        release_hold(tmp_path / "r", fd)
+    assert main([*args[:-1], "--set", "meta.steps=4", "--resume", "--quiet"]) == 0
