@@ -11,7 +11,24 @@ from metaticket.errors import MetaticketError
 from metaticket.tasks import Tasks
 
 
-class EpisodeSampler:
+class SeededDraws:
+    """What every task sampler shares: its own ``generator``, restarted by :meth:`reseed` and saved with a run's
+    checkpoint (:meth:`state_dict`), so resumed and validation draws repeat exactly."""
+
+    generator: torch.Generator
+
+    def reseed(self, seed: int) -> None:
+        """Start the task draws again from ``seed`` (validation scores the same tasks every time)."""
+        self.generator.manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class EpisodeSampler(SeededDraws):
     """Samples ``ways``-way ``shots``-shot tasks with ``queries`` query images per class.
 
     ``images``: uint8 [R, M, H, W] or [R, M, C, H, W] (R source rows, M images each);
@@ -68,15 +85,6 @@ class EpisodeSampler:
             query_y=labels.expand(batch, ways, q).reshape(batch, ways * q),
         )
 
-    def reseed(self, seed: int) -> None:
-        """Start the task draws again from ``seed`` (validation scores the same tasks every time)."""
-        self.generator.manual_seed(seed)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
 
 
 def class_images(dataset: Sequence, image_size: int | None = None, per_class: int | None = None,

@@ -7,11 +7,12 @@ import math
 
 import torch
 
+from metaticket.data.episodes import SeededDraws
 from metaticket.data.registry import DatasetSpec, register_dataset
 from metaticket.tasks import Tasks
 
 
-class SinusoidSampler:
+class SinusoidSampler(SeededDraws):
     """Draws batches of sinusoid tasks from its own seeded generator (like :class:`EpisodeSampler`).
 
     ``sample(b)`` gives support_x/support_y [b, shots, 1] and query_x/query_y [b, queries, 1], float32."""
@@ -35,16 +36,6 @@ class SinusoidSampler:
         y = amp * torch.sin(x - phase)
         k = self.shots
         return Tasks(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
-
-    def reseed(self, seed: int) -> None:
-        """Start the task draws again from ``seed``."""
-        self.generator.manual_seed(seed)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
 
 
 def _samplers(shots: int, queries: int, seed: int, val_seed: int) -> dict[str, SinusoidSampler]:

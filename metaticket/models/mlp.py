@@ -12,12 +12,13 @@ HIDDEN = (256, 128, 64, 64)
 class MLP(nn.Module):
     """x: [N, C, H, W] or [N, in_features] -> logits [N, num_classes]."""
 
-    def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...], layers: Layers) -> None:
+    def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...], layers: Layers,
+                 norm: bool = True) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         prev = in_features
-        for h in hidden:
-            blocks += [layers.linear(prev, h, bias=True), layers.norm1d(h), nn.ReLU()]
+        for h in hidden:  # norm=False: linear layers and ReLU only (the sinusoid network)
+            blocks += [layers.linear(prev, h, bias=True), *([layers.norm1d(h)] if norm else []), nn.ReLU()]
             prev = h
         self.features = nn.Sequential(*blocks)
         self.head = layers.head(prev, num_classes, bias=True)
@@ -34,28 +35,12 @@ def mlp(*, num_classes: int, in_channels: int = 1, image_size: int = 28, width: 
     return MLP(in_channels * image_size * image_size, num_classes, hidden, layers)
 
 
-class RegressionMLP(nn.Module):
-    """x: [N, in_features] -> [N, outputs]: linear layers with ReLU between them and no norm (the sinusoid
-    network of MAML and of the Meta-ticket code: 1 -> 40 -> 40 -> 1)."""
-
-    def __init__(self, in_features: int, outputs: int, hidden: tuple[int, ...], layers: Layers) -> None:
-        super().__init__()
-        blocks: list[nn.Module] = []
-        prev = in_features
-        for h in hidden:
-            blocks += [layers.linear(prev, h, bias=True), nn.ReLU()]
-            prev = h
-        self.features = nn.Sequential(*blocks)
-        self.head = layers.head(prev, outputs, bias=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x.flatten(1)))
-
 
 @register_model("sinusoid-mlp")
 def sinusoid_mlp(*, num_classes: int = 1, in_channels: int = 1, image_size: int = 1, width: float = 1.0,
                  layers: Layers = DENSE) -> nn.Module:
-    """Hidden sizes 40-40 times ``width``; ``num_classes`` is the number of outputs (1 for a sinusoid) and the input
-    has ``in_channels * image_size ** 2`` features (1)."""
+    """The sinusoid network of MAML and of the Meta-ticket code: 1 -> 40 -> 40 -> 1 with ReLU and no norm, hidden
+    sizes times ``width``; ``num_classes`` is the number of outputs (1 for a sinusoid) and the input has
+    ``in_channels * image_size ** 2`` features (1)."""
     hidden = tuple(max(1, int(round(h * width))) for h in (40, 40))
-    return RegressionMLP(in_channels * image_size * image_size, num_classes, hidden, layers)
+    return MLP(in_channels * image_size * image_size, num_classes, hidden, layers, norm=False)
