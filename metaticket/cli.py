@@ -198,6 +198,7 @@ def parser(prog: str = "run.py") -> argparse.ArgumentParser:
 
 
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
@@ -226,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: " + " ".join(part.strip() for part in str(e).splitlines() if part.strip()), file=sys.stderr)
         return 2
     except OSError as e:  # a full disk (or quota) while writing logs, events or results
+        if e.errno in READ_ONLY:
+            print(f"error: cannot write {e.filename or 'a run file'} ({e.strerror}): the folder is read-only; copy "
+                  f"the run to a writable folder (or point run.out_dir / METATICKET_CACHE at one)", file=sys.stderr)
+            return 2
         if e.errno not in DISK_FULL:
             raise
         print(f"error: cannot write {e.filename or 'a run file'} ({e.strerror}); the last checkpoint written is "

@@ -14,6 +14,7 @@ Nothing here reads argv or the environment: what a run takes from outside its co
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -329,7 +330,7 @@ def evaluate(run_dir: Path, ctx: Context) -> dict:
     path = run_dir / "checkpoints" / "last.pt"
     state = check_checkpoint(load_checkpoint(path, map_location=device), "train", path)
     load_weights(model, state["model"], run_dir)
-    monitor = Monitor(run_dir, quiet=ctx.quiet, tensorboard=False)
+    monitor = scoring_monitor(run_dir, ctx.quiet)
     bar = monitor.progress(len(data.test), "evaluate")
     score = evaluate_classifier(model, data.test, data.mean, data.std, config.train.eval_batch, device,
                                 config.data.workers, bar.update)
@@ -372,7 +373,7 @@ def meta_test(run_dir: Path, ctx: Context, tasks: int | None = None, checkpoint:
     n = config.eval.test_tasks if tasks is None else tasks
     if n < 1:
         raise MetaticketError(f"--tasks {n}: score at least 1 test task")
-    monitor = Monitor(run_dir, quiet=ctx.quiet, tensorboard=False)
+    monitor = scoring_monitor(run_dir, ctx.quiet)
     bar = monitor.progress(n, "meta-test")
     score = evaluate_tasks(learner, test, n, config.eval.batch, device, progress=bar.update)
     bar.close()
@@ -389,6 +390,20 @@ def meta_test(run_dir: Path, ctx: Context, tasks: int | None = None, checkpoint:
               "inner_steps_test": config.meta.inner_steps_test, "checkpoint": checkpoint, "step": learner.step,
               "sparsity": round(float(sparsity_report(learner.model)["overall"]), 4)}
     return result
+
+
+def scoring_monitor(run_dir: Path, quiet: bool) -> Monitor:
+    """The monitor a meta-test or eval of a finished run logs its score with: into the run's metrics.jsonl, or, when
+    the folder cannot be written (an archive, a read-only results disk), nowhere, with a note: testing a finished
+    run never needs to write into it."""
+    try:
+        return Monitor(run_dir, quiet=quiet, tensorboard=False)
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        print(f"note: {run_dir} is read-only; the score is printed, not logged into its metrics.jsonl",
+              file=sys.stderr)
+        return Monitor(run_dir, quiet=quiet, tensorboard=False, write=False)
 
 
 def _head_classes(weights: dict, run_dir: Path) -> int:

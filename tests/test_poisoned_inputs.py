@@ -227,3 +227,47 @@ def test_a_run_folder_in_use_is_not_resumed_by_a_second_process(tmp_path, capsys
     finally:
         release_hold(tmp_path / "r", fd)
     assert main([*args[:-1], "--set", "meta.steps=4", "--resume", "--quiet"]) == 0
+
+
+def test_a_finished_run_in_a_read_only_folder_is_tested_without_writing(tmp_path, capsys, monkeypatch, data_root):
+    """meta-test of a run in a folder that cannot be written prints its line (with a note) and writes nothing;
+    --resume there ends in one line naming the folder as read-only. (The suite runs as root, which ignores file
+    modes, so the read-only folder is simulated: every open for writing inside it fails with EROFS.)"""
+    import builtins
+    import errno
+    import json
+    import os
+
+    from test_cli import QUICK
+
+    from metaticket.cli import main
+
+    args = ["meta-train", str(QUICK), "--set", f"run.out_dir={tmp_path}", "--set", "run.name=r", "--set",
+            "meta.steps=2", "--set", "meta.meta_batch=2", "--set", "eval.val_every=2", "--set", "eval.val_tasks=4",
+            "--quiet"]
+    assert main(args) == 0
+    run = tmp_path / "r"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    real_open, real_os_open = builtins.open, os.open
+
+    def guarded(file, mode="r", *a, **k):  # noqa: ANN001, ANN002, ANN003
+        if str(file).startswith(str(run)) and any(c in mode for c in "wax+"):
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return real_open(file, mode, *a, **k)
+
+    def guarded_os(path, flags, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        if str(path).startswith(str(run)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_os_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    monkeypatch.setattr(os, "open", guarded_os)
+    capsys.readouterr()
+    assert main(["meta-test", str(run), "--tasks", "8"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out.strip().splitlines()[-1])["tasks"] == 8 and "is read-only; the score is printed" in out.err
+    assert main([*args[:-1], "--set", "meta.steps=4", "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the folder is read-only" in err[0]
+    monkeypatch.undo()
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
