@@ -37,17 +37,42 @@ def save_atomic(obj: Any, path: str | Path) -> None:
             tmp.unlink()
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old file or the new one,
-    never a torn one."""
+    never a torn one. The temporary file is created new (never through a link planted at its name), and the rename
+    replaces a link at ``path`` instead of writing into its target."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if tmp.is_symlink():
+        tmp.unlink()
     try:
-        tmp.write_text(text)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        if tmp.exists() or tmp.is_symlink():
             tmp.unlink()
+
+
+def open_append(path: str | Path):  # noqa: ANN201 (a text file object)
+    """``path`` opened for appending lines (line-buffered), the one way run files are appended to. A link at
+    ``path`` is refused (in a shared folder someone else's link would make us write into its target). A last line
+    without its newline (a kill or a full disk mid-write) is cut off first: appended to as it is, the next record
+    would be glued to it and both lost."""
+    path = Path(path)
+    if path.is_symlink():
+        raise MetaticketError(f"{path} is a symbolic link; run files are written only as plain files (remove the "
+                              f"link, or use another run.out_dir)")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | _NOFOLLOW, 0o644)
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        data = os.pread(fd, size, 0)
+        os.ftruncate(fd, data.rfind(b"\n") + 1)
+    return os.fdopen(fd, "a", buffering=1, encoding="utf-8")
 
 
 def read_json(path: str | Path) -> dict | None:

@@ -19,21 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from metaticket.checkpoint import open_append
 from metaticket.supermask import supermask_layers
 
 MAX_IMAGE_SIDE = 512  # mask images larger than this a side are shrunk (block averages), not cropped
-
-
-def open_append(path: Path):  # noqa: ANN201 (a text file object)
-    """``path`` opened for appending lines (line-buffered). A last line without its newline (a kill or a full disk
-    mid-write) is cut off first: appended to as it is, the next record would be glued to it and both lost."""
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb+") as f:
-            f.seek(-1, 2)
-            if f.read(1) != b"\n":
-                data = f.seek(0) or f.read()
-                f.truncate(data.rfind(b"\n") + 1)
-    return open(path, "a", buffering=1)
 
 
 class Monitor:

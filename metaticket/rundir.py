@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from metaticket.checkpoint import check_checkpoint, load_checkpoint, write_text_atomic
+from metaticket.checkpoint import check_checkpoint, load_checkpoint, open_append, write_text_atomic
 from metaticket.config import Config, config_yaml, load_run_config
 from metaticket.distributed import Collective
 from metaticket.errors import MetaticketError
@@ -84,6 +84,18 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+def check_folder_link(run_dir: Path) -> None:
+    """A run folder that is a symbolic link is followed only to a folder of the user who runs us: in a shared
+    ``out_dir``, someone else's link must not make our run write into their target."""
+    if not run_dir.is_symlink():
+        return
+    target = run_dir.resolve()
+    owner = target.stat().st_uid if target.is_dir() else None
+    if owner is None or (hasattr(os, "getuid") and owner != os.getuid()):
+        raise MetaticketError(f"the run folder {run_dir} is a link to {target}, which is not a folder of yours; "
+                              f"remove the link or choose another run.name")
+
+
 LOCK = ".running"  # held (flock) by the process that trains in a run folder, for as long as it does
 
 
@@ -122,6 +134,7 @@ def run_in_claimed_dir(start: Callable[[Path], object], run_dir: Path, resume: b
     ``start(folder)``, and release the claim when the run is refused before it writes its config. Returns the
     folder."""
     keep = _existing_ancestor(run_dir.parent)
+    check_folder_link(run_dir)
     if not resume and group.main:
         run_dir = claim_run_dir(run_dir)
     run_dir = Path(group.broadcast(str(run_dir)))  # rank 0 chose the folder
@@ -153,7 +166,7 @@ def create_run_dir(config: Config, run_dir: Path, resume: bool, device: torch.de
     session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": resume, "device": str(device),
                "threads": torch.get_num_threads(), "torch": torch.__version__, "host": platform.node(),
                "python": platform.python_version()}
-    with open(run_dir / "sessions.jsonl", "a", encoding="utf-8") as f:  # a torn last line costs only that line
+    with open_append(run_dir / "sessions.jsonl") as f:  # a torn last line is cut, a planted link refused
         f.write(json.dumps(session) + "\n")
     wanted = Path(config.run.out_dir) / config.run.name
     if not resume and run_dir.parent == wanted.parent and run_dir.name != wanted.name:

@@ -272,3 +272,37 @@ def test_a_finished_run_in_a_read_only_folder_is_tested_without_writing(tmp_path
     assert len(err) == 1 and "the folder is read-only" in err[0]
     monkeypatch.undo()
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_links_planted_in_a_run_folder_are_not_written_through(tmp_path, capsys, monkeypatch, data_root):
+    import os
+
+    from test_cli import QUICK
+
+    from metaticket.checkpoint import open_append
+    from metaticket.cli import main
+    from metaticket.errors import MetaticketError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    os.symlink(victim, tmp_path / "runs" / "r" / "metrics.jsonl")
+    with pytest.raises(MetaticketError, match="is a symbolic link; run files are written only as plain files"):
+        open_append(tmp_path / "runs" / "r" / "metrics.jsonl")
+    args = ["meta-train", str(QUICK), "--set", f"run.out_dir={tmp_path / 'runs'}", "--set", "run.name=r", "--set",
+            "meta.steps=2", "--set", "meta.meta_batch=2", "--set", "eval.val_every=2", "--set", "eval.val_tasks=4",
+            "--quiet"]
+    main(args)  # writes into r or a new folder; never through the link
+    assert victim.read_text() == "precious\n"
+    # a run folder that is a link is followed only to a folder of the user who runs us (another user simulated:
+    # the suite may run as root, so getuid reports someone else)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    os.symlink(mine, tmp_path / "runs" / "linked")
+    capsys.readouterr()
+    assert main([*args[:4], "--set", "run.name=linked", *args[6:]]) == 0 and (mine / "config.yaml").is_file()
+    real_uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: real_uid + 1)
+    assert main([*args[:4], "--set", "run.name=linked", *args[6:8], "--set", "meta.steps=4", "--resume",
+                 "--quiet"]) == 2
+    assert "is not a folder of yours" in capsys.readouterr().err
