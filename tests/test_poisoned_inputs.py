@@ -306,3 +306,28 @@ def test_links_planted_in_a_run_folder_are_not_written_through(tmp_path, capsys,
     assert main([*args[:4], "--set", "run.name=linked", *args[6:8], "--set", "meta.steps=4", "--resume",
                  "--quiet"]) == 2
     assert "is not a folder of yours" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("other", ["width", "optimizer", "not a state"])
+def test_a_state_of_another_learner_is_refused_and_changes_nothing(other):
+    lrn = learner("maml")
+    lrn.meta_step(tasks(batch=2))
+    before = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in lrn.model.state_dict().items()}
+    opt_before = repr(lrn.optimizer.state_dict()["param_groups"])
+    if other == "width":
+        from metaticket.factory import make_layers
+        from metaticket.meta.learner import MetaLearner
+        from metaticket.models import build_model
+
+        layers = make_layers(supermask=False, generator=torch.Generator().manual_seed(0))
+        state = MetaLearner(build_model("mlp", num_classes=5, width=0.5, layers=layers), method="maml",
+                            steps=10).state_dict()
+    elif other == "optimizer":
+        state = learner("maml", optimizer="sgd").state_dict()
+    else:
+        state = {"model": {}}
+    with pytest.raises(ValueError, match="another model|another optimizer|not a MetaLearner state"):
+        lrn.load_state_dict(state)
+    assert all(torch.equal(before[k], v) for k, v in lrn.model.state_dict().items())
+    assert repr(lrn.optimizer.state_dict()["param_groups"]) == opt_before and lrn.step == 1
+    lrn.load_state_dict(lrn.state_dict())  # its own state still loads

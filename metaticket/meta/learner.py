@@ -33,6 +33,7 @@ per-task ``loop``; ``auto`` picks what measured fastest for the model on a CPU.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -491,12 +492,42 @@ class MetaLearner(nn.Module):
                 "iterand": self.iterand.state_dict() if self.iterand is not None else None}
 
     def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False) -> None:  # noqa: ARG002
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
-        if self.iterand is not None and state.get("iterand") is not None:
-            self.iterand.load_state_dict(state["iterand"])
+        """Restore :meth:`state_dict`'s contents, all or nothing: a state of another model, width or optimizer is
+        refused with a ``ValueError`` and the learner is left exactly as it was."""
+        missing = [k for k in ("model", "optimizer", "scheduler", "step")
+                   if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise ValueError(f"not a MetaLearner state: it lacks {', '.join(missing)}")
+        own = self.model.state_dict()
+        shapes = {k: tuple(v.shape) for k, v in state["model"].items() if isinstance(v, Tensor)}
+        wrong = [k for k, v in own.items() if k in shapes and shapes[k] != tuple(v.shape)]
+        if wrong or set(shapes) != {k for k, v in own.items() if isinstance(v, Tensor)}:
+            what = f"{wrong[0]} is {shapes[wrong[0]]}, here {tuple(own[wrong[0]].shape)}" if wrong else \
+                "its parameter names differ"
+            raise ValueError(f"the state is of another model ({what}); build the learner with the same model")
+        groups = state["optimizer"].get("param_groups", []) if isinstance(state["optimizer"], dict) else []
+        mine = self.optimizer.state_dict()["param_groups"]
+        if len(groups) != len(mine) or any(set(a) - {"initial_lr"} != set(b) - {"initial_lr"} or
+                                           len(a["params"]) != len(b["params"]) for a, b in zip(groups, mine)):
+            raise ValueError(f"the optimizer state is of another optimizer or other parameters (this learner's is "
+                             f"{type(self.optimizer).__name__}); build the learner with the same optimizer")
+        before = copy.deepcopy(self.state_dict())
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step = int(state["step"])
+            if self.iterand is not None and state.get("iterand") is not None:
+                self.iterand.load_state_dict(state["iterand"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            self.model.load_state_dict(before["model"])
+            self.optimizer.load_state_dict(before["optimizer"])
+            self.scheduler.load_state_dict(before["scheduler"])
+            self.step = before["step"]
+            if self.iterand is not None and before.get("iterand") is not None:
+                self.iterand.load_state_dict(before["iterand"])
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise ValueError(f"the state does not fit this learner ({first}); nothing was changed") from None
 
 
 class MAML(MetaLearner):
