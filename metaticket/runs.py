@@ -173,7 +173,7 @@ def load_weights(target, state: dict, run_dir: Path) -> None:
     """``target.load_state_dict(state)`` with a one-line error when the checkpoint is of another architecture."""
     try:
         target.load_state_dict(state)
-    except (RuntimeError, KeyError) as e:
+    except (RuntimeError, KeyError, ValueError) as e:
         raise MetaticketError(f"{run_dir}: the checkpoint does not fit the model of its config.yaml "
                               f"({str(e).splitlines()[0][:120]}); restore the model settings it was trained with, or "
                               f"train a new run") from None
