@@ -288,12 +288,15 @@ def write_table(record: Path, out: Path) -> int:
         return next((r for r in rows if (r["arch"], r["method"], r["split"], r["score_grad"], r["meta_steps"],
                                          r["meta_batch"]) == (arch, method, split, grad, 30000, 4)), None)
 
-    md = ["| MLP width | MAML (vinyals) | Meta-ticket (vinyals, reference) | gap (MT - MAML) | MT sparsity |",
-          "|---|---|---|---|---|"]
+    md = ["| MLP width | MAML (vinyals) | Meta-ticket (vinyals, reference) | gap (MT - MAML) | MT sparsity | "
+          "format 2 (maml split, start): MAML / MT, gap |", "|---|---|---|---|---|---|"]
     for w in (1, 2, 4, 8):
         a, b = find(f"mlp-w{w}", "maml", "vinyals", None), find(f"mlp-w{w}", "metaticket", "vinyals", "reference")
         gap = f"{b['accuracy'] - a['accuracy']:+.2f}" if a and b else ""
-        md.append(f"| {w} | {cell(a)} | {cell(b)} | {gap} | {b['sparsity'] if b else ''} |")
+        oa, ob = find(f"mlp-w{w}", "maml", "maml", None), find(f"mlp-w{w}", "metaticket", "maml", "start")
+        old = f"{oa['accuracy']:.2f} / {ob['accuracy']:.2f}, {ob['accuracy'] - oa['accuracy']:+.2f}" if oa and ob \
+            else ""
+        md.append(f"| {w} | {cell(a)} | {cell(b)} | {gap} | {b['sparsity'] if b else ''} | {old} |")
     md += ["", "| Meta-ticket, seed 1 | split maml (random characters) | split vinyals (alphabets held out) |",
            "|---|---|---|"]
     for w in (1, 8):
