@@ -46,19 +46,27 @@ def claim_run_dir(run_dir: Path) -> Path:
     moment with the same name get two folders. :func:`release_run_dir` undoes a claim whose run never started.
     """
     n = 0
+    races = 0
     while True:
         candidate = run_dir if n == 0 else run_dir.with_name(f"{run_dir.name}-{n}")
         if not (candidate / "checkpoints").exists():
             try:
                 candidate.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise MetaticketError(f"cannot create the run folder {candidate} ({e.strerror}); point run.out_dir at "
-                                      f"a folder you can write to") from None
-            try:
                 os.close(os.open(candidate / "config.yaml", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
                 return candidate
             except FileExistsError:
                 pass
+            except FileNotFoundError:
+                # another process released its claim of this name (removing the folder or an empty parent) between
+                # our mkdir and our create: the same name is free again, try it again
+                races += 1
+                if races < 100:
+                    continue
+                raise MetaticketError(f"cannot create the run folder {candidate}: it keeps being removed by another "
+                                      f"process; try again") from None
+            except OSError as e:
+                raise MetaticketError(f"cannot create the run folder {candidate} ({e.strerror}); point run.out_dir at "
+                                      f"a folder you can write to") from None
         n += 1
 
 
