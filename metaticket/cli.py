@@ -30,7 +30,7 @@ from metaticket import runs
 from metaticket.config import Config, ConfigError, load_config, load_run_config, shipped_configs
 from metaticket.data import list_datasets
 from metaticket.distributed import from_environment, shutdown
-from metaticket.errors import MetaticketError
+from metaticket.errors import READ_ONLY_ERRNOS, MetaticketError
 from metaticket.runs import Context, resolve_device
 
 
@@ -198,7 +198,6 @@ def parser(prog: str = "run.py") -> argparse.ArgumentParser:
 
 
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: " + " ".join(part.strip() for part in str(e).splitlines() if part.strip()), file=sys.stderr)
         return 2
     except OSError as e:  # a full disk (or quota) while writing logs, events or results
-        if e.errno in READ_ONLY:
+        if e.errno in READ_ONLY_ERRNOS:
             print(f"error: cannot write {e.filename or 'a run file'} ({e.strerror}): the folder is read-only; copy "
                   f"the run to a writable folder (or point run.out_dir / METATICKET_CACHE at one)", file=sys.stderr)
             return 2

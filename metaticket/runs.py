@@ -14,7 +14,6 @@ Nothing here reads argv or the environment: what a run takes from outside its co
 
 from __future__ import annotations
 
-import errno
 import itertools
 import json
 import os
@@ -33,7 +32,7 @@ from metaticket.config import Config, load_config
 from metaticket.data import EpisodeSampler, episode_samplers, get_dataset, list_datasets
 from metaticket.data.classification import Classification, classification_data
 from metaticket.distributed import SINGLE, Collective
-from metaticket.errors import MetaticketError
+from metaticket.errors import READ_ONLY_ERRNOS, MetaticketError
 from metaticket.factory import (
     build_classifier,
     build_learner,
@@ -377,7 +376,7 @@ def meta_test(run_dir: Path, ctx: Context, tasks: int | None = None, checkpoint:
     bar = monitor.progress(n, "meta-test")
     score = evaluate_tasks(learner, test, n, config.eval.batch, device, progress=bar.update)
     bar.close()
-    key = learner.metric_key  # acc (percent), or a regression's mse
+    key, metric = learner.objective.log_key, learner.objective.metric  # acc / accuracy (percent), or mse / mse
     monitor.log(learner.step, "test", {key: score.accuracy, "ci95": score.ci95, "loss": score.loss})
     monitor.close()
     result = {"method": method_label(config.meta.method, config.meta.rerand_every), "dataset": target,
@@ -385,7 +384,7 @@ def meta_test(run_dir: Path, ctx: Context, tasks: int | None = None, checkpoint:
               "model": config.model.name,
               "width": config.model.width, "ways": config.data.ways, "shots": config.data.shots,
               "queries": config.data.queries, "meta_steps": config.meta.steps, "meta_batch": config.meta.meta_batch,
-              "accuracy" if key == "acc" else key: round(score.accuracy, 3 if key == "acc" else 5),
+              metric: round(score.accuracy, 3 if key == "acc" else 5),
               "ci95": round(score.ci95, 3 if key == "acc" else 5), "tasks": score.tasks,
               "inner_steps_test": config.meta.inner_steps_test, "checkpoint": checkpoint, "step": learner.step,
               "sparsity": round(float(sparsity_report(learner.model)["overall"]), 4)}
@@ -399,7 +398,7 @@ def scoring_monitor(run_dir: Path, quiet: bool) -> Monitor:
     try:
         return Monitor(run_dir, quiet=quiet, tensorboard=False)
     except OSError as e:
-        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+        if e.errno not in READ_ONLY_ERRNOS:
             raise
         print(f"note: {run_dir} is read-only; the score is printed, not logged into its metrics.jsonl",
               file=sys.stderr)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from metaticket.errors import MetaticketError
+from metaticket.errors import READ_ONLY_ERRNOS, MetaticketError
 
 
 def fingerprint(sources: list[Path]) -> str:
@@ -82,7 +82,7 @@ def cached(path: Path, build: Callable[[], dict], keys: tuple[str, ...] = (), va
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-        if isinstance(e, PermissionError) or getattr(e, "errno", None) == 30:  # EROFS: a read-only cache folder
+        if getattr(e, "errno", None) in READ_ONLY_ERRNOS:  # a read-only cache folder
             print(f"note: cannot write the decoded data set to {path} (read-only); using it without caching (set "
                   f"METATICKET_CACHE to a writable folder to decode once)", file=sys.stderr)
             return blob

@@ -41,8 +41,12 @@ def evaluate(learner, sampler, tasks: int, batch: int, device: torch.device, pro
         done += n
         if progress is not None:
             progress(n)
-    metric = getattr(getattr(learner, "objective", None), "metric", "accuracy")
-    return summarize(torch.cat(accs), torch.cat(losses), percent=metric == "accuracy")
+    return summarize(torch.cat(accs), torch.cat(losses), percent=_metric(learner) == "accuracy")
+
+
+def _metric(learner) -> str:  # noqa: ANN001 (any learner with evaluate(); ours name their metric)
+    """The metric ``learner.evaluate`` scores by: its objective's (``accuracy``, ``mse``), else accuracy."""
+    return getattr(getattr(learner, "objective", None), "metric", "accuracy")
 
 
 def meta_test(learner, sampler, tasks: int = 600, batch: int = 50, device: torch.device | str | None = None) -> dict:
@@ -55,5 +59,4 @@ def meta_test(learner, sampler, tasks: int = 600, batch: int = 50, device: torch
     if device is None:
         device = next(iter(learner.model.parameters())).device
     score = evaluate(learner, sampler, tasks, batch, torch.device(device))
-    metric = getattr(getattr(learner, "objective", None), "metric", "accuracy")
-    return {metric: score.accuracy, "ci95": score.ci95, "tasks": score.tasks, "loss": score.loss}
+    return {_metric(learner): score.accuracy, "ci95": score.ci95, "tasks": score.tasks, "loss": score.loss}

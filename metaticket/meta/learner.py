@@ -160,8 +160,6 @@ class MetaLearner(nn.Module):
         self.precision = precision
         self.score_grad = score_grad
         self.objective = objective(loss)  # what a task's loss and metric are (cross-entropy/accuracy, mse, ...)
-        # the metric's key in meta_step's output and the logs: acc (a fraction; percent in logs), mse, loss
-        self.metric_key = "acc" if self.objective.metric == "accuracy" else self.objective.metric
         self.method = method
         self.roles = METHODS[method]
         has_masks = any(True for _ in supermask_layers(model))
@@ -433,7 +431,7 @@ class MetaLearner(nn.Module):
         self.step += 1
         loss, acc = loss.detach(), acc.detach()
         out: dict[str, float | Tensor] = {"loss": float(loss) if sync else loss,
-                                          self.metric_key: float(acc) if sync else acc, "outer_lr": lr}
+                                          self.objective.log_key: float(acc) if sync else acc, "outer_lr": lr}
         if self.iterand is not None:
             changed = self.iterand(self.model, self.step)
             if changed is not None:

@@ -41,6 +41,11 @@ class Objective:
     score_rows: Callable[[Tensor, Tensor], Tensor] | None = None  # None: the metric is the mean loss
     higher_is_better: bool = False
 
+    @property
+    def log_key(self) -> str:
+        """The metric's key in ``meta_step``'s output and the logs: ``acc`` for accuracy, else the metric's name."""
+        return "acc" if self.metric == "accuracy" else self.metric
+
     def loss(self, pred: Tensor, y: Tensor) -> Tensor:
         """Mean loss over the rows of one task (pred [N, out], y [N(, D)]) -> []."""
         return self.rows(pred, y).mean()

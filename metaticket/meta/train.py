@@ -61,8 +61,8 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
     Returns a summary with the best validation accuracy and the mean time per meta-step.
     """
     ckpt_dir = run_dir / "checkpoints"
-    key, higher = learner.metric_key, learner.objective.higher_is_better
-    metric = "accuracy" if key == "acc" else key  # the best checkpoint's metric (lower is better unless accuracy)
+    key, metric = learner.objective.log_key, learner.objective.metric  # acc / accuracy, or e.g. mse / mse
+    higher = learner.objective.higher_is_better  # the best checkpoint's metric: lower is better unless accuracy
     best = {metric: -1.0 if higher else float("inf"), "step": 0}
     window: dict[str, float] = {}  # sums of the step outputs since the last train log line
     window_n = 0
