@@ -39,6 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from paper_protocol import cpu  # noqa: E402
 
 MODELS = {"mlp": ("mlp", 1.0), "mlp-w2": ("mlp", 2.0), "mlp-w4": ("mlp", 4.0), "mlp-w8": ("mlp", 8.0),
           "conv4": ("conv4", 1.0), "conv4-84": ("conv4", 1.0)}
@@ -77,8 +80,9 @@ def rss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------------------------- one measurement
-def ours(impl: str, model_key: str, first_order: bool, meta_batch: int, queries: int = QUERIES):
-    """A step function for our learner; also returns the learner (for FLOP counting)."""
+def ours(impl: str, model_key: str, first_order: bool, meta_batch: int, queries: int = QUERIES,
+         vectorize: str | None = None):
+    """A step function for our learner, the learner and its batch; ``vectorize`` overrides the path."""
     import torch
 
     from metaticket import MetaLearner, Tasks, build_model, make_layers
@@ -97,7 +101,8 @@ def ours(impl: str, model_key: str, first_order: bool, meta_batch: int, queries:
     layers = make_layers(supermask=method == "metaticket", mask=mask, sparsity=0.5,
                          generator=torch.Generator().manual_seed(0))
     model = build_model(name, num_classes=WAYS, width=width, layers=layers, **model_kwargs(model_key))
-    vectorize = ("vmap" if _vmap_wins(dense_like(model)) else "loop") if copies else "auto"
+    if vectorize is None:
+        vectorize = ("vmap" if _vmap_wins(dense_like(model)) else "loop") if copies else "auto"
     learner = MetaLearner(model, method=method, inner_lr=INNER_LR, first_order=first_order, steps=1000,
                           warmup_steps=0, precision=precision, vectorize=vectorize,
                           score_grad="start" if start else "reference")
@@ -153,12 +158,25 @@ def peer(impl: str, model_key: str, first_order: bool, meta_batch: int, queries:
     return step
 
 
-def count_flops(learner, batch) -> int:
+def count_flops(step) -> int | None:
+    """FLOPs of one call of ``step`` (matrix products and convolutions, torch's FlopCounterMode); None if the
+    counter cannot run it."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        learner.meta_step(batch)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            step()
+    except Exception:  # noqa: BLE001 (a peer's step the counter cannot trace: no FLOPs column)
+        return None
     return int(counter.get_total_flops())
+
+
+def dense_flops(impl: str, model_key: str, first_order: bool, meta_batch: int, queries: int) -> int | None:
+    """FLOPs of the per-task formulation of ``impl``'s meta-step (every task's adapted weights materialized and
+    run through the model, as learn2learn does): the same learner run with ``vectorize="loop"``."""
+    base = impl.removesuffix("-bf16").removesuffix("-nchw").removesuffix("-copies")
+    step, _, _ = ours(base + "-copies", model_key, first_order, meta_batch, queries, vectorize="loop")
+    return count_flops(step)
 
 
 def measure(impl: str, model_key: str, order: str, meta_batch: int, reps: int, queries: int = QUERIES) -> dict:
@@ -182,36 +200,37 @@ def measure(impl: str, model_key: str, order: str, meta_batch: int, reps: int, q
            "median_ms":
            statistics.median(times), "times_ms": times, "peak_rss_mb": rss_mb(), "rss_before_mb": before,
            "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
-    if learner is not None:  # what this path computes (FlopCounterMode counts matrix products and convolutions)
-        out["flops"] = count_flops(learner, batch)
+    # what this path computes, and what the per-task formulation of the same meta-step computes
+    out["flops"] = count_flops(step)
     if learner is not None:
         out["vectorize"] = learner.vectorize
+        out["dense_flops"] = dense_flops(impl, model_key, first_order, meta_batch, queries)
+    else:  # learn2learn and higher run the per-task formulation
+        out["dense_flops"] = out["flops"]
     return out
 
 
-def cpu_flags() -> list[str]:
-    """The CPU's vector extensions that decide bfloat16 speed (AVX-512 BF16, AMX), from /proc/cpuinfo."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
-
-
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    """This machine's fp32 matmul rate (GFLOP/s, median of ``reps``): the practical compute ceiling."""
+def peaks(n: int = 2048, reps: int = 5) -> dict[str, float]:
+    """This machine's fp32 and bfloat16 matmul rates (GFLOP/s, n x n x n, median of ``reps``) at the current
+    thread count: the practical compute ceilings (benchmarks/peak.py)."""
     import torch
+    from peak import matmul
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+    return {"fp32": round(matmul(torch.float32, n, reps), 1), "bf16": round(matmul(torch.bfloat16, n, reps), 1)}
+
+
+def rates(row: dict, peak: dict[str, float]) -> dict:
+    """A row's achieved GFLOP/s on its own path's FLOPs and on the per-task formulation's (dense-equivalent), and
+    the first as a fraction of the fp32 and bf16 peaks."""
+    out = {}
+    seconds = row["median_ms"] / 1000
+    if row.get("flops"):
+        g = row["flops"] / seconds / 1e9
+        out |= {"gflops": round(g, 2), "fraction_fp32_peak": round(g / peak["fp32"], 4),
+                "fraction_bf16_peak": round(g / peak["bf16"], 4)}
+    if row.get("dense_flops"):
+        out["dense_equivalent_gflops"] = round(row["dense_flops"] / seconds / 1e9, 2)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -244,14 +263,15 @@ def _shape(r: dict) -> tuple:
     return r["model"], r["order"], r.get("meta_batch"), r.get("queries", QUERIES)
 
 
-def table(rows: list[dict], gflops_peak: float) -> str:
+def table(rows: list[dict]) -> str:
     lines = ["| model | order | meta-batch | queries | implementation | ms / meta-step (median) | peak RSS MB (before "
-             "first step) | vs learn2learn | vs ours float32 | GFLOP/s (% of matmul peak) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "first step) | vs learn2learn | vs ours float32 | GFLOP/s of its own FLOPs (% of fp32 / bf16 peak) | "
+             "dense-equivalent GFLOP/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         head = f"| {r['model']} | {r['order']} | {r.get('meta_batch', '')} | {r.get('queries', QUERIES)} | {r['impl']}"
         if "error" in r:
-            lines.append(f"{head} | failed: {r['error'][:80]} | | | | |")
+            lines.append(f"{head} | failed: {r['error'][:80]} | | | | | |")
             continue
         same = [x for x in rows if _shape(x) == _shape(r) and "error" not in x]
         ref = next((x for x in same if x["impl"] == "learn2learn"), None)
@@ -266,15 +286,11 @@ def table(rows: list[dict], gflops_peak: float) -> str:
                       ("-copies" if r["impl"].endswith("-copies") else "")), None)
         gain = f"{gain + ', ' if gain else ''}{r['median_ms'] / start['median_ms']:.2f}x the cost of start" \
             if start else gain
-        rate = ""
-        # the per-task formulation's FLOPs (what learn2learn computes) when measured, else our MAML's
-        flops = next((x.get("flops") for x in same if x["impl"] == "ours-maml-copies" and "flops" in x), None) or \
-            next((x.get("flops") for x in same if x["impl"] == "ours-maml" and "flops" in x), None)
-        if flops and r["impl"] in ("ours-maml", "ours-maml-bf16", "ours-maml-copies", "learn2learn", "higher"):
-            g = flops / (r["median_ms"] / 1000) / 1e9
-            rate = f"{g:.1f} ({100 * g / gflops_peak:.0f}%)"
+        rate = f"{r['gflops']:.1f} ({100 * r['fraction_fp32_peak']:.0f}% / {100 * r['fraction_bf16_peak']:.0f}%)" \
+            if "gflops" in r else ""
+        dense = f"{r['dense_equivalent_gflops']:.1f}" if "dense_equivalent_gflops" in r else ""
         lines.append(f"{head} | {r['median_ms']:.0f} | {r['peak_rss_mb']:.0f} ({r['rss_before_mb']:.0f}) | {ratio} | "
-                     f"{gain} | {rate} |")
+                     f"{gain} | {rate} | {dense} |")
     return "\n".join(lines) + "\n"
 
 
@@ -325,7 +341,7 @@ def main() -> None:
                  f"../shared/peers/install-learn2learn.sh), or pass --impls without the peers")
     import torch
 
-    peak = matmul_gflops()
+    peak = peaks()
     rows = []
     for model, order, meta_batch, queries in itertools.product(args.models, args.orders, args.meta_batch,
                                                                args.queries):
@@ -337,15 +353,18 @@ def main() -> None:
                 row = run_one(python, impl, model, order, meta_batch, args.reps, queries)
                 print(json.dumps({k: v for k, v in row.items() if k != "times_ms"}), flush=True)
                 runs[impl].append(row)
-        rows += [combine(r) for r in runs.values()]
+        rows += [(row := combine(r)) | rates(row, peak) for r in runs.values()]
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    out = {"machine": f"{os.cpu_count()} CPU cores", "matmul_gflops": peak, "settings": {
+    out = {"machine": f"{os.cpu_count()} CPU cores", "cpu": cpu(), "peak_gflops": peak, "settings": {
         "ways": WAYS, "shots": SHOTS, "queries": args.queries, "inner_lr": INNER_LR, "inner_steps": 1,
         "meta_batch": args.meta_batch, "reps": args.reps, "rounds": args.rounds, "torch": str(torch.__version__),
-        "threads": torch.get_num_threads(), "cpu_flags": cpu_flags()}, "rows": rows}
+        "threads": torch.get_num_threads()}, "rows": rows}
     (results / f"{args.name}.json").write_text(json.dumps(out, indent=2))
-    md = table(rows, peak) + f"\nfp32 matmul (2048x2048) on this machine: {peak:.1f} GFLOP/s\n"
+    machine = cpu()
+    flags = ", ".join(machine["flags"]) or "no AVX2"
+    md = table(rows) + (f"\nmatmul peaks (up to 2048 x 2048 x 2048, {torch.get_num_threads()} threads) on "
+                        f"{machine['model']} ({flags}): fp32 {peak['fp32']:.1f}, bf16 {peak['bf16']:.1f} GFLOP/s\n")
     (results / f"{args.name}.md").write_text(md)
     try:
         plot(rows, results / f"{args.name}.png")

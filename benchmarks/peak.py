@@ -3,9 +3,10 @@
     python benchmarks/peak.py [--threads 1 2] [--reps 10] [--name peak]
 
 Measures the rate (GFLOP/s, median of ``--reps`` after warm-up) of a large fp32 and bfloat16 matrix product
-(2048 x 2048 x 2048) and of a Conv4-shaped 3 x 3 convolution (64 -> 64 channels, 28 x 28, batch 256, forward, in
-channels-last order) in fp32 and bfloat16, at each thread count, and records the CPU's model name and the vector
-extensions that decide bfloat16 speed (AVX-512 BF16, AMX). Writes ``benchmarks/results/<name>.json``. Measure with
+(2048 x 2048 x 2048, or smaller where one product would take over half a second) and of a Conv4-shaped 3 x 3
+convolution (64 -> 64 channels, 28 x 28, batch 256, forward, in channels-last order) in fp32 and bfloat16, at each
+thread count, and records the CPU's model name and the vector extensions that decide bfloat16 speed (AVX-512 BF16,
+AMX). Writes ``benchmarks/results/<name>.json``. Measure with
 nothing else running: a second job on the other core halves what one thread reaches.
 """
 
@@ -40,9 +41,19 @@ def rate(fn, flops: float, reps: int) -> float:
     return flops / statistics.median(times) / 1e9
 
 
-def matmul(dtype: torch.dtype, n: int, reps: int) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return rate(lambda: a @ b, 2 * n ** 3, reps)
+def matmul(dtype: torch.dtype, n: int, reps: int, budget_s: float = 0.5) -> float:
+    """GFLOP/s of an n x n x n product, or of the largest power-of-two side below n whose product takes at most
+    ``budget_s``: without native bfloat16 (AVX2) a 2048 product in bfloat16 took 30 s, at the same rate as 512."""
+    side = 256
+    while side < n:
+        a, b = torch.randn(2 * side, 2 * side, dtype=dtype), torch.randn(2 * side, 2 * side, dtype=dtype)
+        t0 = time.perf_counter()
+        a @ b
+        if time.perf_counter() - t0 > budget_s:
+            break
+        side *= 2
+    a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
+    return rate(lambda: a @ b, 2 * side ** 3, reps)
 
 
 def conv(dtype: torch.dtype, reps: int, batch: int = 256, channels: int = 64, side: int = 28) -> float:

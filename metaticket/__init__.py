@@ -6,7 +6,8 @@ The public API (each name is documented in the README with an example):
   ``sparsity_report``;
 - models: ``build_model``, ``list_models``, ``register_model``, ``make_layers``, ``Layers``;
 - meta-learners over a user's own task batches (``Tasks``): ``MAML``, ``ANIL``, ``BOIL``, ``MetaTicket``
-  (and their common class ``MetaLearner``) with ``meta_step`` / ``adapt`` / ``evaluate``; tasks from any
+  (and their common class ``MetaLearner``) with ``meta_step`` / ``adapt`` / ``evaluate``, and ``clone`` for a
+  learn2learn-style loop of your own (``metaticket.meta.clone``); tasks from any
   ``(image, label)`` dataset: ``sampler_from_dataset`` (``class_images``); ``meta_test`` -> accuracy +- CI;
 - seed methods: ``SlotLinear``, ``SlotConv2d``, ``freeze_slots`` (Slot Machines); ``layer_sparsities``,
   ``apply_random_masks`` (fixed random masks with layer-wise ratios);

@@ -33,7 +33,9 @@ def test_meta_step_benchmark_smoke(tmp_path):
           "--name", "smoke", cwd=tmp_path)
     out = json.loads((tmp_path / "smoke.json").read_text())
     assert len(out["rows"]) == 4 and all(r["median_ms"] > 0 and r["peak_rss_mb"] > 0 for r in out["rows"])
-    assert all(r["flops"] > 0 for r in out["rows"] if r["impl"] == "ours-maml") and out["matmul_gflops"] > 0
+    assert all(r["flops"] > 0 and r["dense_flops"] >= r["flops"] * 0.5 and 0 < r["fraction_fp32_peak"]
+               and r["gflops"] > 0 and r["dense_equivalent_gflops"] > 0 for r in out["rows"])
+    assert out["peak_gflops"]["fp32"] > 0 and out["peak_gflops"]["bf16"] > 0 and "flags" in out["cpu"]
     assert (tmp_path / "smoke.md").is_file() and (tmp_path / "smoke.png").is_file()
 
 
@@ -44,7 +46,7 @@ def test_meta_step_benchmark_grid_with_bfloat16_rows(tmp_path):
     out = json.loads((tmp_path / "grid.json").read_text())
     shapes = [(r["impl"], r["meta_batch"], r["queries"]) for r in out["rows"]]
     assert sorted(shapes) == sorted((i, b, 1) for i in ("ours-maml", "ours-maml-bf16") for b in (2, 3))
-    assert "vs ours float32" in (tmp_path / "grid.md").read_text() and isinstance(out["settings"]["cpu_flags"], list)
+    assert "vs ours float32" in (tmp_path / "grid.md").read_text() and isinstance(out["cpu"]["flags"], list)
 
 
 def test_e2e_speed_and_precision_benchmarks_smoke(tmp_path, data_root):

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from metaticket.distributed import SINGLE, Collective
+from metaticket.meta.clone import Clone
 from metaticket.meta.factored import FactoredInner, chain_of, fits
 from metaticket.meta.inner import Params, adapt
 from metaticket.meta.modules import head_predicate, prepare_model
@@ -437,6 +438,18 @@ class MetaLearner(nn.Module):
             if changed is not None:
                 out["rerandomized"] = changed
         return out
+
+    def clone(self, first_order: bool | None = None) -> Clone:
+        """A differentiable copy of the network for one task, for a meta-training loop of your own (learn2learn's
+        ``clone``): ``c = learner.clone(); c.adapt(loss(c(xs), ys)); loss(c(xq), yq).backward()`` puts the
+        meta-gradient of that task into the outer parameters' ``.grad`` (:mod:`metaticket.meta.clone`). The
+        start is this learner's (``w * mask`` for Meta-ticket, with its ``score_grad`` gradient masks), adapted
+        with ``inner_lr``; ``first_order`` defaults to the learner's. Runs in float32 whatever ``precision``."""
+        first = self.first_order if first_order is None else first_order
+        self.train()
+        params, grad_masks = self._initial_params(first)
+        return Clone(lambda p, x: self._forward(p, self._layout(x)), params, self.inner_names, lr=self.inner_lr,
+                     first_order=first, grad_masks=grad_masks)
 
     def adapt(self, tasks: Tasks, steps: int | None = None) -> list[Params]:
         """Adapted parameter dicts (dense-twin names, pruned weights zero) for each task of the batch."""
