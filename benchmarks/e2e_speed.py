@@ -42,7 +42,7 @@ def measure(case: str, precision: str, steps: int) -> dict:
     import metaticket
     from metaticket import runs
     from metaticket.config import load_config
-    from metaticket.meta.train import Callbacks
+    from metaticket.loop import Callbacks
 
     path, sets = CASES[case]
     every = max(1, steps // 3)

@@ -2,7 +2,8 @@
 
 Tags (``split/name``): ``train/*`` per logged step (loss, accuracy, learning rates, ms per step, throughput,
 fraction re-randomized), ``val/*`` or ``test/*`` per evaluation (accuracy, CI, overall and per-layer sparsity,
-``inner_change/<param>`` for meta-learners), ``scores/<layer>`` histograms and ``mask/<layer>`` images.
+``inner_change/<param>`` for meta-learners, ``val/best_<metric>`` the best so far), ``scores/<layer>`` histograms,
+``mask/<layer>`` images, and the run's hyper-parameters with its final metrics in the HParams view.
 Every scalar also goes to ``metrics.jsonl`` as one JSON object per (step, split).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,18 @@ class Monitor:
         if self._tb is not None:
             for k, v in clean.items():
                 self._tb.add_scalar(f"{split}/{k}", v, step)
+
+    def hparams(self, params: dict[str, Any], metrics: Sequence[str]) -> None:
+        """TensorBoard's HParams view of this run: ``params`` (name -> number, string or bool; others are left out)
+        beside the latest values of the scalar tags ``metrics`` (e.g. ``val/best_acc``, ``test/acc``), so the runs
+        of a sweep compare side by side in one table."""
+        if self._tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        kept = {k: v for k, v in params.items() if isinstance(v, (bool, int, float, str))}
+        for summary in hparams(kept, dict.fromkeys(metrics, 0.0)):  # only the metric names are used
+            self._tb.file_writer.add_summary(summary)
 
     def histogram(self, step: int, tag: str, values: Tensor) -> None:
         """A TensorBoard histogram of ``values`` (any shape)."""

@@ -14,6 +14,7 @@ Nothing here reads argv or the environment: what a run takes from outside its co
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -43,8 +44,9 @@ from metaticket.factory import (
     resolve,
     slot_run_config,
 )
+from metaticket.loop import Callbacks
 from metaticket.meta.evaluate import evaluate as evaluate_tasks
-from metaticket.meta.train import Callbacks, MetaPlan
+from metaticket.meta.train import MetaPlan
 from metaticket.meta.train import meta_train as meta_train_loop
 from metaticket.monitor import Monitor
 from metaticket.rundir import check_resumable, create_run_dir, run_in_claimed_dir, saved_config
@@ -202,7 +204,7 @@ def meta_train(config: Config, ctx: Context, resume: bool = False, callbacks: Ca
     """Meta-train ``config`` (run.task: meta) into a new folder ``run.out_dir/run.name`` (``-1``, ``-2``, ... when
     that one holds a run), or continue that folder's last checkpoint with ``resume``. Returns the training summary
     (steps, ms per step, best validation accuracy and step) with ``run_dir``, the folder it wrote. ``callbacks``
-    (:class:`~metaticket.meta.train.Callbacks`) see every log line, validation and checkpoint as it happens."""
+    (:class:`~metaticket.loop.Callbacks`) see every log line, validation and checkpoint as it happens."""
     expect_task(config, "meta", "meta-train")
     return _claimed(lambda d: meta_train_in(config, d, ctx, resume, callbacks),
                     Path(config.run.out_dir) / config.run.name, resume, ctx.group)
@@ -256,6 +258,9 @@ def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool,
     if group.main:
         create_run_dir(config, run_dir, resume, device)
     monitor = Monitor(run_dir, quiet=quiet, write=group.main)
+    if not resume:
+        key = learner.objective.log_key
+        monitor.hparams(hparams_of(config), [f"val/best_{key}", f"val/{key}", f"test/{key}", "test/ci95"])
     plan = MetaPlan.of(config)
     return _finish(lambda: meta_train_loop(learner, sets["train"], sets["val"], plan, run_dir, monitor, device,
                                            resume=resume, main=group.main, callbacks=callbacks),
@@ -305,6 +310,8 @@ def train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> dict:
     t = config.train
     plan = TrainPlan.of(config)
     monitor = Monitor(run_dir, quiet=quiet, write=group.main)
+    if not resume:
+        monitor.hparams(hparams_of(config), ["test/top1", "test/top5", "test/loss", "test/sparsity"])
     if method_of(t).random_mask:
         report = sparsity_report(model)
         layers = ", ".join(f"{k} {v:.3f}" for k, v in report["layers"].items())
@@ -391,12 +398,24 @@ def meta_test(run_dir: Path, ctx: Context, tasks: int | None = None, checkpoint:
     return result
 
 
+def hparams_of(config: Config) -> dict[str, object]:
+    """A run's hyper-parameters for TensorBoard's HParams view: every number, string and bool of the config's
+    data, model and meta (meta-training) or train (supervised) sections as ``section.key``, and the seed."""
+    sections = ("data", "model", "meta" if config.run.task == "meta" else "train")
+    out: dict[str, object] = {"run.seed": config.run.seed}
+    for name in sections:
+        for k, v in dataclasses.asdict(getattr(config, name)).items():
+            if isinstance(v, (bool, int, float, str)):
+                out[f"{name}.{k}"] = v
+    return out
+
+
 def scoring_monitor(run_dir: Path, quiet: bool) -> Monitor:
     """The monitor a meta-test or eval of a finished run logs its score with: into the run's metrics.jsonl, or, when
     the folder cannot be written (an archive, a read-only results disk), nowhere, with a note: testing a finished
     run never needs to write into it."""
     try:
-        return Monitor(run_dir, quiet=quiet, tensorboard=False)
+        return Monitor(run_dir, quiet=quiet)  # TensorBoard too: the score beside the run's curves and hparams
     except OSError as e:
         if e.errno not in READ_ONLY_ERRNOS:
             raise

@@ -24,6 +24,7 @@ from metaticket.config import TrainConfig
 from metaticket.data.classification import TensorImages, classification_data
 from metaticket.data.imagenet import ImageFiles, random_resized_box, scan_imagenet
 from metaticket.errors import MetaticketError
+from metaticket.loop import Callbacks
 from metaticket.models import build_model
 from metaticket.models.registry import make_layers
 from metaticket.monitor import Monitor
@@ -147,6 +148,45 @@ def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(method, tmp
     assert b["top1"] == a["top1"] and b["loss"] == a["loss"] and b["iterations"] == a["iterations"] == 12
     sa, sb = snapshot(straight), snapshot(resumed)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("method", ["dense", "iterand"])
+def test_resume_logs_what_an_uninterrupted_run_logs(method, tmp_path):
+    """Checkpoints at epoch ends (4 iterations) that are not log boundaries (every 3): the resumed run's log lines
+    (train averages, IteRand's re-drawn fraction, test scores) equal the uninterrupted run's, and callbacks see
+    every step, log line, evaluation, checkpoint and the end. Before the shared loop kept the log window in the
+    checkpoint, the resumed line at iteration 9 averaged iterations 9 only (8 was lost)."""
+    p = plan(method, epochs=3, checkpoint_every=100)
+    p = TrainPlan(p.train, checkpoint_every=100, log_every=3, workers=0, seed=0)
+    cpu = torch.device("cpu")
+
+    def rows(folder: Path) -> dict:
+        out = {}
+        for line in (folder / "metrics.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            out[(row["step"], row["split"])] = {k: v for k, v in row.items() if k not in ("ms_per_iter",
+                                                                                         "images_per_s")}
+        return out
+
+    seen: list[tuple] = []
+    calls = Callbacks(on_step=lambda i, out: seen.append(("step", i)), on_log=lambda i, v: seen.append(("log", i)),
+                      on_validate=lambda i, v: seen.append(("test", i)),
+                      on_checkpoint=lambda i, path: seen.append(("checkpoint", i)),
+                      on_end=lambda summary: seen.append(("end", summary["iterations"])))
+    a = train_supervised(model_for(method), toy_data(), toy_data(32, 1), MEAN, STD, p, tmp_path / "a",
+                         Monitor(tmp_path / "a", quiet=True, tensorboard=False), cpu, callbacks=calls)
+    assert [s for s in seen if s[0] == "step"] == [("step", i) for i in range(1, 13)]
+    assert [s for s in seen if s[0] != "step"] == [("log", 3), ("test", 4), ("checkpoint", 4), ("log", 6),
+                                                   ("test", 8), ("checkpoint", 8), ("log", 9), ("log", 12),
+                                                   ("test", 12), ("checkpoint", 12), ("end", 12)]
+    with pytest.raises(KeyboardInterrupt):  # dies inside iteration 10, after the checkpoint at 8
+        train_supervised(model_for(method), Boom(toy_data(), at=16 * 9 + 5), toy_data(32, 1), MEAN, STD, p,
+                         tmp_path / "b", Monitor(tmp_path / "b", quiet=True, tensorboard=False), cpu)
+    assert torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 8
+    b = train_supervised(model_for(method, seed=99), toy_data(), toy_data(32, 1), MEAN, STD, p, tmp_path / "b",
+                         Monitor(tmp_path / "b", quiet=True, tensorboard=False), cpu, resume=True)
+    assert b["top1"] == a["top1"]
+    assert rows(tmp_path / "a") == rows(tmp_path / "b")
 
 
 def test_epoch_batches_are_seeded_and_skip_to_the_resume_point():

@@ -86,3 +86,51 @@ def test_a_mask_wider_than_the_image_is_shrunk_by_block_averages_not_cropped():
     checker = (torch.arange(1000)[:, None] + torch.arange(1000)[None]) % 2  # half kept, finely mixed
     shrunk = mask_image(checker.float())
     assert shrunk.shape == (512, 512) and abs(shrunk.mean().item() - 0.5) < 0.01 and shrunk.max() < 1
+
+
+def hparams_of_run(run_dir: Path) -> tuple[dict, list[str]]:
+    """The HParams view's data of a run folder: its hyper-parameters and the metric tags it lists."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = events(run_dir)
+    content = acc.PluginTagToContent("hparams")
+    params, metrics = {}, []
+    for tag, blob in content.items():
+        data = plugin_data_pb2.HParamsPluginData.FromString(blob)
+        if tag == "_hparams_/session_start_info":
+            params = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+                      for k, v in data.session_start_info.hparams.items()}
+        if tag == "_hparams_/experiment":
+            metrics = [m.name.tag for m in data.experiment.metric_infos]
+    return params, metrics
+
+
+def test_tensorboard_shows_the_hparams_and_the_meta_test_result(tmp_path, data_root):
+    r = run("meta-train", str(QUICK), *tiny(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_dir = tmp_path / "t"
+    r = run("meta-test", str(run_dir), "--tasks", "4", "--checkpoint", "last", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    params, metrics = hparams_of_run(run_dir)
+    assert params["meta.method"] == "metaticket" and params["data.split"] == "vinyals"
+    assert isinstance(params["meta.inner_lr"], float) and params["run.seed"] == 0
+    assert metrics == ["val/best_acc", "val/acc", "test/acc", "test/ci95"]
+    scalars = set(events(run_dir).Tags()["scalars"])
+    assert {"val/best_acc", "test/acc", "test/ci95"} <= scalars  # the meta-test's score is in TensorBoard too
+    val = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
+    assert all(v["best_acc"] == max(w["acc"] for w in val[:i + 1]) for i, v in enumerate(val))
+
+
+def test_hparams_of_a_supervised_config_are_its_train_section(tmp_path):
+    from metaticket.config import load_config
+    from metaticket.runs import hparams_of
+
+    config = load_config(Path(QUICK).parents[1] / "cifar10" / "conv6_iterand.yaml", ["run.seed=3"])
+    params = hparams_of(config)
+    assert params["train.method"] == config.train.method and params["run.seed"] == 3
+    assert not any(k.startswith("meta.") for k in params) and "model.name" in params
+    monitor = Monitor(tmp_path, quiet=True)
+    monitor.hparams({**params, "a.list": [1, 2]}, ["test/top1"])
+    monitor.close()
+    got, metrics = hparams_of_run(tmp_path)
+    assert got["train.method"] == config.train.method and "a.list" not in got and metrics == ["test/top1"]

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaticket.baselines.methods import method_of
-from metaticket.checkpoint import load_checkpoint, restoring, rng_state, save_atomic, set_rng_state
+from metaticket.checkpoint import load_checkpoint, restoring, rng_state, set_rng_state
 from metaticket.config import Config, TrainConfig
 from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import MetaticketError
+from metaticket.loop import Callbacks, Due, Loop, Window
 from metaticket.monitor import Monitor, log_masks
 from metaticket.rundir import last_checkpoint
 from metaticket.slots import slot_layers
@@ -205,12 +206,14 @@ class SupervisedUpdate:
 
 def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test_set: torch.utils.data.Dataset,
                      mean: tuple[float, ...], std: tuple[float, ...], plan: TrainPlan, run_dir: Path, monitor: Monitor,
-                     device: torch.device, resume: bool = False, collective: Collective = SINGLE) -> dict:
+                     device: torch.device, resume: bool = False, collective: Collective = SINGLE,
+                     callbacks: Callbacks | None = None) -> dict:
     """Train ``model`` by ``plan.train.method``; evaluate on ``test_set`` every ``eval_every`` epochs and at the end.
 
     Writes ``checkpoints/last.pt``; returns the final test scores and timing. With a ``collective`` of several
     processes, each trains on its slice of every batch under ``DistributedDataParallel`` (gradients averaged;
-    BatchNorm statistics are per process, DDP's default) and only rank 0 evaluates and writes.
+    BatchNorm statistics are per process, DDP's default) and only rank 0 evaluates and writes. ``callbacks``
+    (:class:`~metaticket.loop.Callbacks`) see every step, log line, test evaluation and checkpoint.
     """
     t = plan.train
     main = collective.main
@@ -221,6 +224,7 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
     ckpt = run_dir / "checkpoints" / "last.pt"
     it = 0
     history: list[dict] = []
+    state = None
     if resume:
         last_checkpoint(run_dir)
         state = load_checkpoint(ckpt, map_location=device)
@@ -229,102 +233,80 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
             set_rng_state(state["rng"])
             it, history = int(state["iteration"]), list(state["history"])
         monitor.print(f"resumed {run_dir} at iteration {it} (epoch {it // per_epoch})")
+    loop = Loop(total=total, start=it, unit="iteration", monitor=monitor, title=f"train {t.method}", main=main,
+                callbacks=callbacks, not_finite=lambda loss, when: f"the training loss became {loss} {when}; the last "
+                                                                   f"good checkpoint is {ckpt}; lower train.lr")
+    if state is not None:
+        loop.resume(state)
+    final: dict = {}
 
-    pending: list = [None, it + 1]  # [sum of [loss, acc] on the device since the last read, its first iteration]
+    def batches():
+        done = loop.step
+        while True:
+            epoch, start = divmod(done, per_epoch)
+            sampler.set_epoch(epoch, start)
+            if hasattr(train_set, "set_epoch"):
+                train_set.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=plan.workers,
+                                                 pin_memory=device.type == "cuda")  # non-blocking copies below
+            for batch in loader:
+                yield batch
+                done += 1
 
-    def read() -> float:
-        """Fold the pending losses into the log window: the one device sync between log lines, evaluations and
-        checkpoints. A non-finite loss stops the run here, before anything of these iterations is saved.
-        Returns the seconds spent waiting (on a GPU, the queued iterations finishing)."""
-        if pending[0] is None:
-            return 0.0
-        t0 = time.perf_counter()
-        loss, acc = pending[0].tolist()
-        wait = time.perf_counter() - t0
-        first, pending[:] = pending[1], [None, it + 1]
-        if not math.isfinite(loss):
-            when = f"at iteration {it}" if first == it else f"between iterations {first} and {it}"
-            raise MetaticketError(f"the training loss became {loss} {when}; the last good checkpoint is {ckpt}; "
-                                  f"lower train.lr")
-        window["loss"] += loss
-        window["acc"] += acc
-        return wait
+    def step(batch: tuple[Tensor, Tensor]) -> dict[str, Tensor | float]:
+        x, y = batch
+        x = normalize(x.to(device, non_blocking=True), mean, std, t.channels_last)
+        seen, changed = update.step(x, y.to(device, non_blocking=True), loop.step + 1)
+        return {"loss": seen[0], "acc": seen[1], "rerandomized": changed}
 
-    def save() -> None:
-        read()
-        if main:
-            save_atomic({**update.state_dict(), "rng": rng_state(), "iteration": it, "history": history}, ckpt)
+    def due(i: int) -> Due:
+        end, end_of_epoch = i == total, i % per_epoch == 0
+        return Due(log=i % plan.log_every == 0 or end,
+                   evaluate=main and (end or (end_of_epoch and (i // per_epoch) % t.eval_every == 0)),
+                   checkpoint=end_of_epoch or i % plan.checkpoint_every == 0 or end)
 
-    def evaluate_now(epoch: int) -> dict:
-        read()
+    def log(window: Window) -> tuple[dict[str, float], dict[str, str]]:
+        n, sums = max(window.n, 1), window.sums
+        ms = loop.ms_per_step()
+        values = {"loss": sums["loss"] / n, "acc": 100 * sums["acc"] / n, "lr": update.optimizer.param_groups[0]["lr"],
+                  "ms_per_iter": ms, "images_per_s": t.batch_size * 1000 / ms if ms else 0.0,
+                  "rerandomized": sums.get("rerandomized", 0.0), "epoch": loop.step / per_epoch}
+        return values, {"loss": f"{values['loss']:.3f}", "acc": f"{values['acc']:.1f}"}
+
+    def after_log(i: int) -> None:  # IteRand counted in epochs re-draws at each epoch's end
+        if i % per_epoch == 0 and t.rerand_unit == "epochs":
+            loop.window.add({"rerandomized": update.rerand(model, i // per_epoch) or 0.0})
+
+    def evaluate(i: int) -> dict:
+        nonlocal final
+        epoch = math.ceil(i / per_epoch)
         bar = monitor.progress(len(test_set), "evaluate")
         score = evaluate_classifier(model, test_set, mean, std, t.eval_batch, device, plan.workers, bar.update,
                                     t.channels_last)
         bar.close()
         report = sparsity_report(model)
         values = {**score, "sparsity": report["overall"], **{f"sparsity/{k}": v for k, v in report["layers"].items()}}
-        monitor.log(it, "test", values)
-        log_masks(monitor, model, it)
+        monitor.log(i, "test", values)
+        log_masks(monitor, model, i)
         monitor.print(f"epoch {epoch}: test top-1 {score['top1']:.2f}% (+- {score['ci95']:.2f}), "
                       f"sparsity {report['overall']:.3f}")
-        history.append({"epoch": epoch, "iteration": it, "top1": score["top1"], "top5": score["top5"]})
-        return score
+        history.append({"epoch": epoch, "iteration": i, "top1": score["top1"], "top5": score["top5"]})
+        final = score
+        return values
+
+    def checkpoint(i: int) -> None:
+        loop.save({**update.state_dict(), "rng": rng_state(), "iteration": i, "history": history}, ckpt)
 
     if not resume:
         random.seed(plan.seed)
     started = time.perf_counter()
     model.train()
-    bar = monitor.progress(total, f"train {t.method}", initial=it)
-    window = {"loss": 0.0, "acc": 0.0, "n": 0}
-    busy = 0.0
-    timed = 0
-    rerandomized = 0.0
-    while it < total:
-        epoch, start = divmod(it, per_epoch)
-        sampler.set_epoch(epoch, start)
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=plan.workers,
-                                             pin_memory=device.type == "cuda")  # non-blocking copies below
-        for x, y in loader:
-            t0 = time.perf_counter()
-            x = normalize(x.to(device, non_blocking=True), mean, std, t.channels_last)
-            it += 1
-            seen, changed = update.step(x, y.to(device, non_blocking=True), it)
-            rerandomized += changed
-            seen = seen.detach().to(torch.float64)  # summed on the device, read at the next log, eval or save
-            pending[0] = seen if pending[0] is None else pending[0] + seen
-            if it > 1:  # the first iteration pays one-off warm-up costs
-                busy += time.perf_counter() - t0
-                timed += 1
-            window["n"] += 1
-            bar.update(1)
-            if it % plan.log_every == 0 or it == total:
-                wait = read()
-                busy += wait if timed else 0.0
-                n = window["n"]
-                ms = 1000 * busy / max(timed, 1)
-                monitor.log(it, "train", {"loss": window["loss"] / n, "acc": 100 * window["acc"] / n,
-                                          "lr": update.optimizer.param_groups[0]["lr"], "ms_per_iter": ms,
-                                          "images_per_s": t.batch_size * 1000 / ms if ms else 0.0,
-                                          "rerandomized": rerandomized, "epoch": it / per_epoch})
-                bar.set_postfix(loss=f"{window['loss'] / n:.3f}", acc=f"{100 * window['acc'] / n:.1f}")
-                window = {"loss": 0.0, "acc": 0.0, "n": 0}
-                rerandomized = 0.0
-            end_of_epoch = it % per_epoch == 0
-            if end_of_epoch and t.rerand_unit == "epochs":
-                rerandomized += update.rerand(model, it // per_epoch) or 0.0
-            if main and end_of_epoch and (it // per_epoch) % t.eval_every == 0 and it < total:
-                evaluate_now(it // per_epoch)
-            if it == total:
-                break
-            if end_of_epoch or it % plan.checkpoint_every == 0:
-                save()
-    bar.close()
+    loop.run(batches(), step, due, log, evaluate, checkpoint, after_log=after_log)
     if not main:
-        return {"iterations": it}
-    final = evaluate_now(math.ceil(it / per_epoch))
-    save()
-    return {**final, "iterations": it, "epochs": it / per_epoch, "ms_per_iter": 1000 * busy / max(timed, 1),
-            "train_minutes": (time.perf_counter() - started) / 60,
-            **param_counts(model), "sparsity": sparsity_report(model)["overall"]}
+        return {"iterations": loop.step}
+    if not final:  # a resumed run that had already finished: score it again
+        final = evaluate(loop.step)
+        checkpoint(loop.step)
+    return loop.end({**final, "iterations": loop.step, "epochs": loop.step / per_epoch,
+                     "ms_per_iter": loop.ms_per_step(), "train_minutes": (time.perf_counter() - started) / 60,
+                     **param_counts(model), "sparsity": sparsity_report(model)["overall"]})
