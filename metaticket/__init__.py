@@ -1,7 +1,7 @@
 """metaticket: sparse subnetworks (tickets) inside randomly initialized networks, for few-shot meta-learning
 (Meta-ticket, MAML, ANIL, BOIL) and supervised pruning (edge-popup, IteRand).
 
-The public API (each name is documented in the README with an example):
+The public API (each name is documented in docs/ with an example; docs/reference.md lists them all):
 - supermask core: ``SupermaskLinear``, ``SupermaskConv2d``, ``convert``, ``rerandomize``, ``IteRandSchedule``,
   ``sparsity_report``;
 - models: ``build_model``, ``list_models``, ``register_model``, ``make_layers``, ``Layers``;

@@ -83,7 +83,7 @@ def from_environment(env: dict[str, str], device: torch.device) -> Collective:
         return SINGLE
     if "RANK" not in env or "MASTER_ADDR" not in env:
         raise MetaticketError("WORLD_SIZE is set but RANK / MASTER_ADDR are not; start distributed runs with "
-                              "torchrun (see the README's Distributed section)")
+                              "torchrun (see docs/distributed.md)")
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))

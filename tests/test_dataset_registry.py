@@ -14,7 +14,7 @@ from metaticket.cli import main
 from metaticket.data import DATASETS, DatasetSpec, get_dataset, list_datasets, register_dataset
 from metaticket.errors import MetaticketError
 
-# The README's "Adding a dataset" example, as a user would write it in a file of their own.
+# The "Adding a dataset" example of docs/own-data.md, as a user would write it in a file of their own.
 TOY = '''
 import torch
 

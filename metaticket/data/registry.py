@@ -3,7 +3,7 @@
 A spec says what the rest of the library needs to know before touching the data (channels, native image side,
 which splits offer few-shot episodes, how many images are decoded into memory) and how to read it: ``episodes``
 returns class-indexed images for the episode sampler, ``classification`` the train/test sets for supervised
-training. Adding a dataset is one file that defines its readers and calls ``register_dataset`` (README,
+training. Adding a dataset is one file that defines its readers and calls ``register_dataset`` (docs/own-data.md,
 "Adding a dataset"), plus one import line in ``metaticket/data/__init__.py``.
 """
 
