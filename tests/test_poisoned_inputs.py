@@ -357,3 +357,52 @@ def test_claims_and_releases_of_one_name_from_three_processes_never_fail(tmp_pat
     with mp.get_context("spawn").Pool(3) as pool:
         errors = sum(pool.map(_claim_and_release, [(str(tmp_path), 60)] * 3), [])
     assert errors == [], errors[:3]
+
+
+# ----------------------------------------------------------------------------------- data files that declare sizes
+@pytest.mark.parametrize("declared", [(10 ** 13,), (1, 10 ** 6), "subarray"])
+def test_a_pickle_declaring_a_huge_array_is_refused_before_allocating(declared, tmp_path):
+    """A few hundred bytes that ask numpy for terabytes (an array placeholder of a huge shape, or of a dtype with a
+    huge sub-array) are refused with a one-line error before any allocation: no MemoryError, no swap."""
+    import pickle
+    import resource
+
+    import numpy as np
+
+    from metaticket.data.safe_pickle import load_pickle
+    from metaticket.errors import MetaticketError
+
+    shape, dtype = ((1,), np.dtype(("u1", (2 * 10 ** 9,)))) if declared == "subarray" else (declared, np.dtype("u1"))
+
+    class Huge:
+        def __reduce__(self):
+            return (np._core.multiarray._reconstruct, (np.ndarray, shape, dtype))
+
+    path = tmp_path / "mini-imagenet-cache-train.pkl"
+    path.write_bytes(pickle.dumps({"image_data": Huge(), "class_dict": {}}, protocol=4))
+    assert path.stat().st_size < 400
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(MetaticketError, match=r"refusing to load .*declares \d+ bytes"):
+        load_pickle(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KB: nothing was allocated
+    normal = tmp_path / "ok.pkl"  # the control: a real numpy pickle of the same protocol still loads
+    normal.write_bytes(pickle.dumps({"image_data": np.zeros((300, 84, 84, 3), np.uint8)}, protocol=4))
+    assert load_pickle(normal)["image_data"].shape == (300, 84, 84, 3)
+
+
+@pytest.mark.parametrize("row", ["../outside.jpg", "/etc/hostname", "images/../../outside.jpg"])
+def test_a_miniimagenet_csv_naming_a_file_outside_images_is_refused(row, tmp_path):
+    from PIL import Image
+
+    from metaticket.data.miniimagenet import load_miniimagenet
+    from metaticket.errors import MetaticketError
+
+    base = tmp_path / "miniimagenet"
+    (base / "images").mkdir(parents=True)
+    Image.new("RGB", (90, 90)).save(base / "outside.jpg")
+    Image.new("RGB", (90, 90)).save(base / "images" / "n0000000100000001.jpg")
+    for split in ("train", "val", "test"):
+        rows = ["filename,label", "n0000000100000001.jpg,n00000001"] + ([f"{row},n00000001"] if split == "val" else [])
+        (base / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(MetaticketError, match=r"val\.csv names .* a path outside .*images"):
+        load_miniimagenet(tmp_path, tmp_path / "cache", progress=False)

@@ -116,6 +116,10 @@ def _from_csv(sources: list[Path], size: int, progress: bool) -> dict:
             if len(r) < 2:
                 raise MetaticketError(f"{path}: line {r!r} is not 'filename,label'")
             file = images_dir / r[0]
+            inside = Path(r[0]).parts and not Path(r[0]).is_absolute() and ".." not in Path(r[0]).parts
+            if not inside or not file.resolve().is_relative_to(images_dir.resolve()):
+                raise MetaticketError(f"{path} names {r[0]!r}, a path outside {images_dir}; rows name image files "
+                                      f"inside images/ (e.g. n0153282900000005.jpg)")
             if not file.is_file():
                 raise MetaticketError(f"{path} names {r[0]}, which is not in {images_dir}")
             per_split[s].setdefault(r[1], []).append(decode_rgb(file.read_bytes(), size, str(file)))

@@ -22,10 +22,34 @@ _ALLOWED = {
 }
 
 
+# numpy pickles an array as an empty placeholder (``_reconstruct(ndarray, (0,), b"b")``) filled by its state, whose
+# size numpy checks against the bytes the file holds; a placeholder declaring more than this is refused, so a file
+# of a few bytes cannot make the loader allocate gigabytes before anything is read
+PLACEHOLDER_MAX_BYTES = 1 << 16
+
+
+def _checked_reconstruct(real: Any) -> Any:
+    def reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+        import numpy as np
+
+        try:
+            dims = [int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,))]
+            size = int(np.prod(dims, dtype=object)) * np.dtype(dtype).itemsize
+        except (TypeError, ValueError, OverflowError) as e:
+            raise pickle.UnpicklingError(f"an array placeholder with shape {shape!r} ({e})") from None
+        if min(dims, default=0) < 0 or size > PLACEHOLDER_MAX_BYTES:
+            raise pickle.UnpicklingError(f"an array placeholder declares {size} bytes (shape {tuple(dims)}), "
+                                         f"which numpy never writes")
+        return real(subtype, shape, dtype)
+
+    return reconstruct
+
+
 class _Restricted(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
+            found = super().find_class(module, name)
+            return _checked_reconstruct(found) if name == "_reconstruct" else found
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a data file")
 
 
