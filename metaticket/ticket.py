@@ -287,6 +287,26 @@ def _check_fields(payload: dict, path: Path) -> None:
         raise bad("its stored tensors are not named tensors")
 
 
+def _check_declared_size(config: Config, payload: dict, path: Path) -> None:
+    """The network ``config`` declares, built for shapes only (on the meta device: no memory, no draws), must have
+    the mask layers and sizes the file's mask bits cover, before the real network is built and drawn: a file of a
+    few kilobytes that declares a network of billions of weights is refused at once, not after gigabytes."""
+    try:
+        with torch.device("meta"):
+            shapes = build_network(config, payload["num_classes"], device="meta")
+    except MetaticketError:
+        raise
+    except Exception:  # noqa: BLE001 (a model that cannot be built for shapes only is checked after the real build)
+        return
+    layers = dict(supermask_layers(shapes))
+    declared = [layer.scores.numel() for layer in layers.values()]
+    if list(payload["mask_layers"]) != list(layers) or list(payload["mask_numel"]) != declared:
+        total = sum(p.numel() for p in shapes.parameters())
+        raise MetaticketError(f"ticket {path}: its config declares a network of {total:,} parameters whose mask "
+                              f"layers ({sum(declared):,} mask bits) are not the {sum(payload['mask_numel']):,} its "
+                              f"mask bits cover; the file is damaged or crafted, export it again")
+
+
 @torch.no_grad()
 def load_ticket(path: str | Path, device: torch.device | str = "cpu",
                 build: Callable[[], nn.Module] | None = None) -> nn.Module:
@@ -306,6 +326,7 @@ def load_ticket(path: str | Path, device: torch.device | str = "cpu",
         except (ConfigError, TypeError, AttributeError) as e:
             raise MetaticketError(f"ticket {path}: its config does not load ({str(e)[:160]}); the file is damaged "
                                   f"or from another metaticket version") from None
+        _check_declared_size(config, payload, path)
         model = build_network(config, payload["num_classes"])
     if _init_digest(model) != payload["init_sha256"]:
         if payload["config"] is None:

@@ -406,3 +406,31 @@ def test_a_miniimagenet_csv_naming_a_file_outside_images_is_refused(row, tmp_pat
         (base / f"{split}.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(MetaticketError, match=r"val\.csv names .* a path outside .*images"):
         load_miniimagenet(tmp_path, tmp_path / "cache", progress=False)
+
+
+def test_a_ticket_declaring_a_huge_network_is_refused_before_building_it(tmp_path):
+    """A ticket whose config says model.width 64 (395 million weights) but whose mask bits cover the exported
+    width-0.25 MLP: refused from a shapes-only build in well under a second, nothing drawn or allocated."""
+    import resource
+    import time
+
+    from test_ticket import trained_metaticket
+
+    from metaticket.checkpoint import load_checkpoint
+    from metaticket.config import config_from_dict, config_yaml, parse_yaml
+    from metaticket.errors import MetaticketError
+    from metaticket.ticket import export_ticket, load_ticket
+
+    config, model = trained_metaticket()
+    path = tmp_path / "m.ticket"
+    export_ticket(model, config, path)
+    payload = load_checkpoint(path)
+    raw = parse_yaml(payload["config"], "config")
+    raw["model"]["width"] = 64.0
+    payload["config"] = config_yaml(config_from_dict(raw))
+    torch.save(payload, tmp_path / "huge.ticket")
+    before, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    with pytest.raises(MetaticketError, match=r"declares a network of 394,\d{3},\d{3} parameters"):
+        load_ticket(tmp_path / "huge.ticket")
+    assert time.perf_counter() - t0 < 5 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000
+    assert load_ticket(path) is not None  # the control: the exported ticket itself loads
