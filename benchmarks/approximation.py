@@ -17,7 +17,7 @@ lower the width a random source network needs to contain a good approximation of
 
 The source is built from metaticket's supermask layers with Kaiming-uniform weights (bound ``b_l``) and the
 output multiplied by ``prod 1 / b_l``: ReLU networks are positively homogeneous, so this is exactly the
-U[-1, 1] network, and :func:`metaticket.supermask.rerandomize` re-draws from the right distribution.
+U[-1, 1] network, and :func:`metaticket.core.supermask.rerandomize` re-draws from the right distribution.
 
     python benchmarks/approximation.py --widths 16 32 64 128 256 --resamples 1 2 4 8 --seeds 8 --steps 1000
 
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metaticket.supermask import SupermaskLinear, fan_in, rerandomize  # noqa: E402
+from metaticket.core.supermask import SupermaskLinear, fan_in, rerandomize  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

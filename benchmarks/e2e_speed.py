@@ -4,11 +4,12 @@ the time the paper budget takes, for the quickstart and the paper-protocol Omnig
     python benchmarks/e2e_speed.py [--cases quickstart paper-w1 ...] [--precisions float32 bfloat16]
                                    [--steps 300] [--label after] [--code DIR] [--name e2e_speed]
 
-Each case meta-trains its config in this process (``metaticket.runs.meta_train``) for ``--steps`` steps, logging
-and validating every ``--steps / 3`` steps on the config's own ``eval.val_tasks``. From the callbacks' clock:
-``train_ms_per_step`` is the wall time between the first and the last log line, validations excluded, per step
-(sampling, copies, the meta-step, logging); ``validation_s`` the median time of one validation. The paper budget
-is ``meta.steps`` of the paper config (30,000) times the first plus one validation every ``eval.val_every``.
+Each case meta-trains its config in this process (``metaticket.runs.commands.meta_train``) for ``--steps``
+steps, logging and validating every ``--steps / 3`` steps on the config's own ``eval.val_tasks``. From the
+callbacks' clock: ``train_ms_per_step`` is the wall time between the first and the last log line, validations
+excluded, per step (sampling, copies, the meta-step, logging); ``validation_s`` the median time of one
+validation. The paper budget is ``meta.steps`` of the paper config (30,000) times the first plus one validation
+every ``eval.val_every``.
 
 ``--code DIR`` imports metaticket from DIR (a git worktree of an earlier commit: the "before" rows); the
 precision option does not exist there, so only float32 runs. Rows are appended to
@@ -40,9 +41,9 @@ def measure(case: str, precision: str, steps: int) -> dict:
     import torch
 
     import metaticket
-    from metaticket import runs
     from metaticket.config import load_config
-    from metaticket.loop import Callbacks
+    from metaticket.runs import commands as runs
+    from metaticket.runs.loop import Callbacks
 
     path, sets = CASES[case]
     every = max(1, steps // 3)

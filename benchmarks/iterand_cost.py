@@ -2,7 +2,7 @@
 
     python benchmarks/iterand_cost.py [--widths 0.25 0.5 1] [--full-epoch-widths 0.25] [--slice 40] [--reps 2]
 
-Two measurements, both through ``metaticket.baselines.train.train_supervised`` (the code ``run.py train`` runs):
+Two measurements, both through ``metaticket.runs.supervised.train_supervised`` (the code ``run.py train`` runs):
 
 - full epochs (``--full-epoch-widths``): one whole epoch (390 iterations x batch 128) per method, edge-popup and
   IteRand alternating ``--reps`` times, IteRand re-sampling every 300 iterations (the paper's K_per) and every 50
@@ -32,13 +32,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metaticket.baselines.train import TrainPlan, train_supervised  # noqa: E402
+from metaticket.baselines.train import TrainPlan  # noqa: E402
 from metaticket.config import TrainConfig  # noqa: E402
+from metaticket.core.supermask import rerandomize  # noqa: E402
 from metaticket.data.classification import classification_data  # noqa: E402
 from metaticket.models import build_model  # noqa: E402
 from metaticket.models.registry import make_layers  # noqa: E402
-from metaticket.monitor import Monitor  # noqa: E402
-from metaticket.supermask import rerandomize  # noqa: E402
+from metaticket.runs.monitor import Monitor  # noqa: E402
+from metaticket.runs.supervised import train_supervised  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PAPER_EVERY = 300

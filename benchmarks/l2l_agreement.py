@@ -72,7 +72,7 @@ def train_l2l(steps: int, meta_batch: int, seed: int) -> dict:
     import torch.nn.functional as F
     from torch import nn
 
-    from metaticket.norm import TaskBatchNorm1d
+    from metaticket.core.norm import TaskBatchNorm1d
 
     torch.manual_seed(seed)
     sets = samplers(seed)

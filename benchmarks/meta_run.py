@@ -5,7 +5,7 @@
 Writes ``benchmarks/results/<tag>.json`` (config overrides, wall time, ms per meta-step, peak RSS,
 validation curve, meta-test accuracy with 95% CI) and ``benchmarks/results/<tag>.png``.
 Data comes from ``$METATICKET_DATA`` as for ``run.py``. Training and testing run in this process through
-``metaticket.runs`` (the functions ``run.py`` calls); a relative config path is read from the repository root.
+``metaticket.runs.commands`` (the functions ``run.py`` calls); a relative config path is read from the repository root.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 
-from metaticket import runs  # noqa: E402
 from metaticket.config import ConfigError, load_config  # noqa: E402
 from metaticket.errors import MetaticketError  # noqa: E402
+from metaticket.runs import commands as runs  # noqa: E402
 
 
 def curve(run_dir: Path) -> list[dict]:

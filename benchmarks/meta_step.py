@@ -86,8 +86,8 @@ def ours(impl: str, model_key: str, first_order: bool, meta_batch: int, queries:
     import torch
 
     from metaticket import MetaLearner, Tasks, build_model, make_layers
+    from metaticket.core.supermask import dense_like
     from metaticket.meta.learner import _vmap_wins
-    from metaticket.supermask import dense_like
 
     name, width = MODELS[model_key]
     precision = "bfloat16" if impl.endswith("-bf16") else "float32"

@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metaticket import runs  # noqa: E402
 from metaticket.config import load_config, load_run_config  # noqa: E402
+from metaticket.runs import commands as runs  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = ROOT / "configs" / "omniglot" / "paper"

@@ -76,7 +76,7 @@ def compare(a, b) -> dict:
 
 def gradients(args: argparse.Namespace) -> list[dict]:
     from metaticket.config import load_config
-    from metaticket.runs import Context, samplers
+    from metaticket.runs.commands import Context, samplers
 
     rows = []
     for queries in args.queries:
@@ -105,8 +105,8 @@ def gradients(args: argparse.Namespace) -> list[dict]:
 
 def accuracy(dirs: list[str], tasks: int) -> list[dict]:
     """Meta-test each run's best checkpoint on ``tasks`` test tasks (the same tasks for every run: eval.task_seed)."""
-    from metaticket import runs
-    from metaticket.rundir import saved_config
+    from metaticket.runs import commands as runs
+    from metaticket.runs.rundir import saved_config
 
     rows = []
     for d in dirs:

@@ -154,7 +154,7 @@ def time_methods(iters: int, width: float = 0.25, batch: int = 128) -> list[dict
 
     from metaticket.baselines.train import trainable
     from metaticket.config import load_config
-    from metaticket.factory import build_classifier
+    from metaticket.runs.factory import build_classifier
 
     configs = Path(__file__).resolve().parent.parent / "configs" / "cifar10"
     torch.manual_seed(0)

@@ -14,22 +14,16 @@ The public API (each name is documented in docs/ with an example; docs/reference
 - tickets: ``export_ticket``, ``load_ticket``, ``ticket_info``;
 - configs: ``load_config`` and the builders ``build_learner`` / ``build_classifier`` / ``build_network`` that
   ``run.py`` uses; supervised training: ``train_supervised``, ``evaluate_classifier``, ``TrainPlan``;
-- whole runs as functions (what ``run.py`` calls): ``metaticket.runs`` (``meta_train``, ``meta_test``, ``train``,
-  ``evaluate``, ``export``, ``sweep``, with a ``Context``); datasets: ``metaticket.data`` (``register_dataset``).
+- whole runs as functions (what ``run.py`` calls): ``metaticket.runs.commands`` (``meta_train``, ``meta_test``,
+  ``train``, ``evaluate``, ``export``, ``sweep``, with a ``Context``); datasets: ``metaticket.data``
+  (``register_dataset``).
 """
 
-from metaticket.baselines.train import TrainPlan, evaluate_classifier, train_supervised
+from metaticket.baselines.train import TrainPlan, evaluate_classifier
 from metaticket.config import Config, ConfigError, load_config
-from metaticket.data.episodes import EpisodeSampler, class_images, sampler_from_dataset
-from metaticket.errors import MetaticketError
-from metaticket.factory import build_classifier, build_learner, build_network
-from metaticket.meta.evaluate import meta_test
-from metaticket.meta.learner import ANIL, BOIL, MAML, MetaLearner, MetaTicket
-from metaticket.models import Layers, build_model, list_models, register_model
-from metaticket.models.registry import make_layers
-from metaticket.randommask import apply_random_masks, layer_sparsities
-from metaticket.slots import SlotConv2d, SlotLinear, freeze_slots
-from metaticket.supermask import (
+from metaticket.core.randommask import apply_random_masks, layer_sparsities
+from metaticket.core.slots import SlotConv2d, SlotLinear, freeze_slots
+from metaticket.core.supermask import (
     IteRandSchedule,
     SupermaskConv2d,
     SupermaskLinear,
@@ -37,8 +31,16 @@ from metaticket.supermask import (
     rerandomize,
     sparsity_report,
 )
+from metaticket.data.episodes import EpisodeSampler, class_images, sampler_from_dataset
+from metaticket.errors import MetaticketError
+from metaticket.meta.evaluate import meta_test
+from metaticket.meta.learner import ANIL, BOIL, MAML, MetaLearner, MetaTicket
+from metaticket.models import Layers, build_model, list_models, register_model
+from metaticket.models.registry import make_layers
+from metaticket.runs.factory import build_classifier, build_learner, build_network
+from metaticket.runs.supervised import train_supervised
+from metaticket.runs.ticket import export_ticket, load_ticket, ticket_info
 from metaticket.tasks import Tasks
-from metaticket.ticket import export_ticket, load_ticket, ticket_info
 
 __version__ = "0.1.0"
 

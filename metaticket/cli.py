@@ -1,4 +1,4 @@
-"""Command line: the only place that reads argv and the environment; a thin parser over :mod:`metaticket.runs`.
+"""Command line: the only place that reads argv and the environment; a thin parser over :mod:`metaticket.runs.commands`.
 
     python run.py meta-train CONFIG [--set section.key=value ...] [--resume] [--test] [--quiet]
     python run.py meta-test RUN_DIR [--tasks 600] [--checkpoint best|last] [--dataset NAME]
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from metaticket import runs
 from metaticket.config import Config, ConfigError, load_config, load_run_config, shipped_configs
 from metaticket.data import list_datasets
 from metaticket.distributed import from_environment, shutdown
 from metaticket.errors import READ_ONLY_ERRNOS, MetaticketError
-from metaticket.runs import Context, resolve_device
+from metaticket.runs import commands as runs
+from metaticket.runs.commands import Context, resolve_device
 
 
 def context(config: Config | None, quiet: bool) -> Context:
@@ -113,7 +113,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from metaticket.plots import plot_runs
+    from metaticket.runs.plots import plot_runs
 
     dirs = [Path(d) for d in args.run_dirs]
     out = Path(args.output) if args.output else dirs[0] / "curves.png"

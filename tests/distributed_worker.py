@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO))
 
 from metaticket.config import load_config  # noqa: E402
 from metaticket.distributed import from_environment, shutdown  # noqa: E402
-from metaticket.factory import build_learner  # noqa: E402
+from metaticket.runs.factory import build_learner  # noqa: E402
 from metaticket.tasks import Tasks  # noqa: E402
 
 

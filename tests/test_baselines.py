@@ -17,17 +17,17 @@ from metaticket.baselines.train import (
     TrainPlan,
     evaluate_classifier,
     param_counts,
-    train_supervised,
     trainable,
 )
 from metaticket.config import TrainConfig
 from metaticket.data.classification import TensorImages, classification_data
 from metaticket.data.imagenet import ImageFiles, random_resized_box, scan_imagenet
 from metaticket.errors import MetaticketError
-from metaticket.loop import Callbacks
 from metaticket.models import build_model
 from metaticket.models.registry import make_layers
-from metaticket.monitor import Monitor
+from metaticket.runs.loop import Callbacks
+from metaticket.runs.monitor import Monitor
+from metaticket.runs.supervised import train_supervised
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -350,7 +350,7 @@ def test_plot_compares_runs_and_names_a_missing_metrics_file(tmp_path):
     assert r.returncode == 0, r.stderr
     png = (tmp_path / "c.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    from metaticket.plots import curve, read_metrics
+    from metaticket.runs.plots import curve, read_metrics
 
     assert curve(read_metrics(tmp_path / "b"), "test", "top1") == ([2, 4], [4.0, 8.0])
     r = run("plot", str(tmp_path / "missing"), cwd=tmp_path)

@@ -205,3 +205,22 @@ def test_peak_benchmark_measures_each_dtype_and_op(tmp_path):
     assert {(r["op"], r["dtype"]) for r in out["rows"]} == {("matmul", "float32"), ("matmul", "bfloat16"),
                                                             ("conv3x3", "float32"), ("conv3x3", "bfloat16")}
     assert all(r["gflops"] > 0 for r in out["rows"]) and "flags" in out["cpu"]
+
+
+def test_reference_grid_records_regression_and_5_shot_runs_with_their_protocol(tmp_path, data_root):
+    runs, out, record = tmp_path / "runs", tmp_path / "out", tmp_path / "grid.jsonl"
+    tiny = ["--steps", "4", "--set", "eval.val_every=2", "--set", "eval.val_tasks=4", "--set", "eval.test_tasks=6",
+            "--set", "run.log_every=2", "--set", "meta.warmup_steps=1", "--runs", str(runs), "--record", str(record)]
+    bench("reference_grid.py", "train", "sinusoid/mlp_5shot_maml", *tiny, cwd=tmp_path)
+    bench("reference_grid.py", "train", "omniglot/paper/mlp-w1_5w1s_metaticket", "--tag", "5w5s", "--set",
+          "data.shots=5", "--set", "data.queries=5", *tiny, cwd=tmp_path)
+    lines = [json.loads(x) for x in record.read_text().splitlines()]
+    assert [(r["dataset"], r["metric"], r["shots"], r["split"], r["score_grad"]) for r in lines] == [
+        ("sinusoid", "mse", 5, None, None), ("omniglot", "accuracy", 5, "vinyals", "reference")]
+    assert all(r["meta_steps"] == 4 and r["tasks"] == 6 and r["checkpoint"] == "last" and r["cpu"]["model"]
+               and r["value"] > 0 for r in lines)
+    bench("reference_grid.py", "train", "sinusoid/mlp_5shot_maml", *tiny, cwd=tmp_path)  # finished: not run again
+    assert len(record.read_text().splitlines()) == 2
+    bench("reference_grid.py", "table", "--record", str(record), "--out", str(out), cwd=tmp_path)
+    table = (out / "reference_grid.md").read_text()
+    assert "sinusoid" in table and " MSE" in table and "omniglot 5w5s" in table and "vinyals / reference" in table

@@ -168,7 +168,7 @@ def test_omniglot_files_of_earlier_formats_keep_the_split_they_ran(tmp_path):
     import yaml
 
     from metaticket.config import ConfigDeprecation
-    from metaticket.factory import resolve
+    from metaticket.runs.factory import resolve
 
     dump = Config().to_dict()
     del dump["data"]["split"]
@@ -218,7 +218,7 @@ def test_miniimagenet_configs_follow_the_reference_protocol(tmp_path):
     """queries = shots in training and test, 1,000 test tasks, AdamW (weight decay 0) for the MAML family, as the
     Meta-ticket code's config.yaml; the learner builds AdamW from them."""
     from metaticket.config import shipped_configs
-    from metaticket.factory import build_learner
+    from metaticket.runs.factory import build_learner
 
     names = [n for n in shipped_configs() if n.startswith("miniimagenet/")]
     assert len(names) == 20

@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_cli import REPO, run
 
-from metaticket.checkpoint import load_checkpoint
 from metaticket.distributed import SINGLE, Collective
+from metaticket.runs.checkpoint import load_checkpoint
 
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
 

@@ -10,8 +10,8 @@ import torch
 from test_factored import double
 from test_meta import learner, tasks
 
+from metaticket.core.supermask import supermask_layers
 from metaticket.meta.learner import MetaLearner
-from metaticket.supermask import supermask_layers
 
 EPS = 1e-6
 

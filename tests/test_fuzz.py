@@ -22,7 +22,7 @@ from metaticket.config import ConfigError, load_config
 from metaticket.data.archive import iter_files
 from metaticket.data.images import open_image
 from metaticket.errors import MetaticketError
-from metaticket.ticket import load_ticket
+from metaticket.runs.ticket import load_ticket
 
 FAST = settings(max_examples=150, deadline=5000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from metaticket.core.supermask import supermask_layers
 from metaticket.meta.evaluate import summarize
 from metaticket.meta.inner import adapt
 from metaticket.meta.learner import MetaLearner
 from metaticket.models import build_model, list_models
 from metaticket.models.registry import make_layers
-from metaticket.supermask import supermask_layers
 from metaticket.tasks import Tasks
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from metaticket.core.supermask import SupermaskConv2d, SupermaskLinear, supermask_layers
 from metaticket.meta.learner import METHODS, MetaLearner
 from metaticket.models import build_model, list_models
 from metaticket.models.registry import make_layers
-from metaticket.supermask import SupermaskConv2d, SupermaskLinear, supermask_layers
 from metaticket.tasks import Tasks
 
 SMALL = {"mlp": {"width": 0.25}, "conv4": {"channels": 8}, "resnet12": {"width": 0.125}, "wrn28": {"width": 1.0},

@@ -10,9 +10,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_baselines import MEAN, STD, model_for, plan, toy_data
 from test_cli import QUICK, run, tiny
 
-from metaticket.baselines.train import train_supervised
-from metaticket.monitor import Monitor, mask_image
-from metaticket.supermask import topk_mask
+from metaticket.core.supermask import topk_mask
+from metaticket.runs.monitor import Monitor, mask_image
+from metaticket.runs.supervised import train_supervised
 
 
 def events(run_dir: Path) -> EventAccumulator:
@@ -123,7 +123,7 @@ def test_tensorboard_shows_the_hparams_and_the_meta_test_result(tmp_path, data_r
 
 def test_hparams_of_a_supervised_config_are_its_train_section(tmp_path):
     from metaticket.config import load_config
-    from metaticket.runs import hparams_of
+    from metaticket.runs.commands import hparams_of
 
     config = load_config(Path(QUICK).parents[1] / "cifar10" / "conv6_iterand.yaml", ["run.seed=3"])
     params = hparams_of(config)

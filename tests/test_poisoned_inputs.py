@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from test_meta import learner, tasks
 
 from metaticket.config import ConfigError, config_from_dict, load_config, parse_yaml
-from metaticket.monitor import Monitor
+from metaticket.runs.monitor import Monitor
 from metaticket.tasks import Tasks
 
 
@@ -143,7 +143,7 @@ def test_a_torn_last_metrics_line_is_cut_before_appending(tmp_path):
     monitor.close()
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 3]
-    from metaticket.plots import read_metrics
+    from metaticket.runs.plots import read_metrics
 
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 3]
 
@@ -213,7 +213,7 @@ def test_a_run_folder_in_use_is_not_resumed_by_a_second_process(tmp_path, capsys
     from test_cli import QUICK
 
     from metaticket.cli import main
-    from metaticket.rundir import LOCK, hold_run, release_hold
+    from metaticket.runs.rundir import LOCK, hold_run, release_hold
 
     args = ["meta-train", str(QUICK), "--set", f"run.out_dir={tmp_path}", "--set", "run.name=r", "--set",
             "meta.steps=2", "--set", "meta.meta_batch=2", "--set", "eval.val_every=2", "--set", "eval.val_tasks=4",
@@ -279,9 +279,9 @@ def test_links_planted_in_a_run_folder_are_not_written_through(tmp_path, capsys,
 
     from test_cli import QUICK
 
-    from metaticket.checkpoint import open_append
     from metaticket.cli import main
     from metaticket.errors import MetaticketError
+    from metaticket.runs.checkpoint import open_append
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
@@ -315,9 +315,9 @@ def test_a_state_of_another_learner_is_refused_and_changes_nothing(other):
     before = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in lrn.model.state_dict().items()}
     opt_before = repr(lrn.optimizer.state_dict()["param_groups"])
     if other == "width":
-        from metaticket.factory import make_layers
         from metaticket.meta.learner import MetaLearner
         from metaticket.models import build_model
+        from metaticket.runs.factory import make_layers
 
         layers = make_layers(supermask=False, generator=torch.Generator().manual_seed(0))
         state = MetaLearner(build_model("mlp", num_classes=5, width=0.5, layers=layers), method="maml",
@@ -336,7 +336,7 @@ def test_a_state_of_another_learner_is_refused_and_changes_nothing(other):
 def _claim_and_release(args: tuple[str, int]) -> list[str]:
     from pathlib import Path
 
-    from metaticket.rundir import claim_run_dir, release_run_dir
+    from metaticket.runs.rundir import claim_run_dir, release_run_dir
 
     root, rounds = args
     errors = []
@@ -416,10 +416,10 @@ def test_a_ticket_declaring_a_huge_network_is_refused_before_building_it(tmp_pat
 
     from test_ticket import trained_metaticket
 
-    from metaticket.checkpoint import load_checkpoint
     from metaticket.config import config_from_dict, config_yaml, parse_yaml
     from metaticket.errors import MetaticketError
-    from metaticket.ticket import export_ticket, load_ticket
+    from metaticket.runs.checkpoint import load_checkpoint
+    from metaticket.runs.ticket import export_ticket, load_ticket
 
     config, model = trained_metaticket()
     path = tmp_path / "m.ticket"

@@ -10,11 +10,11 @@ from test_factored import Spy
 from torch.func import functional_call
 
 from metaticket.data.sinusoid import SinusoidSampler
-from metaticket.factory import make_layers
 from metaticket.meta.evaluate import meta_test
 from metaticket.meta.learner import MetaLearner
 from metaticket.meta.objective import objective
 from metaticket.models import build_model
+from metaticket.runs.factory import make_layers
 from metaticket.tasks import Tasks
 
 

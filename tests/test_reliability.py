@@ -13,8 +13,8 @@ import torch
 from test_cli import REPO, run
 from test_resume import TIMING
 
-from metaticket.checkpoint import load_checkpoint
 from metaticket.config import ConfigError, load_config
+from metaticket.runs.checkpoint import load_checkpoint
 
 QUICK = REPO / "configs" / "omniglot" / "quickstart.yaml"
 CONV6 = REPO / "configs" / "cifar10" / "conv6_iterand.yaml"
@@ -97,11 +97,11 @@ def draw_digests(kind: str) -> dict[str, str]:
     network, the first meta-batches / epoch batches and their augmentation, the validation tasks, the IteRand
     re-draws. All come from integer generators (float64 for normal draws), the same bits on every CPU."""
     from metaticket.baselines.train import EpochBatches
+    from metaticket.core.supermask import IteRandSchedule
     from metaticket.data.classification import TensorImages
     from metaticket.data.episodes import EpisodeSampler
-    from metaticket.factory import build_classifier, build_learner
-    from metaticket.runs import Context, samplers
-    from metaticket.supermask import IteRandSchedule
+    from metaticket.runs.commands import Context, samplers
+    from metaticket.runs.factory import build_classifier, build_learner
 
     config_path, sets = SMALL[kind]
     out = {}
@@ -159,12 +159,12 @@ def test_seeded_draws_equal_those_of_earlier_versions(kind, data_root):
 
 def test_the_draw_digests_can_fail(data_root):
     """One extra draw from the model's generator, or another seed, changes the digests."""
-    from metaticket.factory import build_learner
+    from metaticket.runs.factory import build_learner
 
     config = load_config(QUICK, SMALL["meta-train"][1])
     base = _state_digest(build_learner(config).model)
     assert _state_digest(build_learner(load_config(QUICK, [*SMALL["meta-train"][1], "run.seed=1"])).model) != base
-    import metaticket.factory as factory
+    import metaticket.runs.factory as factory
 
     real = factory.make_layers
 

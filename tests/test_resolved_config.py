@@ -8,8 +8,8 @@ from test_cli import QUICK
 
 from metaticket.cli import main
 from metaticket.config import load_config
-from metaticket.factory import RESOLVED, resolve
 from metaticket.meta.learner import outer_defaults
+from metaticket.runs.factory import RESOLVED, resolve
 
 
 def small(out, name: str, steps: int = 4) -> list[str]:

@@ -16,9 +16,9 @@ import pytest
 import torch
 from test_cli import QUICK, REPO, run
 
-from metaticket.checkpoint import load_checkpoint, save_atomic
 from metaticket.errors import MetaticketError
-from metaticket.ticket import load_ticket
+from metaticket.runs.checkpoint import load_checkpoint, save_atomic
+from metaticket.runs.ticket import load_ticket
 
 TIMING = {"ms_per_step", "tasks_per_s", "ms_per_iter", "images_per_s"}  # wall-clock numbers differ between runs
 
@@ -109,7 +109,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path):
     save_atomic({"step": 1, "w": torch.ones(3)}, path)
     script = textwrap.dedent(f"""
         import os, signal, torch
-        import metaticket.checkpoint as c
+        import metaticket.runs.checkpoint as c
         def dying_save(obj, f):
             f.write(b"PK\\x03\\x04 half a checkpoint")
             f.flush()
@@ -132,7 +132,7 @@ def test_an_error_while_writing_keeps_the_previous_checkpoint_and_no_temp_file(t
         f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("metaticket.checkpoint.torch.save", failing_save)
+    monkeypatch.setattr("metaticket.runs.checkpoint.torch.save", failing_save)
     with pytest.raises(MetaticketError, match="disk full.*the previous file is kept"):
         save_atomic({"step": 2}, path)
     assert load_checkpoint(path)["step"] == 1

@@ -15,11 +15,11 @@ import torch
 from test_bad_input import expect_one_line, refused
 from test_cli import QUICK, REPO, folder_state, run, tiny
 
-from metaticket.checkpoint import check_checkpoint, load_checkpoint, read_json, save_atomic, write_text_atomic
 from metaticket.config import ConfigError, load_config
 from metaticket.errors import MetaticketError
-from metaticket.rundir import claim_run_dir, release_run_dir
-from metaticket.runs import check_memory
+from metaticket.runs.checkpoint import check_checkpoint, load_checkpoint, read_json, save_atomic, write_text_atomic
+from metaticket.runs.commands import check_memory
+from metaticket.runs.rundir import claim_run_dir, release_run_dir
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", ".", "", ".hidden", "../escape", "a\\b", "x" * 201, "a\nb",
@@ -276,7 +276,7 @@ def test_a_cache_folder_that_cannot_be_written(tmp_path):
 def test_ticket_fields_are_checked_before_use(done, tmp_path):
     import time
 
-    from metaticket.ticket import load_ticket
+    from metaticket.runs.ticket import load_ticket
 
     ticket = tmp_path / "t.ticket"
     r = run("export", str(done), "-o", str(ticket), cwd=tmp_path)

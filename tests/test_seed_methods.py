@@ -13,15 +13,9 @@ from test_cli import REPO, run
 from test_monitoring import events
 
 from metaticket.baselines.methods import method_label, method_of
-from metaticket.baselines.train import train_supervised, trainable
-from metaticket.checkpoint import save_atomic
+from metaticket.baselines.train import trainable
 from metaticket.config import dump_config, load_config
-from metaticket.errors import MetaticketError
-from metaticket.factory import build_classifier, from_slot_run
-from metaticket.models import build_model, list_models
-from metaticket.models.registry import make_layers
-from metaticket.monitor import Monitor
-from metaticket.randommask import (
+from metaticket.core.randommask import (
     RATIOS,
     MaskedConv2d,
     MaskedLinear,
@@ -30,9 +24,16 @@ from metaticket.randommask import (
     layer_sparsities,
     prunable_layers,
 )
-from metaticket.slots import SlotConv2d, SlotLinear, freeze_slots, index_bits, slot_index, slot_layers
-from metaticket.supermask import SupermaskConv2d, rerandomize, sparsity_report
-from metaticket.ticket import export_ticket, load_ticket, pack_index, same_outputs, unpack_index
+from metaticket.core.slots import SlotConv2d, SlotLinear, freeze_slots, index_bits, slot_index, slot_layers
+from metaticket.core.supermask import SupermaskConv2d, rerandomize, sparsity_report
+from metaticket.errors import MetaticketError
+from metaticket.models import build_model, list_models
+from metaticket.models.registry import make_layers
+from metaticket.runs.checkpoint import save_atomic
+from metaticket.runs.factory import build_classifier, from_slot_run
+from metaticket.runs.monitor import Monitor
+from metaticket.runs.supervised import train_supervised
+from metaticket.runs.ticket import export_ticket, load_ticket, pack_index, same_outputs, unpack_index
 
 
 # ------------------------------------------------------------------------------------------ Slot Machines
@@ -407,8 +408,8 @@ def test_approximation_benchmark_smoke(tmp_path):
 
 
 def test_iterand_switch_is_refused_where_there_is_nothing_to_redraw():
-    from metaticket.factory import build_learner
-    from metaticket.runs import sparsity_key
+    from metaticket.runs.commands import sparsity_key
+    from metaticket.runs.factory import build_learner
 
     cfg = REPO / "configs" / "cifar10" / "conv6_edgepopup.yaml"
     for method in ("dense", "slot", "randommask"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from metaticket.supermask import (
+from metaticket.core.supermask import (
     SupermaskConv2d,
     SupermaskLinear,
     convert,

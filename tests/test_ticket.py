@@ -9,10 +9,10 @@ import torch
 from test_cli import QUICK, REPO, run, tiny
 
 from metaticket.config import load_config
+from metaticket.core.supermask import rerandomize, sparsity_report, supermask_layers
 from metaticket.errors import MetaticketError
-from metaticket.factory import build_classifier, build_learner
-from metaticket.supermask import rerandomize, sparsity_report, supermask_layers
-from metaticket.ticket import export_ticket, load_ticket, pack_bits, same_outputs, ticket_info, unpack_bits
+from metaticket.runs.factory import build_classifier, build_learner
+from metaticket.runs.ticket import export_ticket, load_ticket, pack_bits, same_outputs, ticket_info, unpack_bits
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 1000, 4097])

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaticket.core.norm import TaskBatchNorm1d, TaskBatchNorm2d
 from metaticket.meta.modules import ACTIVATIONS
 from metaticket.meta.objective import CROSS_ENTROPY, Objective
-from metaticket.norm import TaskBatchNorm1d, TaskBatchNorm2d
 
 # masked layers cost (rows per task) x (factor rows) products with the weight: beyond this many the per-task loop
 # is faster (benchmarks/factored_masks.py, Meta-ticket, 5 support rows, meta-batch 16, one thread; at width 8:

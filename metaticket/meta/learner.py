@@ -42,14 +42,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from metaticket.core.norm import TaskBatchNorm1d
+from metaticket.core.supermask import IteRandSchedule, dense_like, masks, supermask_layers
 from metaticket.distributed import SINGLE, Collective
 from metaticket.meta.clone import Clone
 from metaticket.meta.factored import FactoredInner, chain_of, fits
 from metaticket.meta.inner import Params, adapt
 from metaticket.meta.modules import head_predicate, prepare_model
 from metaticket.meta.objective import Objective, RowLoss, objective
-from metaticket.norm import TaskBatchNorm1d
-from metaticket.supermask import IteRandSchedule, dense_like, masks, supermask_layers
 from metaticket.tasks import Tasks
 
 

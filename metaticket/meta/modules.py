@@ -7,7 +7,7 @@ possibly under ``vmap``. Two things break that silently or loudly in ordinary mo
   the first ``adapt``), and torch's fused ``batch_norm`` gives wrong second-order meta-gradients under ``vmap``
   (3% off in float64, measured with a stock ``nn.BatchNorm1d(track_running_stats=False)``). Every
   ``nn.BatchNorm1d``/``nn.BatchNorm2d`` is therefore replaced by the task-statistics BatchNorm of
-  :mod:`metaticket.norm` (the same affine parameters and eps; each task normalizes with its own batch statistics,
+  :mod:`metaticket.core.norm` (the same affine parameters and eps; each task normalizes with its own batch statistics,
   in training and at test, as MAML does), with a notice.
 - Modules the replacement cannot cover (BatchNorm3d, instance norms with running statistics, lazy modules) are
   refused with the module's name, and so, for second-order meta-gradients, are activations torch cannot
@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
-from metaticket.norm import TaskBatchNorm1d, TaskBatchNorm2d
-from metaticket.supermask import replace_module
+from metaticket.core.norm import TaskBatchNorm1d, TaskBatchNorm2d
+from metaticket.core.supermask import replace_module
 
 # parameter-free elementwise modules, probed once per type for a second derivative
 _ACT = nn.modules.activation

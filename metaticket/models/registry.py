@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from metaticket.norm import TaskBatchNorm1d, TaskBatchNorm2d
-from metaticket.slots import SlotConv2d, SlotLinear
-from metaticket.supermask import SupermaskConv2d, SupermaskLinear, sample_init
+from metaticket.core.norm import TaskBatchNorm1d, TaskBatchNorm2d
+from metaticket.core.slots import SlotConv2d, SlotLinear
+from metaticket.core.supermask import SupermaskConv2d, SupermaskLinear, sample_init
 
 Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, Builder] = {}

@@ -3,7 +3,7 @@ folder) and returning its result as a dict. ``cli`` is a thin parser over these;
 directly (the benchmarks do)::
 
     from metaticket.config import load_config
-    from metaticket.runs import Context, meta_test, meta_train
+    from metaticket.runs.commands import Context, meta_test, meta_train
 
     ctx = Context.from_environment(os.environ)        # METATICKET_DATA / METATICKET_CACHE, as run.py reads them
     summary = meta_train(load_config("configs/omniglot/quickstart.yaml", ["meta.steps=100"]), ctx)
@@ -27,14 +27,14 @@ from pathlib import Path
 import torch
 
 from metaticket.baselines.methods import method_label, method_of
-from metaticket.baselines.train import TrainPlan, evaluate_classifier, param_counts, train_supervised
-from metaticket.checkpoint import check_checkpoint, load_checkpoint, read_json, write_text_atomic
+from metaticket.baselines.train import TrainPlan, evaluate_classifier, param_counts
+from metaticket.runs.checkpoint import check_checkpoint, load_checkpoint, read_json, write_text_atomic
 from metaticket.config import Config, load_config
 from metaticket.data import EpisodeSampler, episode_samplers, get_dataset, list_datasets
 from metaticket.data.classification import Classification, classification_data
 from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import READ_ONLY_ERRNOS, MetaticketError
-from metaticket.factory import (
+from metaticket.runs.factory import (
     build_classifier,
     build_learner,
     build_network,
@@ -44,14 +44,15 @@ from metaticket.factory import (
     resolve,
     slot_run_config,
 )
-from metaticket.loop import Callbacks
+from metaticket.runs.loop import Callbacks
 from metaticket.meta.evaluate import evaluate as evaluate_tasks
-from metaticket.meta.train import MetaPlan
-from metaticket.meta.train import meta_train as meta_train_loop
-from metaticket.monitor import Monitor
-from metaticket.rundir import check_resumable, create_run_dir, run_in_claimed_dir, saved_config
-from metaticket.supermask import sparsity_report
-from metaticket.sweep import grid_table, plot_grid, seed_table
+from metaticket.runs.meta_train import MetaPlan
+from metaticket.runs.meta_train import meta_train as meta_train_loop
+from metaticket.runs.monitor import Monitor
+from metaticket.runs.rundir import check_resumable, create_run_dir, run_in_claimed_dir, saved_config
+from metaticket.core.supermask import sparsity_report
+from metaticket.runs.supervised import train_supervised
+from metaticket.runs.sweep import grid_table, plot_grid, seed_table
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def meta_train(config: Config, ctx: Context, resume: bool = False, callbacks: Ca
     """Meta-train ``config`` (run.task: meta) into a new folder ``run.out_dir/run.name`` (``-1``, ``-2``, ... when
     that one holds a run), or continue that folder's last checkpoint with ``resume``. Returns the training summary
     (steps, ms per step, best validation accuracy and step) with ``run_dir``, the folder it wrote. ``callbacks``
-    (:class:`~metaticket.loop.Callbacks`) see every log line, validation and checkpoint as it happens."""
+    (:class:`~metaticket.runs.loop.Callbacks`) see every log line, validation and checkpoint as it happens."""
     expect_task(config, "meta", "meta-train")
     return _claimed(lambda d: meta_train_in(config, d, ctx, resume, callbacks),
                     Path(config.run.out_dir) / config.run.name, resume, ctx.group)
@@ -435,7 +436,7 @@ def _head_classes(weights: dict, run_dir: Path) -> int:
 
 def _check_ticket_target(out: Path) -> None:
     """``export -o`` writes a new file or replaces a ticket; a folder or any other file is refused."""
-    from metaticket.ticket import ticket_info
+    from metaticket.runs.ticket import ticket_info
 
     if out.is_dir():
         raise MetaticketError(f"-o {out} is a folder; name the ticket file to write, e.g. {out / 'model.ticket'}")
@@ -453,7 +454,7 @@ def export(run_dir: Path, output: Path | None = None, checkpoint: str | None = N
     """Write a run's network as a compact ticket (default ``<run_dir>/<run.name>.ticket``) from its ``checkpoint``
     (default best for meta-learning, last for supervised runs) and check that the rebuilt network computes the same
     outputs. Returns the ticket report with ``max_abs_output_diff``."""
-    from metaticket.ticket import export_ticket, load_ticket, same_outputs
+    from metaticket.runs.ticket import export_ticket, load_ticket, same_outputs
 
     config = saved_config(run_dir, "a folder meta-train or train")
     out = output or run_dir / f"{config.run.name}.ticket"

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaticket.supermask import SUPERMASK_LAYERS, replace_module, same_geometry
+from metaticket.core.supermask import SUPERMASK_LAYERS, replace_module, same_geometry
 
 Ratios = Literal["uniform", "er", "erk", "balanced", "pyramidal"]
 RATIOS: tuple[str, ...] = ("uniform", "er", "erk", "balanced", "pyramidal")

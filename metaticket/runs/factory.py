@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from metaticket.baselines.methods import method_of
-from metaticket.checkpoint import load_checkpoint
+from metaticket.runs.checkpoint import load_checkpoint
 from metaticket.config import Config, ConfigError, load_run_config
 from metaticket.data import get_dataset
 from metaticket.distributed import SINGLE, Collective
@@ -22,9 +22,9 @@ from metaticket.errors import MetaticketError
 from metaticket.meta.learner import METHODS, MetaLearner, outer_defaults
 from metaticket.models import build_model, list_models
 from metaticket.models.registry import Layers, make_layers
-from metaticket.randommask import apply_random_masks
-from metaticket.slots import freeze_slots
-from metaticket.supermask import scale_fan_in
+from metaticket.core.randommask import apply_random_masks
+from metaticket.core.slots import freeze_slots
+from metaticket.core.supermask import scale_fan_in
 
 
 def image_size(config: Config) -> int:
@@ -179,7 +179,7 @@ def from_slot_run(config: Config, num_classes: int, run_dir: str | Path,
     """The dense classifier of ``config`` holding the values a trained Slot Machine run chose (its fine-tuning start).
 
     ``run_dir`` is a ``train.method: slot`` run folder (``config.yaml`` + ``checkpoints/last.pt``) of the same
-    model; its slot layers become plain layers with the greedy choice (:func:`~metaticket.slots.freeze_slots`), and
+    model; its slot layers become plain layers with the greedy choice (:func:`~metaticket.core.slots.freeze_slots`), and
     its non-affine BatchNorm statistics carry over (affine scale 1 and shift 0 compute the same function).
     """
     source = slot_run_config(config, run_dir)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaticket.supermask import fan_in, replace_module, same_geometry, sample_init
+from metaticket.core.supermask import fan_in, replace_module, same_geometry, sample_init
 
 SlotSelect = Literal["greedy", "sampled"]
 SLOT_SELECTS: tuple[str, ...] = ("greedy", "sampled")

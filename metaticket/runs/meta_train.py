@@ -1,4 +1,4 @@
-"""Meta-training: outer steps in the shared training loop (:mod:`metaticket.loop`), periodic validation on fixed
+"""Meta-training: outer steps in the shared training loop (:mod:`metaticket.runs.loop`), periodic validation on fixed
 tasks, the best and last checkpoints, resume."""
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ from pathlib import Path
 
 import torch
 
-from metaticket.checkpoint import load_checkpoint, restoring, rng_state, set_rng_state
+from metaticket.runs.checkpoint import load_checkpoint, restoring, rng_state, set_rng_state
 from metaticket.config import Config, EvalConfig, MetaConfig
 from metaticket.data.episodes import EpisodeSampler
-from metaticket.loop import Callbacks, Due, Loop, Window
+from metaticket.runs.loop import Callbacks, Due, Loop, Window
 from metaticket.meta.evaluate import Score, evaluate
 from metaticket.meta.learner import MetaLearner
-from metaticket.monitor import Monitor, log_masks
-from metaticket.rundir import last_checkpoint
-from metaticket.supermask import sparsity_report
+from metaticket.runs.monitor import Monitor, log_masks
+from metaticket.runs.rundir import last_checkpoint
+from metaticket.core.supermask import sparsity_report
 
 
 @dataclass(frozen=True)

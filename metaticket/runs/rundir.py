@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from metaticket.checkpoint import check_checkpoint, load_checkpoint, open_append, write_text_atomic
+from metaticket.runs.checkpoint import check_checkpoint, load_checkpoint, open_append, write_text_atomic
 from metaticket.config import Config, config_yaml, load_run_config
 from metaticket.distributed import Collective
 from metaticket.errors import MetaticketError
@@ -191,7 +191,7 @@ def check_resumable(run_dir: Path, config: Config,
     known to equal the saved one (but for a larger :data:`GROWABLE` value) and the checkpoint to be readable and of
     this kind of run. Writes nothing.
 
-    ``resolve(config, saved)`` fills ``auto``/null values (:func:`metaticket.factory.resolve`): the saved config is
+    ``resolve(config, saved)`` fills ``auto``/null values (:func:`metaticket.runs.factory.resolve`): the saved config is
     resolved on its own (folders of older versions saved ``auto``), the new one from the saved values first."""
     saved = run_dir / "config.yaml"
     if not saved.is_file() or not saved.stat().st_size:

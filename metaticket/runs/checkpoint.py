@@ -144,7 +144,7 @@ def set_rng_state(state: dict) -> None:
         np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["cached"]))
 
 
-# What each kind of run keeps in checkpoints/last.pt (see meta/train.py and baselines/train.py).
+# What each kind of run keeps in checkpoints/last.pt (see runs/meta_train.py and runs/supervised.py).
 CHECKPOINT_KEYS = {"meta": ("learner", "sampler", "rng", "best"),
                    "train": ("model", "optimizer", "scheduler", "rerand", "rng", "iteration", "history")}
 

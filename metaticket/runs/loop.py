@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaticket.checkpoint import save_atomic
+from metaticket.runs.checkpoint import save_atomic
 from metaticket.errors import MetaticketError
-from metaticket.monitor import Monitor
+from metaticket.runs.monitor import Monitor
 
 
 @dataclass(frozen=True)
