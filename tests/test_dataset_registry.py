@@ -109,3 +109,27 @@ def test_few_shot_only_and_supervised_only_datasets_say_so(tmp_path, capsys):
     assert main(["meta-train", "configs/omniglot/quickstart.yaml", "--set", "data.dataset=cifar10", *out]) == 2
     assert "cifar10 offers only test tasks" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_grayscale_supervised_dataset_trains_with_its_own_channel_count(tmp_path, monkeypatch, capsys):
+    """The classifier takes the dataset spec's channels (1 here), not a fixed 3: before, a 1-channel dataset was
+    refused by the forward check of a model built for RGB."""
+    gray = TOY.replace("3, side, side", "1, side, side").replace("(0.5, 0.5, 0.5), (0.25, 0.25, 0.25)",
+                                                                   "(0.5,), (0.25,)")
+    gray = gray.replace('DatasetSpec("toy", channels=3', 'DatasetSpec("toy1", channels=1')
+    assert "3, side, side" not in gray and "channels=1" in gray
+    (tmp_path / "toy1_dataset.py").write_text(textwrap.dedent(gray))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("toy1_dataset", None)
+    before = dict(DATASETS)
+    try:
+        importlib.import_module("toy1_dataset")
+        args = ["train", "configs/cifar10/conv6_edgepopup.yaml", "--set", "data.dataset=toy1", "--set",
+                f"run.out_dir={tmp_path / 'runs'}", "--set", "run.threads=1", "--quiet", "--set", "train.epochs=1",
+                "--set", "train.batch_size=16", "--set", "model.name=conv4", "--set", "data.image_size=16"]
+        assert main(args) == 0, capsys.readouterr().err
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["dataset"] == "toy1" and result["images"] == 64
+    finally:
+        DATASETS.clear()
+        DATASETS.update(before)

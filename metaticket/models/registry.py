@@ -90,6 +90,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_arguments(name: str) -> list[str]:
+    """The keyword arguments the builder of model ``name`` takes."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return list(inspect.signature(_REGISTRY[name]).parameters)
+
+
 def build_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model; an unknown name or argument raises with the known ones."""
     if name not in _REGISTRY:

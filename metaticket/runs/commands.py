@@ -303,7 +303,7 @@ def train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> dict:
         model = from_slot_run(config, len(data.classes), config.train.init_from, device)
     else:
         model = build_classifier(config, len(data.classes), device)
-    check_forward(model, config, 3, device)
+    check_forward(model, config, get_dataset(config.data.dataset).channels, device)
     if state is not None:  # a checkpoint of another architecture is refused before anything is written
         load_weights(model, state["model"], run_dir)
     if group.main:

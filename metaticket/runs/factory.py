@@ -21,7 +21,7 @@ from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import MetaticketError
 from metaticket.meta.learner import METHODS, MetaLearner, outer_defaults
 from metaticket.models import build_model, list_models
-from metaticket.models.registry import Layers, make_layers
+from metaticket.models.registry import Layers, make_layers, model_arguments
 from metaticket.core.randommask import apply_random_masks
 from metaticket.core.slots import freeze_slots
 from metaticket.core.supermask import scale_fan_in
@@ -74,7 +74,7 @@ def _build(config: Config, layers: Layers, num_classes: int, in_channels: int, d
     m = config.model
     kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size(config), width=m.width,
                   layers=layers)
-    if m.name == "conv4":
+    if "channels" in model_arguments(m.name):  # the models with a configurable channel count (conv4)
         kwargs["channels"] = m.channels
     try:
         return build_model(m.name, **kwargs).to(device)
@@ -136,7 +136,7 @@ def build_classifier(config: Config, num_classes: int, device: torch.device | st
                          init_sparsity=m.init_sparsity, dense_head=m.dense_head, generator=generator, norm="batch",
                          norm_affine=kind.learns_weights, norm_eps=m.norm_eps, slots=m.slots if kind.slots else 0,
                          slot_select=m.slot_select)
-    model = _build(config, layers, num_classes, 3, "cpu")
+    model = _build(config, layers, num_classes, get_dataset(config.data.dataset).channels, "cpu")
     if m.scale_fan:
         if not kind.supermask or kind.random_mask or m.mask != "topk":
             raise MetaticketError("model.scale_fan rescales top-k supermask weights to the kept fan-in: use it with "
