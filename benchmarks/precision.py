@@ -61,7 +61,7 @@ def _meta_gradient(method: str, width: float, first_order: bool, precision: str,
     learner = MetaLearner(net, method=method, inner_lr=0.4, first_order=first_order, precision=precision,
                           vectorize=vectorize)
     learner.optimizer.zero_grad(set_to_none=True)
-    learner._meta_gradient(batch, 1, first_order)
+    learner.meta_gradient(batch, 1, first_order)
     # weights and scores only: a bias before BatchNorm has a zero gradient in exact arithmetic
     return torch.cat([p.grad.flatten() for n, p in learner.named_parameters()
                       if p.grad is not None and not n.endswith("bias")]), learner._mode(batch, 1)

@@ -14,46 +14,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, expect_one_line, fake_cache, folder_state, omniglot_with, refused, run, tiny
 from PIL import Image
-from test_cli import REPO, folder_state, run, tiny
 
 QUICK = str(REPO / "configs" / "omniglot" / "quickstart.yaml")
 CIFAR = str(REPO / "configs" / "cifar10" / "conv6_edgepopup.yaml")
 
 
-def earlier_run(out: Path) -> dict[str, tuple[int, int]]:
-    """An earlier run at ``out/earlier`` (the files a finished run leaves) and the state of ``out``."""
-    run_dir = out / "earlier"
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "config.yaml").write_text("run:\n  name: earlier\n")
-    (run_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
-    (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
-    return folder_state(out)
 
 
-def refused(command: str, config: str, *args: str, tmp_path: Path, needles: tuple[str, ...] = (),
-            env_extra: dict[str, str] | None = None) -> str:
-    """Run ``run.py command config args`` into an output folder that already holds a run of the same
-    ``run.name``; it must stop with one line naming ``needles`` and leave that folder as it was (no files
-    written, no new run folder beside it)."""
-    out = tmp_path / "runs"
-    before = earlier_run(out)
-    r = run(command, config, *args, "--set", f"run.out_dir={out}", "--set", "run.name=earlier", cwd=tmp_path,
-            env_extra=env_extra)
-    err = expect_one_line(r, *needles)
-    assert folder_state(out) == before, "a refused run wrote into the output folder"
-    return err
 
 
-def expect_one_line(result, *needles: str) -> str:
-    err = result.stderr.strip()
-    assert result.returncode == 2, f"exit {result.returncode}; stderr: {err[-1500:]}"
-    assert "Traceback" not in err, err[-1500:]
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{err[-1500:]}"
-    for needle in needles:
-        assert needle.lower() in err.lower(), f"{needle!r} not in: {err}"
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -127,17 +98,8 @@ def test_bad_yaml_files(case, tmp_path):
     refused("meta-train", str(make(tmp_path)), tmp_path=tmp_path, needles=needles)
 
 
-# ------------------------------------------------------------------------------------------ data files
-def omniglot_with(tmp_path: Path, background: bytes) -> list[str]:
-    root = tmp_path / "data"
-    (root / "omniglot").mkdir(parents=True)
-    (root / "omniglot" / "images_background.zip").write_bytes(background)
-    (root / "omniglot" / "images_evaluation.zip").write_bytes(background)
-    return ["--set", f"data.root={root}", "--quiet"]
 
 
-def fake_cache(tmp_path: Path) -> dict[str, str]:
-    return {"METATICKET_CACHE": str(tmp_path / "cache")}
 
 
 def test_missing_data_root(tmp_path):

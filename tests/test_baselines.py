@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MEAN, REPO, STD, model_for, plan, run, snapshot, toy_data
 from PIL import Image
-from test_cli import REPO, run
 
 from metaticket.baselines.train import (
     EpochBatches,
@@ -19,40 +19,12 @@ from metaticket.baselines.train import (
     param_counts,
     trainable,
 )
-from metaticket.config import TrainConfig
 from metaticket.data.classification import TensorImages, classification_data
 from metaticket.data.imagenet import ImageFiles, random_resized_box, scan_imagenet
 from metaticket.errors import MetaticketError
-from metaticket.models import build_model
-from metaticket.models.registry import make_layers
 from metaticket.runs.loop import Callbacks
 from metaticket.runs.monitor import Monitor
 from metaticket.runs.supervised import train_supervised
-
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-
-def model_for(method: str, name: str = "conv6", width: float = 0.125, seed: int = 0) -> torch.nn.Module:
-    layers = make_layers(supermask=method != "dense", mask="topk", sparsity=0.5, dense_head=False,
-                         generator=torch.Generator().manual_seed(seed), norm="batch", norm_affine=method == "dense")
-    return build_model(name, num_classes=4, image_size=16, width=width, layers=layers)
-
-
-def toy_data(n: int = 64, seed: int = 0) -> TensorImages:
-    g = torch.Generator().manual_seed(seed)
-    return TensorImages(torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g),
-                        torch.randint(0, 4, (n,), generator=g), augment=True, seed=seed)
-
-
-def plan(method: str, checkpoint_every: int = 2, **kw) -> TrainPlan:
-    """``iterand`` is edge-popup with IteRand on (every 3 iterations); every other method runs without it."""
-    rerand = dict(method="edgepopup", rerand_every=3) if method == "iterand" else dict(method=method)
-    train = dict(**rerand, epochs=2, batch_size=16, lr=0.1, rerand_rate=0.5, eval_batch=32)
-    return TrainPlan(TrainConfig(**{**train, **kw}), checkpoint_every=checkpoint_every, log_every=1, workers=0, seed=0)
-
-
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def changed(before: dict, after: dict) -> set[str]:

@@ -14,17 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli import REPO
-
-BENCH = REPO / "benchmarks"
-
-
-def bench(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc
+from conftest import BENCH, REPO, bench
 
 
 def test_meta_step_benchmark_smoke(tmp_path):

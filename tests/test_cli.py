@@ -3,81 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import QUICK, REPO, folder_state, run, tiny
 
 from metaticket.config import load_config
-
-REPO = Path(__file__).resolve().parents[1]
-QUICK = REPO / "configs" / "omniglot" / "quickstart.yaml"
-
-
-def run(*args: str, cwd: Path, env_extra: dict[str, str] | None = None,
-        process: bool = False) -> subprocess.CompletedProcess:
-    """``run.py ARGS`` from ``cwd`` with ``env_extra`` set: in this test process (``metaticket.cli.main`` with its
-    output captured; starting Python and torch again costs seconds per call), or as a real process with
-    ``process=True`` (or METATICKET_TEST_PROCESS=1 for the whole suite)."""
-    if process or os.environ.get("METATICKET_TEST_PROCESS") == "1":
-        env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-        return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=env, text=True,
-                              capture_output=True, timeout=600)
-    return run_in_process(list(args), cwd, env_extra or {})
-
-
-def run_in_process(argv: list[str], cwd: Path, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
-    """``metaticket.cli.main(argv)`` as ``run.py`` would run it: one thread (as OMP_NUM_THREADS=1), ``cwd`` and the
-    environment set for the call, stdout/stderr captured, an exception reported as a traceback with exit code 1;
-    the test process's working folder, environment, thread count, RNG states and thread hook are restored."""
-    import contextlib
-    import io
-    import random
-    import threading
-    import traceback
-
-    import torch
-
-    from metaticket.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_cwd, saved_threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
-    saved_random, saved_hook = random.getstate(), threading.excepthook
-    code: int = 0
-    try:
-        os.environ.update(env_extra)
-        os.chdir(cwd)
-        torch.set_num_threads(1)
-        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(argv)
-            except SystemExit as e:  # argparse: usage errors and --help
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except Exception:  # noqa: BLE001 (what a real process would print before exiting with 1)
-                traceback.print_exc(file=err)
-                code = 1
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
-        torch.set_num_threads(saved_threads)
-        random.setstate(saved_random)
-        threading.excepthook = saved_hook
-    return subprocess.CompletedProcess([sys.executable, "run.py", *argv], code, out.getvalue(), err.getvalue())
-
-
-def tiny(out: Path, name: str = "t") -> list[str]:
-    return ["--set", f"run.out_dir={out}", "--set", f"run.name={name}", "--set", "meta.steps=4",
-            "--set", "meta.meta_batch=2", "--set", "eval.val_every=2", "--set", "eval.val_tasks=4",
-            "--set", "eval.test_tasks=10", "--set", "run.log_every=2", "--set", "meta.warmup_steps=1", "--quiet"]
-
-
-def folder_state(root: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime_ns) of every file and folder under ``root``: what 'nothing written' is checked against."""
-    return {p.relative_to(root).as_posix(): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*"))}
 
 
 def test_meta_train_then_meta_test(tmp_path, data_root):

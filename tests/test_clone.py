@@ -8,9 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_factored import double
-from test_meta import learner, tasks
-from test_score_grad import meta_step_grads, reference_score_grads
+from conftest import double, learner, meta_step_grads, reference_score_grads, tasks
 from torch import nn
 
 from metaticket import MAML, MetaTicket, Tasks, build_model, make_layers

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import REPO, run
+from conftest import REPO, run
 
 from metaticket.distributed import SINGLE, Collective
 from metaticket.runs.checkpoint import load_checkpoint

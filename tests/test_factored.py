@@ -6,30 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_meta import learner, tasks
+from conftest import Spy, double, learner, tasks
 from torch import nn
 
 from metaticket.meta import factored
 from metaticket.meta.learner import MetaLearner
 from metaticket.tasks import Tasks
-
-
-class Spy:
-    """Counts how many meta-batches ran the factored inner loop."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        real = factored.FactoredInner.adapt
-
-        def adapt(inner, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-            self.calls += 1
-            return real(inner, *args, **kwargs)
-
-        monkeypatch.setattr(factored.FactoredInner, "adapt", adapt)
-
-
-def double(batch: Tasks) -> Tasks:
-    return Tasks(batch.support_x.double(), batch.support_y, batch.query_x.double(), batch.query_y)
 
 
 def run(method: str, vectorize: str, batch: Tasks, steps: int, first_order: bool) -> tuple[dict, list]:
@@ -38,7 +20,7 @@ def run(method: str, vectorize: str, batch: Tasks, steps: int, first_order: bool
     if method == "metaticket_boil":
         lrn = MetaLearner(lrn.model, method=method, steps=10, vectorize=vectorize, inner_steps_test=steps)
     lrn.double()
-    losses, accs = lrn._meta_gradient(batch, steps=steps, first_order=first_order)
+    losses, accs = lrn.meta_gradient(batch, steps=steps, first_order=first_order)
     grads = {n: p.grad.clone() for n, p in lrn.model.named_parameters() if p.grad is not None}
     return grads, [losses, accs, *lrn.evaluate(batch)]
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_factored import double
-from test_meta import learner, tasks
+from conftest import double, learner, tasks
 
 from metaticket.core.supermask import supermask_layers
 from metaticket.meta.learner import MetaLearner

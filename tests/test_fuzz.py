@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import QUICK, expect_one_line, folder_state, run, tiny
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
-from test_bad_input import expect_one_line
-from test_cli import QUICK, folder_state, run, tiny
 
 from metaticket.config import ConfigError, load_config
 from metaticket.data.archive import iter_files

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import QUICK, fake_cache, omniglot_with, refused
 from PIL import Image
-from test_bad_input import QUICK, fake_cache, omniglot_with, refused
 
 from metaticket.data.archive import MEMBER_LIMIT, iter_files
 from metaticket.data.cache import cached, fingerprint

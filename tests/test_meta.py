@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import learner, tasks
 from torch import nn
 from torch.func import functional_call
 
@@ -15,25 +16,7 @@ from metaticket.meta.evaluate import summarize
 from metaticket.meta.inner import adapt
 from metaticket.meta.learner import MetaLearner
 from metaticket.models import build_model, list_models
-from metaticket.models.registry import make_layers
 from metaticket.tasks import Tasks
-
-
-def tasks(batch: int = 3, ways: int = 5, shots: int = 1, queries: int = 3, size: int = 28, seed: int = 0) -> Tasks:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(ways)
-    return Tasks(torch.rand(batch, ways * shots, 1, size, size, generator=g),
-                 labels.repeat_interleave(shots).expand(batch, -1).clone(),
-                 torch.rand(batch, ways * queries, 1, size, size, generator=g),
-                 labels.repeat_interleave(queries).expand(batch, -1).clone())
-
-
-def learner(method: str, model: str = "mlp", seed: int = 0, **kw) -> MetaLearner:
-    g = torch.Generator().manual_seed(seed)
-    layers = make_layers(supermask=method == "metaticket", generator=g, mask=kw.pop("mask", "threshold"),
-                         sparsity=kw.pop("sparsity", 0.5), init_sparsity=kw.pop("init_sparsity", 0.0))
-    net = build_model(model, num_classes=5, width=0.25, layers=layers, **({"channels": 8} if model == "conv4" else {}))
-    return MetaLearner(net, method=method, steps=10, **kw)
 
 
 def test_one_inner_step_equals_hand_written_sgd():
@@ -97,7 +80,7 @@ def test_vmap_and_loop_give_the_same_meta_gradient(method, model):
         lrn = learner(method, model=model, vectorize=mode)
         lrn.model.double()
         lrn.twin.double()
-        lrn._meta_gradient(batch, steps=2, first_order=False)  # loop: per-task backward, fused batch_norm
+        lrn.meta_gradient(batch, steps=2, first_order=False)  # loop: per-task backward, fused batch_norm
         grads[mode] = {n: p.grad.clone() for n, p in lrn.model.named_parameters() if p.grad is not None}
     assert grads["loop"].keys() == grads["vmap"].keys() and grads["loop"]
     for n in grads["loop"]:
@@ -109,7 +92,7 @@ def test_second_order_differs_from_first_order_and_fo_matches_definition():
     out = {}
     for fo in (False, True):
         lrn = learner("maml", vectorize="loop")
-        lrn._meta_gradient(batch, steps=1, first_order=fo)
+        lrn.meta_gradient(batch, steps=1, first_order=fo)
         out[fo] = {n: p.grad.clone() for n, p in lrn.model.named_parameters()}
     assert any(not torch.allclose(out[True][n], out[False][n]) for n in out[True])
     # First-order MAML: the meta-gradient is the query gradient at the adapted parameters.
@@ -219,7 +202,7 @@ def test_bfloat16_matmuls_keep_float32_state_and_a_close_meta_gradient(method, v
     for precision in ("float32", "bfloat16"):
         lrn = learner(method, vectorize=vectorize, precision=precision)
         lrn.optimizer.zero_grad(set_to_none=True)
-        lrn._meta_gradient(batch, 1, first_order=False)
+        lrn.meta_gradient(batch, 1, first_order=False)
         grads[precision] = torch.cat([p.grad.flatten() for p in lrn.parameters() if p.grad is not None])
         assert all(p.dtype == torch.float32 for p in lrn.model.parameters())
         assert all(p.grad.dtype == torch.float32 for p in lrn.parameters() if p.grad is not None)
@@ -250,7 +233,7 @@ def test_conv_models_run_channels_last_with_the_same_meta_gradient(method):
         assert convs and all(v.is_contiguous(memory_format=torch.channels_last) == channels_last for v in convs)
         assert all(p.is_contiguous() for p in lrn.model.parameters())
         lrn.optimizer.zero_grad(set_to_none=True)
-        lrn._meta_gradient(Tasks(*(t.double() if t.is_floating_point() else t for t in
+        lrn.meta_gradient(Tasks(*(t.double() if t.is_floating_point() else t for t in
                                    (batch.support_x, batch.support_y, batch.query_x, batch.query_y))), 1, False)
         grads[channels_last] = [p.grad.clone() for p in lrn.parameters() if p.grad is not None]
     assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(grads[True], grads[False]))

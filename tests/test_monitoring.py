@@ -6,19 +6,11 @@ import json
 from pathlib import Path
 
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_baselines import MEAN, STD, model_for, plan, toy_data
-from test_cli import QUICK, run, tiny
+from conftest import MEAN, QUICK, STD, events, model_for, plan, run, tiny, toy_data
 
 from metaticket.core.supermask import topk_mask
 from metaticket.runs.monitor import Monitor, mask_image
 from metaticket.runs.supervised import train_supervised
-
-
-def events(run_dir: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0})
-    acc.Reload()
-    return acc
 
 
 def jsonl_keys(run_dir: Path, split: str) -> set[str]:

@@ -55,7 +55,7 @@ def check_meta_gradient_and_training(name: str, method: str, first_order: bool) 
         with pytest.warns(ModelChanged, match="task-statistics BatchNorm"):
             learner = MetaLearner(build(name, method), method=method, vectorize=mode, first_order=first_order)
         learner.double().eval()  # eval: dropout off, so both paths compute the same function
-        learner._meta_gradient(batch, steps=1, first_order=first_order)
+        learner.meta_gradient(batch, steps=1, first_order=first_order)
         grads[mode] = {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
     assert grads["loop"] and grads["loop"].keys() == grads["vmap"].keys()
     for n, lo in grads["loop"].items():  # float64: rounding differs by < 1e-10 relative, a wrong gradient by ~1e-2

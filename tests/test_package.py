@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
-from test_cli import REPO
+from conftest import REPO
 
 
 def test_a_built_wheel_installs_into_a_fresh_venv_and_runs_the_quickstart_by_name(tmp_path, data_root):

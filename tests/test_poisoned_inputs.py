@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
+from conftest import learner, tasks
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_meta import learner, tasks
 
 from metaticket.config import ConfigError, config_from_dict, load_config, parse_yaml
 from metaticket.runs.monitor import Monitor
@@ -165,7 +165,7 @@ def test_an_archive_that_is_not_one_ends_in_one_error_line(tmp_path):
     import subprocess
     import sys
 
-    from test_cli import REPO
+    from conftest import REPO
 
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(os.urandom(5000))
     config = str(REPO / "configs/cifar10/conv6_edgepopup.yaml")
@@ -210,7 +210,7 @@ def test_a_cache_file_of_the_wrong_shape_is_rebuilt_and_a_read_only_cache_is_use
 def test_a_run_folder_in_use_is_not_resumed_by_a_second_process(tmp_path, capsys, data_root):
     import os
 
-    from test_cli import QUICK
+    from conftest import QUICK
 
     from metaticket.cli import main
     from metaticket.runs.rundir import LOCK, hold_run, release_hold
@@ -238,7 +238,7 @@ def test_a_finished_run_in_a_read_only_folder_is_tested_without_writing(tmp_path
     import json
     import os
 
-    from test_cli import QUICK
+    from conftest import QUICK
 
     from metaticket.cli import main
 
@@ -277,7 +277,7 @@ def test_a_finished_run_in_a_read_only_folder_is_tested_without_writing(tmp_path
 def test_links_planted_in_a_run_folder_are_not_written_through(tmp_path, capsys, monkeypatch, data_root):
     import os
 
-    from test_cli import QUICK
+    from conftest import QUICK
 
     from metaticket.cli import main
     from metaticket.errors import MetaticketError
@@ -414,7 +414,7 @@ def test_a_ticket_declaring_a_huge_network_is_refused_before_building_it(tmp_pat
     import resource
     import time
 
-    from test_ticket import trained_metaticket
+    from conftest import trained_metaticket
 
     from metaticket.config import config_from_dict, config_yaml, parse_yaml
     from metaticket.errors import MetaticketError

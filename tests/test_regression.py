@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_factored import Spy
+from conftest import Spy
 from torch.func import functional_call
 
 from metaticket.data.sinusoid import SinusoidSampler
@@ -108,7 +108,7 @@ def test_sinusoid_runs_from_the_command_line_and_resumes(tmp_path, capsys):
     MSE (no accuracy), the best checkpoint is the lowest validation MSE, and a resumed run continues."""
     import json
 
-    from test_cli import REPO
+    from conftest import REPO
 
     from metaticket.cli import main
 
@@ -130,7 +130,7 @@ def test_sinusoid_runs_from_the_command_line_and_resumes(tmp_path, capsys):
 
 
 def test_a_sinusoid_run_is_not_scored_on_classification_tasks(tmp_path, capsys):
-    from test_cli import REPO
+    from conftest import REPO
 
     from metaticket.cli import main
 

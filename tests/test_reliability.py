@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import REPO, run
-from test_resume import TIMING
+from conftest import REPO, TIMING, run
 
 from metaticket.config import ConfigError, load_config
 from metaticket.runs.checkpoint import load_checkpoint

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from test_cli import QUICK
+from conftest import QUICK
 
 from metaticket.cli import main
 from metaticket.config import load_config

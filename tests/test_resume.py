@@ -14,13 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import QUICK, REPO, run
+from conftest import QUICK, REPO, TIMING, run
 
 from metaticket.errors import MetaticketError
 from metaticket.runs.checkpoint import load_checkpoint, save_atomic
 from metaticket.runs.ticket import load_ticket
-
-TIMING = {"ms_per_step", "tasks_per_s", "ms_per_iter", "images_per_s"}  # wall-clock numbers differ between runs
 
 META_SETS = ["meta.steps=240", "meta.meta_batch=4", "eval.val_every=60", "eval.val_tasks=10", "eval.test_tasks=10",
              "run.log_every=15", "run.checkpoint_every=20", "meta.warmup_steps=20", "meta.rerand_every=30"]

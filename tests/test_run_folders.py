@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_bad_input import expect_one_line, refused
-from test_cli import QUICK, REPO, folder_state, run, tiny
+from conftest import QUICK, REPO, expect_one_line, folder_state, refused, run, tiny
 
 from metaticket.config import ConfigError, load_config
 from metaticket.errors import MetaticketError

@@ -7,38 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_factored import Spy, double
-from test_meta import learner, tasks
-from torch.func import functional_call
+from conftest import Spy, double, learner, meta_step_grads, reference_score_grads, tasks
 
 from metaticket.meta.learner import MetaLearner
-from metaticket.tasks import Tasks
-
-
-def reference_score_grads(lrn: MetaLearner, batch: Tasks, steps: int, first_order: bool) -> dict[str, torch.Tensor]:
-    """The Meta-ticket code's meta-gradient on the scores, computed the way that code forms it: per task, the
-    supermask model's own forward (mask recomputed from the scores in every forward, dense weights ``w`` inside),
-    SGD on w and the other non-score parameters, the mean query loss differentiated to the scores."""
-    model, lr = lrn.model, lrn.inner_lr
-    own = dict(model.named_parameters())
-    scores = {n: p for n, p in own.items() if n.endswith("scores")}
-    start = {n: p.detach() for n, p in own.items() if n not in scores}
-    total = 0.0
-    for i in range(len(batch)):
-        inner = {n: v.clone().requires_grad_() for n, v in start.items()}
-        for _ in range(steps):
-            loss = F.cross_entropy(functional_call(model, {**scores, **inner}, (batch.support_x[i],)),
-                                   batch.support_y[i])
-            grads = torch.autograd.grad(loss, list(inner.values()), create_graph=not first_order)
-            inner = {n: v - lr * g for (n, v), g in zip(inner.items(), grads)}
-        logits = functional_call(model, {**scores, **inner}, (batch.query_x[i],))
-        total = total + F.cross_entropy(logits, batch.query_y[i]) / len(batch)
-    return dict(zip(scores, torch.autograd.grad(total, list(scores.values()))))
-
-
-def meta_step_grads(lrn: MetaLearner, batch: Tasks) -> dict[str, torch.Tensor]:
-    lrn.meta_step(batch)
-    return {n: p.grad.clone() for n, p in lrn.model.named_parameters() if p.grad is not None}
 
 
 def metaticket(vectorize: str, score_grad: str, first_order: bool, steps: int, **kw) -> MetaLearner:

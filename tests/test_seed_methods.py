@@ -7,10 +7,7 @@ import math
 
 import pytest
 import torch
-from test_baselines import MEAN, STD, plan, snapshot, toy_data
-from test_benchmarks import bench
-from test_cli import REPO, run
-from test_monitoring import events
+from conftest import MEAN, REPO, STD, bench, events, plan, run, snapshot, toy_data
 
 from metaticket.baselines.methods import method_label, method_of
 from metaticket.baselines.train import trainable

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from test_cli import QUICK, REPO, run, tiny
+from conftest import QUICK, REPO, run, tiny, trained_metaticket
 
 from metaticket.config import load_config
-from metaticket.core.supermask import rerandomize, sparsity_report, supermask_layers
+from metaticket.core.supermask import sparsity_report, supermask_layers
 from metaticket.errors import MetaticketError
 from metaticket.runs.factory import build_classifier, build_learner
 from metaticket.runs.ticket import export_ticket, load_ticket, pack_bits, same_outputs, ticket_info, unpack_bits
@@ -23,19 +23,6 @@ def test_bit_packing_round_trip(n):
     assert torch.equal(unpack_bits(packed, n), bits)
 
 
-def trained_metaticket(seed: int = 0):
-    """A Meta-ticket MLP whose scores moved (some weights pruned), re-randomized twice in between, so that some
-    kept weights are no longer the seed's draw; its head bias also moved (a learned dense tensor)."""
-    config = load_config(QUICK, [f"run.seed={seed}"])
-    model = build_learner(config).model
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _round in range(2):
-            for _, layer in supermask_layers(model):
-                layer.scores.add_(0.05 * torch.randn(layer.scores.shape, generator=g))
-            rerandomize(model, 0.5, g)
-        model.head.bias.add_(0.1)
-    return config, model
 
 
 def example(n: int = 32, channels: int = 1, size: int = 28) -> torch.Tensor:

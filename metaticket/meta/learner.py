@@ -359,6 +359,16 @@ class MetaLearner(nn.Module):
             torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
         return torch.stack(losses), torch.stack(accs)
 
+    def meta_gradient(self, tasks: Tasks, steps: int | None = None,
+                      first_order: bool | None = None) -> tuple[Tensor, Tensor]:
+        """The meta-gradient of the mean query loss of ``tasks``, accumulated into the outer parameters' ``.grad``
+        (nothing is updated: :meth:`meta_step` is this plus the optimizer step). ``steps`` and ``first_order``
+        default to the training ones. Returns the per-task query losses and metrics, [B] each, detached."""
+        self._check(tasks, values=False)
+        self.train()
+        return self._meta_gradient(tasks, self.inner_steps if steps is None else steps,
+                                   self.first_order if first_order is None else first_order)
+
     def _check(self, tasks: Tasks, values: bool) -> None:
         """Refuse a batch (or settings) the step would silently make meaningless, before anything changes: the
         shapes and the inner-loop settings always; with ``values`` also label ranges and non-finite inputs (reading
