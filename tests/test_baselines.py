@@ -145,8 +145,11 @@ def test_resume_logs_what_an_uninterrupted_run_logs(method, tmp_path):
                       on_validate=lambda i, v: seen.append(("test", i)),
                       on_checkpoint=lambda i, path: seen.append(("checkpoint", i)),
                       on_end=lambda summary: seen.append(("end", summary["iterations"])))
+    logs: list[int] = []  # a second set of callbacks: both are called, in list order
     a = train_supervised(model_for(method), toy_data(), toy_data(32, 1), MEAN, STD, p, tmp_path / "a",
-                         Monitor(tmp_path / "a", quiet=True, tensorboard=False), cpu, callbacks=calls)
+                         Monitor(tmp_path / "a", quiet=True, tensorboard=False), cpu,
+                         callbacks=[calls, Callbacks(on_log=lambda i, v: logs.append(i))])
+    assert logs == [3, 6, 9, 12]
     assert [s for s in seen if s[0] == "step"] == [("step", i) for i in range(1, 13)]
     assert [s for s in seen if s[0] != "step"] == [("log", 3), ("test", 4), ("checkpoint", 4), ("log", 6),
                                                    ("test", 8), ("checkpoint", 8), ("log", 9), ("log", 12),

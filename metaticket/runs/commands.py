@@ -201,7 +201,7 @@ def _finish(loop: Callable[[], dict], run_dir: Path, monitor: Monitor, say: bool
     return summary
 
 
-def meta_train(config: Config, ctx: Context, resume: bool = False, callbacks: Callbacks | None = None) -> dict:
+def meta_train(config: Config, ctx: Context, resume: bool = False, callbacks: Callbacks | Sequence[Callbacks] | None = None) -> dict:
     """Meta-train ``config`` (run.task: meta) into a new folder ``run.out_dir/run.name`` (``-1``, ``-2``, ... when
     that one holds a run), or continue that folder's last checkpoint with ``resume``. Returns the training summary
     (steps, ms per step, best validation accuracy and step) with ``run_dir``, the folder it wrote. ``callbacks``
@@ -231,7 +231,7 @@ def _prepare(config: Config, run_dir: Path, ctx: Context, resume: bool) -> tuple
 
 
 def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool,
-                  callbacks: Callbacks | None = None) -> dict:
+                  callbacks: Callbacks | Sequence[Callbacks] | None = None) -> dict:
     """Meta-train ``config`` into the given ``run_dir`` (claimed already, or continued with ``resume``).
 
     In a distributed run every process calls this; only rank 0 validates and writes.

@@ -10,7 +10,7 @@ between log lines), log, run the kind's ``after_log`` (e.g. an epoch's IteRand),
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,19 +91,30 @@ class Window:
 
 class Loop:
     """Runs ``total`` steps from ``start`` (the steps a resumed run has done). ``unit`` names a step in messages
-    ("step", "iteration"); ``not_finite(loss, when)`` words the error when a step output is not finite."""
+    ("step", "iteration"); ``not_finite(loss, when)`` words the error when a step output is not finite;
+    ``callbacks`` is one :class:`Callbacks` or a list of them (each hook called in list order)."""
 
     def __init__(self, *, total: int, start: int, unit: str, monitor: Monitor, title: str, main: bool = True,
-                 callbacks: Callbacks | None = None, not_finite: Callable[[float, str], str]) -> None:
+                 callbacks: Callbacks | Sequence[Callbacks] | None = None,
+                 not_finite: Callable[[float, str], str]) -> None:
         self.total, self.step, self.unit = total, start, unit
         self.monitor, self.title, self.main = monitor, title, main
-        self.callbacks = callbacks or Callbacks()
+        self.callbacks = [callbacks] if isinstance(callbacks, Callbacks) else list(callbacks or [])
         self.not_finite = not_finite
         self.window = Window()
         self.busy, self.timed = 0.0, 0  # seconds in timed steps (not the first one: warm-up), and their number
         self._first_pending = start + 1
 
     # ------------------------------------------------------------------------------------------- pieces
+    def call(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` of every callback that has it, in order, on the main process only."""
+        if not self.main:
+            return
+        for callbacks in self.callbacks:
+            fn = getattr(callbacks, hook)
+            if fn is not None:
+                fn(*args)
+
     def read(self) -> None:
         """Read the pending step outputs (waiting for the device: on a GPU the queued steps finish here, and that
         time counts as step time). A non-finite output stops the run before anything of these steps is saved."""
@@ -125,8 +136,7 @@ class Loop:
         if not self.main:
             return
         save_atomic({**state, "window": self.window.state_dict()}, path)
-        if self.callbacks.on_checkpoint is not None:
-            self.callbacks.on_checkpoint(self.step, path)
+        self.call("on_checkpoint", self.step, path)
 
     def resume(self, state: dict[str, Any]) -> None:
         """Restore the log window a checkpoint kept (checkpoints written before it was kept start an empty one)."""
@@ -142,7 +152,6 @@ class Loop:
         turns the window into the log line's values and the progress bar's postfix; ``evaluate(step)`` returns
         the scores it logged, ``after_evaluate(step, scores)`` acts on them after ``on_validate`` (e.g. keeps the
         best checkpoint); ``checkpoint(step)`` writes (through :meth:`save`)."""
-        calls = self.callbacks
         bar = self.monitor.progress(self.total, self.title, initial=self.step)
         source = iter(batches)
         try:
@@ -158,24 +167,21 @@ class Loop:
                 self.window.add(outputs)
                 self.window.n += 1
                 bar.update(1)
-                if self.main and calls.on_step is not None:
-                    calls.on_step(self.step, outputs)
+                self.call("on_step", self.step, outputs)
                 what = due(self.step)
                 if what.log or what.evaluate or what.checkpoint:
                     self.read()
                 if what.log:
                     values, postfix = log(self.window)
                     self.monitor.log(self.step, "train", values)
-                    if self.main and calls.on_log is not None:
-                        calls.on_log(self.step, values)
+                    self.call("on_log", self.step, values)
                     bar.set_postfix(**postfix)
                     self.window.reset()
                 if after_log is not None:
                     after_log(self.step)
                 if what.evaluate:
                     values = evaluate(self.step)
-                    if self.main and calls.on_validate is not None:
-                        calls.on_validate(self.step, values)
+                    self.call("on_validate", self.step, values)
                     if after_evaluate is not None:
                         after_evaluate(self.step, values)
                 if what.checkpoint:
@@ -187,6 +193,5 @@ class Loop:
 
     def end(self, summary: dict) -> dict:
         """The run is over: ``on_end(summary)``; returns ``summary``."""
-        if self.main and self.callbacks.on_end is not None:
-            self.callbacks.on_end(summary)
+        self.call("on_end", summary)
         return summary

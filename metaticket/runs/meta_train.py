@@ -3,6 +3,7 @@ tasks, the best and last checkpoints, resume."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def validate(learner: MetaLearner, sampler: EpisodeSampler, plan: MetaPlan, devi
 
 def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler, plan: MetaPlan, run_dir: Path,
                monitor: Monitor, device: torch.device, resume: bool = False, main: bool = True,
-               callbacks: Callbacks | None = None) -> dict:
+               callbacks: Callbacks | Sequence[Callbacks] | None = None) -> dict:
     """Train until ``plan.meta.steps``; keeps ``checkpoints/last.pt`` and the best-validation ``checkpoints/best.pt``.
 
     ``main=False`` (the other processes of a distributed run): the same steps, but no validation and no files.
