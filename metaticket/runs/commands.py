@@ -28,12 +28,14 @@ import torch
 
 from metaticket.baselines.methods import method_label, method_of
 from metaticket.baselines.train import TrainPlan, evaluate_classifier, param_counts
-from metaticket.runs.checkpoint import check_checkpoint, load_checkpoint, read_json, write_text_atomic
 from metaticket.config import Config, load_config
+from metaticket.core.supermask import sparsity_report
 from metaticket.data import EpisodeSampler, episode_samplers, get_dataset, list_datasets
 from metaticket.data.classification import Classification, classification_data
 from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import READ_ONLY_ERRNOS, MetaticketError
+from metaticket.meta.evaluate import evaluate as evaluate_tasks
+from metaticket.runs.checkpoint import check_checkpoint, load_checkpoint, read_json, write_text_atomic
 from metaticket.runs.factory import (
     build_classifier,
     build_learner,
@@ -45,12 +47,10 @@ from metaticket.runs.factory import (
     slot_run_config,
 )
 from metaticket.runs.loop import Callbacks
-from metaticket.meta.evaluate import evaluate as evaluate_tasks
 from metaticket.runs.meta_train import MetaPlan
 from metaticket.runs.meta_train import meta_train as meta_train_loop
 from metaticket.runs.monitor import Monitor
 from metaticket.runs.rundir import check_resumable, create_run_dir, run_in_claimed_dir, saved_config
-from metaticket.core.supermask import sparsity_report
 from metaticket.runs.supervised import train_supervised
 from metaticket.runs.sweep import grid_table, plot_grid, seed_table
 
@@ -201,7 +201,8 @@ def _finish(loop: Callable[[], dict], run_dir: Path, monitor: Monitor, say: bool
     return summary
 
 
-def meta_train(config: Config, ctx: Context, resume: bool = False, callbacks: Callbacks | Sequence[Callbacks] | None = None) -> dict:
+def meta_train(config: Config, ctx: Context, resume: bool = False,
+               callbacks: Callbacks | Sequence[Callbacks] | None = None) -> dict:
     """Meta-train ``config`` (run.task: meta) into a new folder ``run.out_dir/run.name`` (``-1``, ``-2``, ... when
     that one holds a run), or continue that folder's last checkpoint with ``resume``. Returns the training summary
     (steps, ms per step, best validation accuracy and step) with ``run_dir``, the folder it wrote. ``callbacks``

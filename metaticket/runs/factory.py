@@ -14,17 +14,17 @@ import torch
 from torch import nn
 
 from metaticket.baselines.methods import method_of
-from metaticket.runs.checkpoint import load_checkpoint
 from metaticket.config import Config, ConfigError, load_run_config
+from metaticket.core.randommask import apply_random_masks
+from metaticket.core.slots import freeze_slots
+from metaticket.core.supermask import scale_fan_in
 from metaticket.data import get_dataset
 from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import MetaticketError
 from metaticket.meta.learner import METHODS, MetaLearner, outer_defaults
 from metaticket.models import build_model, list_models
 from metaticket.models.registry import Layers, make_layers, model_arguments
-from metaticket.core.randommask import apply_random_masks
-from metaticket.core.slots import freeze_slots
-from metaticket.core.supermask import scale_fan_in
+from metaticket.runs.checkpoint import load_checkpoint
 
 
 def image_size(config: Config) -> int:

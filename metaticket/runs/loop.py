@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaticket.runs.checkpoint import save_atomic
 from metaticket.errors import MetaticketError
+from metaticket.runs.checkpoint import save_atomic
 from metaticket.runs.monitor import Monitor
 
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import torch
 
-from metaticket.runs.checkpoint import load_checkpoint, restoring, rng_state, set_rng_state
 from metaticket.config import Config, EvalConfig, MetaConfig
+from metaticket.core.supermask import sparsity_report
 from metaticket.data.episodes import EpisodeSampler
-from metaticket.runs.loop import Callbacks, Due, Loop, Window
 from metaticket.meta.evaluate import Score, evaluate
 from metaticket.meta.learner import MetaLearner
+from metaticket.runs.checkpoint import load_checkpoint, restoring, rng_state, set_rng_state
+from metaticket.runs.loop import Callbacks, Due, Loop, Window
 from metaticket.runs.monitor import Monitor, log_masks
 from metaticket.runs.rundir import last_checkpoint
-from metaticket.core.supermask import sparsity_report
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from metaticket.runs.checkpoint import open_append
 from metaticket.core.supermask import supermask_layers
+from metaticket.runs.checkpoint import open_append
 
 MAX_IMAGE_SIDE = 512  # mask images larger than this a side are shrunk (block averages), not cropped
 

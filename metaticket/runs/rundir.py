@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from metaticket.runs.checkpoint import check_checkpoint, load_checkpoint, open_append, write_text_atomic
 from metaticket.config import Config, config_yaml, load_run_config
 from metaticket.distributed import Collective
 from metaticket.errors import MetaticketError
+from metaticket.runs.checkpoint import check_checkpoint, load_checkpoint, open_append, write_text_atomic
 
 
 def last_checkpoint(run_dir: Path) -> Path:

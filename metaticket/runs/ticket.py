@@ -34,13 +34,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metaticket.runs.checkpoint import load_checkpoint, save_atomic
 from metaticket.config import Config, ConfigError, config_from_dict, config_yaml, parse_yaml
-from metaticket.errors import MetaticketError
-from metaticket.runs.factory import build_network
 from metaticket.core.norm import TaskBatchNorm1d
 from metaticket.core.slots import freeze_slots, index_bits, slot_layers
 from metaticket.core.supermask import dense_like, supermask_layers
+from metaticket.errors import MetaticketError
+from metaticket.runs.checkpoint import load_checkpoint, save_atomic
+from metaticket.runs.factory import build_network
 
 FORMAT = "metaticket-ticket"
 VERSION = 1  # slot layers added "slot_layers"/"slot_numel"/"slot_bits"; files without them read as before
