@@ -106,6 +106,7 @@ def test_tensorboard_shows_the_hparams_and_the_meta_test_result(tmp_path, data_r
     params, metrics = hparams_of_run(run_dir)
     assert params["meta.method"] == "metaticket" and params["data.split"] == "vinyals"
     assert isinstance(params["meta.inner_lr"], float) and params["run.seed"] == 0
+    assert "data.root" not in params and params["model.dense_head"] in ("true", "false")  # bools as text
     assert metrics == ["val/best_acc", "val/acc", "test/acc", "test/ci95"]
     scalars = set(events(run_dir).Tags()["scalars"])
     assert {"val/best_acc", "test/acc", "test/ci95"} <= scalars  # the meta-test's score is in TensorBoard too
@@ -120,6 +121,7 @@ def test_hparams_of_a_supervised_config_are_its_train_section(tmp_path):
     config = load_config(Path(QUICK).parents[1] / "cifar10" / "conv6_iterand.yaml", ["run.seed=3"])
     params = hparams_of(config)
     assert params["train.method"] == config.train.method and params["run.seed"] == 3
+    assert list(params)[:4] == ["train.method", "model.name", "model.width", "run.seed"]  # TensorBoard's first
     assert not any(k.startswith("meta.") for k in params) and "model.name" in params
     monitor = Monitor(tmp_path, quiet=True)
     monitor.hparams({**params, "a.list": [1, 2]}, ["test/top1"])

@@ -400,16 +400,29 @@ def meta_test(run_dir: Path, ctx: Context, tasks: int | None = None, checkpoint:
     return result
 
 
+# what tells the runs of a sweep apart, first: TensorBoard's HParams table shows the first few columns by default
+HPARAMS_FIRST = ("meta.method", "train.method", "model.name", "model.width", "run.seed", "data.dataset", "data.ways",
+                 "data.shots", "data.split", "meta.score_grad", "meta.inner_lr", "meta.outer_lr", "train.lr",
+                 "meta.steps", "train.epochs", "model.sparsity")
+HPARAMS_LEFT_OUT = ("data.root", "data.download", "data.workers")  # where and how data is read, not the science
+
+
 def hparams_of(config: Config) -> dict[str, object]:
-    """A run's hyper-parameters for TensorBoard's HParams view: every number, string and bool of the config's
-    data, model and meta (meta-training) or train (supervised) sections as ``section.key``, and the seed."""
+    """A run's hyper-parameters for TensorBoard's HParams view: every number, string and bool (as text) of the
+    config's data, model and meta (meta-training) or train (supervised) sections as ``section.key``, and the seed;
+    the ones in :data:`HPARAMS_FIRST` first."""
     sections = ("data", "model", "meta" if config.run.task == "meta" else "train")
-    out: dict[str, object] = {"run.seed": config.run.seed}
+    found: dict[str, object] = {"run.seed": config.run.seed}
     for name in sections:
         for k, v in dataclasses.asdict(getattr(config, name)).items():
-            if isinstance(v, (bool, int, float, str)):
-                out[f"{name}.{k}"] = v
-    return out
+            if f"{name}.{k}" in HPARAMS_LEFT_OUT:
+                continue
+            if isinstance(v, bool):  # TensorBoard shows a bool hparam as 1.0000 / 0.0000
+                found[f"{name}.{k}"] = str(v).lower()
+            elif isinstance(v, (int, float, str)):
+                found[f"{name}.{k}"] = v
+    first = {k: found[k] for k in HPARAMS_FIRST if k in found}
+    return first | {k: v for k, v in found.items() if k not in first}
 
 
 def scoring_monitor(run_dir: Path, quiet: bool) -> Monitor:
