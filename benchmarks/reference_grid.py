@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from paper_protocol import cpu  # noqa: E402
 
-from metaticket.config import load_config, load_run_config  # noqa: E402
+from metaticket.config import ConfigError, load_config, load_run_config  # noqa: E402
+from metaticket.errors import MetaticketError  # noqa: E402
 from metaticket.runs import commands as runs  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -145,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         return table(Path(args.record), Path(args.out))
     if not args.config:
         p.error("train needs a config")
-    line = train_one(args.config, args.tag, args.seed, args.steps, args.meta_batch, args.threads, args.set,
-                     Path(args.runs), Path(args.record) if args.record else None)
+    try:
+        line = train_one(args.config, args.tag, args.seed, args.steps, args.meta_batch, args.threads, args.set,
+                         Path(args.runs), Path(args.record) if args.record else None)
+    except (ConfigError, MetaticketError) as e:  # e.g. a run whose loss became NaN: one line, no traceback
+        sys.exit(f"error: {e}")
     print(json.dumps(line), flush=True)
     return 0
 

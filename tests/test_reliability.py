@@ -228,3 +228,14 @@ def test_floats_in_scientific_notation_and_non_finite_values(tmp_path):
         with pytest.raises(ConfigError, match="finite"):
             load_config(QUICK, [bad])
     assert math.isclose(load_config(QUICK, ["model.sparsity=5e-1"]).model.sparsity, 0.5)
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_does_not_name_one(tmp_path, data_root):
+    """A loss that blows up before any checkpoint exists: the one-line error says so instead of naming a last.pt
+    that is not there (it did, in the sinusoid width-4 runs of issue 33)."""
+    r = start("meta-train", tmp_path / "x", "meta.method=maml", "meta.rerand_every=0", "meta.optimizer=sgd",
+              "meta.outer_lr=1e30", "run.checkpoint_every=100000")
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1, err[-1500:]
+    assert "no checkpoint was written before it" in err and "last.pt" not in err
+    assert not (tmp_path / "x" / "r" / "checkpoints" / "last.pt").exists()

@@ -23,6 +23,12 @@ from metaticket.runs.checkpoint import save_atomic
 from metaticket.runs.monitor import Monitor
 
 
+def last_good(path: Path) -> str:
+    """How a non-finite-loss error names what is left: the checkpoint at ``path``, or that there is none yet."""
+    return f"the last good checkpoint is {path}" if path.is_file() else \
+        "no checkpoint was written before it (the run diverged at once)"
+
+
 @dataclass(frozen=True)
 class Callbacks:
     """Functions the training loop calls on the main process (rank 0), for code that drives a run from Python.

@@ -15,7 +15,7 @@ from metaticket.data.episodes import EpisodeSampler
 from metaticket.meta.evaluate import Score, evaluate
 from metaticket.meta.learner import MetaLearner
 from metaticket.runs.checkpoint import load_checkpoint, restoring, rng_state, set_rng_state
-from metaticket.runs.loop import Callbacks, Due, Loop, Window
+from metaticket.runs.loop import Callbacks, Due, Loop, Window, last_good
 from metaticket.runs.monitor import Monitor, log_masks
 from metaticket.runs.rundir import last_checkpoint
 
@@ -65,8 +65,8 @@ def meta_train(learner: MetaLearner, train: EpisodeSampler, val: EpisodeSampler,
         monitor.print(f"resumed {run_dir} at step {learner.step}")
     loop = Loop(total=plan.meta.steps, start=learner.step, unit="step", monitor=monitor,
                 title=f"meta-train {learner.method}", main=main, callbacks=callbacks,
-                not_finite=lambda loss, when: f"the meta-loss became {loss} {when}; the last good checkpoint is "
-                                              f"{ckpt_dir / 'last.pt'}; lower meta.outer_lr or meta.inner_lr")
+                not_finite=lambda loss, when: f"the meta-loss became {loss} {when}; {last_good(ckpt_dir / 'last.pt')}; "
+                                              f"lower meta.outer_lr or meta.inner_lr")
     if state is not None:
         loop.resume(state)
 

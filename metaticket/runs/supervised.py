@@ -24,7 +24,7 @@ from metaticket.baselines.train import (
 from metaticket.core.supermask import sparsity_report
 from metaticket.distributed import SINGLE, Collective
 from metaticket.runs.checkpoint import load_checkpoint, restoring, rng_state, set_rng_state
-from metaticket.runs.loop import Callbacks, Due, Loop, Window
+from metaticket.runs.loop import Callbacks, Due, Loop, Window, last_good
 from metaticket.runs.monitor import Monitor, log_masks
 from metaticket.runs.rundir import last_checkpoint
 
@@ -59,8 +59,8 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
             it, history = int(state["iteration"]), list(state["history"])
         monitor.print(f"resumed {run_dir} at iteration {it} (epoch {it // per_epoch})")
     loop = Loop(total=total, start=it, unit="iteration", monitor=monitor, title=f"train {t.method}", main=main,
-                callbacks=callbacks, not_finite=lambda loss, when: f"the training loss became {loss} {when}; the last "
-                                                                   f"good checkpoint is {ckpt}; lower train.lr")
+                callbacks=callbacks, not_finite=lambda loss, when: f"the training loss became {loss} {when}; "
+                                                                   f"{last_good(ckpt)}; lower train.lr")
     if state is not None:
         loop.resume(state)
     final: dict = {}
