@@ -263,7 +263,7 @@ def _shape(r: dict) -> tuple:
     return r["model"], r["order"], r.get("meta_batch"), r.get("queries", QUERIES)
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], native_bf16: bool = True) -> str:
     lines = ["| model | order | meta-batch | queries | implementation | ms / meta-step (median) | peak RSS MB (before "
              "first step) | vs learn2learn | vs ours float32 | GFLOP/s of its own FLOPs (% of fp32 / bf16 peak) | "
              "dense-equivalent GFLOP/s |",
@@ -286,8 +286,9 @@ def table(rows: list[dict]) -> str:
                       ("-copies" if r["impl"].endswith("-copies") else "")), None)
         gain = f"{gain + ', ' if gain else ''}{r['median_ms'] / start['median_ms']:.2f}x the cost of start" \
             if start else gain
-        rate = f"{r['gflops']:.1f} ({100 * r['fraction_fp32_peak']:.0f}% / {100 * r['fraction_bf16_peak']:.0f}%)" \
-            if "gflops" in r else ""
+        # a bf16 fraction only where the CPU has native bf16 (AVX512-BF16 or AMX): emulated, it is 100x above 100%
+        bf16 = f" / {100 * r['fraction_bf16_peak']:.0f}%" if native_bf16 and "gflops" in r else " / -"
+        rate = f"{r['gflops']:.1f} ({100 * r['fraction_fp32_peak']:.0f}%{bf16})" if "gflops" in r else ""
         dense = f"{r['dense_equivalent_gflops']:.1f}" if "dense_equivalent_gflops" in r else ""
         lines.append(f"{head} | {r['median_ms']:.0f} | {r['peak_rss_mb']:.0f} ({r['rss_before_mb']:.0f}) | {ratio} | "
                      f"{gain} | {rate} | {dense} |")
@@ -363,8 +364,10 @@ def main() -> None:
     (results / f"{args.name}.json").write_text(json.dumps(out, indent=2))
     machine = cpu()
     flags = ", ".join(machine["flags"]) or "no AVX2"
-    md = table(rows) + (f"\nmatmul peaks (up to 2048 x 2048 x 2048, {torch.get_num_threads()} threads) on "
-                        f"{machine['model']} ({flags}): fp32 {peak['fp32']:.1f}, bf16 {peak['bf16']:.1f} GFLOP/s\n")
+    native = bool({"avx512_bf16", "amx_bf16"} & set(machine["flags"]))
+    md = table(rows, native_bf16=native) + (f"\nmatmul peaks (up to 2048 x 2048 x 2048, {torch.get_num_threads()} "
+                                            f"threads) on {machine['model']} ({flags}): fp32 {peak['fp32']:.1f}, "
+                                            f"bf16 {peak['bf16']:.1f} GFLOP/s\n")
     (results / f"{args.name}.md").write_text(md)
     try:
         plot(rows, results / f"{args.name}.png")
