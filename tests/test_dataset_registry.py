@@ -126,10 +126,16 @@ def test_a_grayscale_supervised_dataset_trains_with_its_own_channel_count(tmp_pa
         importlib.import_module("toy1_dataset")
         args = ["train", "configs/cifar10/conv6_edgepopup.yaml", "--set", "data.dataset=toy1", "--set",
                 f"run.out_dir={tmp_path / 'runs'}", "--set", "run.threads=1", "--quiet", "--set", "train.epochs=1",
-                "--set", "train.batch_size=16", "--set", "model.name=conv4", "--set", "data.image_size=16"]
+                "--set", "train.batch_size=16", "--set", "model.name=conv4", "--set", "data.image_size=16",
+                "--set", "run.name=gray"]
         assert main(args) == 0, capsys.readouterr().err
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["dataset"] == "toy1" and result["images"] == 64
+        # its ticket is checked on 1-channel examples too (the export compared outputs on 3-channel ones)
+        ticket = tmp_path / "gray.ticket"
+        assert main(["export", str(tmp_path / "runs" / "gray"), "-o", str(ticket)]) == 0, \
+            capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["identical_outputs"] is True
     finally:
         DATASETS.clear()
         DATASETS.update(before)

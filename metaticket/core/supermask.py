@@ -98,9 +98,7 @@ def sample_init(shape: torch.Size, init: str, generator: torch.Generator | None 
     if init == "kaiming_uniform":
         bound = math.sqrt(3.0) * std
         return (torch.rand(shape, generator=generator, device=device) * 2 - 1) * bound
-    if init == "signed_constant":
-        return _portable_randn(shape, generator, device).sign() * std
-    raise ValueError(f"unknown weight init {init!r}; known: {', '.join(WEIGHT_INITS)}")
+    return _portable_randn(shape, generator, device).sign() * std  # signed_constant
 
 
 # ----------------------------------------------------------------------------------------------- layers

@@ -120,7 +120,7 @@ def check_memory(config: Config, dataset: str | None = None, memory: int | None 
     side = image_size(config)
     meta = config.run.task == "meta"
     spec = get_dataset(name)
-    pixels = (spec.channels if meta else 3) * side * side
+    pixels = spec.channels * side * side
     if meta:
         batch = max(config.meta.meta_batch, config.eval.batch) * d.ways * (d.shots + d.queries)
         what = "meta.meta_batch or eval.batch tasks x data.ways x (shots + queries)"
@@ -484,7 +484,7 @@ def export(run_dir: Path, output: Path | None = None, checkpoint: str | None = N
     step = state["learner"]["step"] if meta else state["iteration"]
     report = export_ticket(model, config, out, num_classes=num_classes,
                            info={"run": str(run_dir), "checkpoint": which, "step": int(step)})
-    channels = get_dataset(config.data.dataset).channels if meta else 3
+    channels = get_dataset(config.data.dataset).channels
     size = image_size(config)
     example = torch.randn(16, channels, size, size, generator=torch.Generator().manual_seed(0))
     diff = same_outputs(model, load_ticket(out), example)
