@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from metaticket.config import load_config, load_run_config  # noqa: E402
+from metaticket.hardware import cpu_info  # noqa: E402
 from metaticket.runs import commands as runs  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -51,14 +51,7 @@ def run_dir(out: Path, arch: str, method: str, seed: int, steps: int, tag: str =
 
 def cpu() -> dict:
     """The CPU a run ran on: model name and the vector extensions that change float speed and rounding."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"model": platform.processor() or platform.machine(), "flags": []}
-    field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()[:40])}
-    flags = field.get("flags", "").split()
-    return {"model": field.get("model name", platform.machine()),
-            "flags": sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))}
+    return cpu_info()
 
 
 def protocol_line(folder: Path, line: dict, arch: str, method: str, tag: str, seed: int, minutes: float) -> dict:

@@ -13,8 +13,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "metaticket"
 
 # lower number = lower layer; a module may import its own package and any lower layer
-LAYERS = {"config": 0, "errors": 0, "tasks": 0, "core": 1, "distributed": 1, "models": 2, "data": 2, "meta": 3,
-          "baselines": 3, "runs": 4, "cli": 5, "__init__": 5, "__main__": 6}
+LAYERS = {"config": 0, "errors": 0, "tasks": 0, "hardware": 0, "core": 1, "distributed": 1, "models": 2, "data": 2,
+          "meta": 3, "baselines": 3, "runs": 4, "cli": 5, "__init__": 5, "__main__": 6}
 FORBIDDEN = {("meta", "data"), ("meta", "models"), ("baselines", "meta"), ("meta", "baselines")}
 
 
