@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaticket.core.conv import Conv2d
 from metaticket.core.supermask import SUPERMASK_LAYERS, replace_module, same_geometry
 
 Ratios = Literal["uniform", "er", "erk", "balanced", "pyramidal"]
@@ -114,7 +115,7 @@ class MaskedLinear(nn.Linear):
         return F.linear(x, self.weight * self.fixed_mask, self.bias)
 
 
-class MaskedConv2d(nn.Conv2d):
+class MaskedConv2d(Conv2d):
     """2-D convolution with weight ``weight * fixed_mask`` (fixed 0/1 mask, trainable weights); x: [N, C, H, W]."""
 
     def __init__(self, *args, **kwargs) -> None:

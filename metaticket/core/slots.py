@@ -22,7 +22,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
+from metaticket.core.conv import conv2d
 from metaticket.core.supermask import fan_in, replace_module, same_geometry, sample_init
 
 SlotSelect = Literal["greedy", "sampled"]
@@ -119,7 +121,7 @@ class SlotConv2d(SlotMixin):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.selected_weight(), self.bias, stride=self.stride, padding=self.padding)
+        return conv2d(x, self.selected_weight(), self.bias, _pair(self.stride), _pair(self.padding))
 
     def _shape_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaticket.core.conv import Conv2d
+
 MaskRule = Literal["topk", "threshold"]
 WeightInit = Literal["kaiming_normal", "kaiming_uniform", "signed_constant"]
 MASK_RULES: tuple[str, ...] = ("topk", "threshold")
@@ -186,14 +188,14 @@ class SupermaskLinear(SupermaskMixin, nn.Linear):
         return F.linear(x, self.masked_weight(), self.bias)
 
 
-class SupermaskConv2d(SupermaskMixin, nn.Conv2d):
+class SupermaskConv2d(SupermaskMixin, Conv2d):
     """2-D convolution with weight ``weight * mask(scores)``; x: [N, C_in, H, W]."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int = 1, padding: int = 0, bias: bool = False, *, mask: str = "topk",
                  sparsity: float = 0.5, init: str = "kaiming_normal", init_sparsity: float = 0.0,
                  generator: torch.Generator | None = None, **conv_kwargs) -> None:
-        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+        Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                            bias=bias, **conv_kwargs)
         if bias:
             nn.init.zeros_(self.bias)
@@ -325,7 +327,7 @@ def convert(module: nn.Module, *, mask: str = "topk", sparsity: float = 0.5, ini
 
 
 def same_geometry(layer: nn.Module, linear: Callable[..., nn.Module] = nn.Linear,
-                  conv: Callable[..., nn.Module] = nn.Conv2d, **extra: Any) -> nn.Module:
+                  conv: Callable[..., nn.Module] = Conv2d, **extra: Any) -> nn.Module:
     """A new ``linear`` (for a layer with ``in_features``) or ``conv`` layer of ``layer``'s geometry: features or
     channels, kernel, stride, padding, dilation, groups and whether it has a bias; ``extra`` goes to the new class.
     Its values are the new class's own (copy them yourself)."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from metaticket.core.conv import Conv2d
 from metaticket.core.norm import TaskBatchNorm1d, TaskBatchNorm2d
 from metaticket.core.slots import SlotConv2d, SlotLinear
 from metaticket.core.supermask import SupermaskConv2d, SupermaskLinear, sample_init
@@ -23,7 +24,7 @@ def _plain_linear(in_features: int, out_features: int, bias: bool = True) -> nn.
 
 def _plain_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
                 bias: bool = False) -> nn.Module:
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+    return Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
 
 
 class FeaturesHead(nn.Module):
@@ -130,7 +131,7 @@ def make_layers(*, supermask: bool, mask: str = "threshold", sparsity: float = 0
         return _drawn(nn.Linear(i, o, bias=bias), init, generator)
 
     def dense_conv(i: int, o: int, k: int, stride: int = 1, padding: int = 0, bias: bool = False) -> nn.Module:
-        return _drawn(nn.Conv2d(i, o, k, stride=stride, padding=padding, bias=bias), init, generator)
+        return _drawn(Conv2d(i, o, k, stride=stride, padding=padding, bias=bias), init, generator)
 
     if slots:
         slot_opts = dict(slots=slots, select=slot_select, init=init, generator=generator)

@@ -4,7 +4,6 @@ every epoch end and every ``checkpoint_every`` iterations, exact resume (log win
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
@@ -22,29 +21,12 @@ from metaticket.baselines.train import (
     normalize,
     param_counts,
 )
-from metaticket.core.randommask import MaskedConv2d
-from metaticket.core.slots import SlotConv2d
-from metaticket.core.supermask import SupermaskConv2d, sparsity_report
+from metaticket.core.supermask import sparsity_report
 from metaticket.distributed import SINGLE, Collective
-from metaticket.hardware import channels_last_unsafe
 from metaticket.runs.checkpoint import load_checkpoint, restoring, rng_state, set_rng_state
 from metaticket.runs.loop import Callbacks, Due, Loop, Window, last_good
 from metaticket.runs.monitor import Monitor, log_masks
 from metaticket.runs.rundir import last_checkpoint
-
-# convolutions whose weight is computed in every forward (a mask or a slot choice times frozen values)
-COMPUTED_WEIGHT_CONVS = (SupermaskConv2d, SlotConv2d, MaskedConv2d)
-
-
-def memory_order(plan: TrainPlan, model: nn.Module, device: torch.device, monitor: Monitor) -> TrainPlan:
-    """``plan`` with channels-last turned off where it is known to break: computed-weight convolutions on a CPU
-    that :func:`~metaticket.hardware.channels_last_unsafe` names (heap corruption on AMX, issue 35); a note says so."""
-    if not (plan.train.channels_last and device.type == "cpu" and channels_last_unsafe()
-            and any(isinstance(m, COMPUTED_WEIGHT_CONVS) for m in model.modules())):
-        return plan
-    monitor.print("note: train.channels_last is off for this run: supermask convolutions in channels-last order "
-                  "corrupted the heap on AMX CPUs like this one (contiguous order gives the same results)")
-    return dataclasses.replace(plan, train=dataclasses.replace(plan.train, channels_last=False))
 
 
 def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test_set: torch.utils.data.Dataset,
@@ -58,7 +40,6 @@ def train_supervised(model: nn.Module, train_set: torch.utils.data.Dataset, test
     BatchNorm statistics are per process, DDP's default) and only rank 0 evaluates and writes. ``callbacks``
     (:class:`~metaticket.runs.loop.Callbacks`) see every step, log line, test evaluation and checkpoint.
     """
-    plan = memory_order(plan, model, device, monitor)
     t = plan.train
     main = collective.main
     sampler = EpochBatches(len(train_set), t.batch_size, plan.seed, (collective.rank, collective.world))
