@@ -47,7 +47,7 @@ def test_the_avoided_geometry_is_exactly_1x1_unpadded_strided():
 def test_every_conv_layer_gives_f_conv2d_numbers_and_gradients(kind, stride, kernel):
     torch.manual_seed(0)
     conv = layer(kind, stride, kernel).double()
-    x = torch.randn(3, 4, 11, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(3, 4, 11, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)  # rewritten
     x.requires_grad_()
     weight = {"plain": lambda: conv.weight, "supermask": conv.masked_weight if kind == "supermask" else None,
               "slot": getattr(conv, "selected_weight", None), "masked": lambda: conv.weight * conv.fixed_mask}[kind]()
