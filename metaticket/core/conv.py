@@ -26,7 +26,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 # the rewrite is for channels-last input with fewer input channels than this: the kernel broke below the vector width
 # (8 floats on AVX2: 2-7 channels here; 4 and 8 channels reported on AVX-512, width 16), doubled for margin. Above it
 # the strided kernel stays: on a 64 -> 128 channel 32 x 32 shortcut it was 1.6x faster than the rewrite (87 vs 147 ms,
