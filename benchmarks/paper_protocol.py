@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metaticket.config import load_config, load_run_config  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from protocol_run import append, protocol, train_and_test  # noqa: E402
+
+from metaticket.config import load_run_config  # noqa: E402
 from metaticket.hardware import cpu_info  # noqa: E402
-from metaticket.runs import commands as runs  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = ROOT / "configs" / "omniglot" / "paper"
@@ -55,25 +54,11 @@ def cpu() -> dict:
 
 
 def protocol_line(folder: Path, line: dict, arch: str, method: str, tag: str, seed: int, minutes: float) -> dict:
-    """One result line that names its whole protocol: split, score gradient, queries, checkpoint, budget, seed,
-    CPU and the commit that ran it, so tables never mix protocols."""
-    config = load_run_config(folder / "config.yaml")
-    summary = json.loads((folder / "train_summary.json").read_text())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    masked = config.meta.method.startswith("metaticket")
-    return {"arch": arch, "method": method, "tag": tag, "seed": seed, "split": config.data.split,
-            "score_grad": getattr(config.meta, "score_grad", "masked-start") if masked else None,
-            "first_order": config.meta.first_order, "queries": config.data.queries,
-            "queries_test": line.get("queries"), "checkpoint": line["checkpoint"],
-            "meta_steps": config.meta.steps, "meta_batch": config.meta.meta_batch,
-            "inner_lr": config.meta.inner_lr, "inner_steps": config.meta.inner_steps,
-            "inner_steps_test": line["inner_steps_test"],
-            "vectorize": config.meta.vectorize, "accuracy": line["accuracy"], "ci95": line["ci95"],
-            "tasks": line["tasks"], "sparsity": line["sparsity"], "ms_per_step": round(summary["ms_per_step"], 1),
-            "minutes": round(minutes, 1), "threads": config.run.threads, "cpu": cpu(),
-            "torch": __import__("torch").__version__, "commit": commit,
-            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    """One result line that names its whole protocol (:func:`protocol_run.protocol`) and the run's cell."""
+    c = load_run_config(folder / "config.yaml")
+    return {"arch": arch, "method": method, "tag": tag, "seed": seed, **protocol(folder, line, minutes),
+            "queries_test": line.get("queries"), "inner_steps_test": line["inner_steps_test"],
+            "vectorize": c.meta.vectorize, "accuracy": line["accuracy"]}
 
 
 def train_one(
@@ -83,24 +68,11 @@ def train_one(
     """Meta-train (or resume) one run and meta-test its last checkpoint; returns the meta-test line. With
     ``record``, the run's :func:`protocol_line` is appended to that JSON-lines file when the run ends."""
     folder = run_dir(out, arch, method, seed, steps, tag, meta_batch)
-    result = folder / "meta_test_last.json"
-    if result.is_file():
-        return json.loads(result.read_text())
-    started = time.perf_counter()
     sets = [f"meta.steps={steps}", f"meta.meta_batch={meta_batch}", f"run.seed={seed}", f"run.threads={threads}",
-            f"run.out_dir={out}", f"run.name={folder.name}", *extra]
-    ctx = runs.Context.from_environment(os.environ)
-    if not (folder / "train_summary.json").is_file():
-        resume = (folder / "checkpoints" / "last.pt").is_file()
-        if not resume and folder.exists():  # killed before its first checkpoint: start again in the same folder
-            shutil.rmtree(folder)
-        runs.meta_train(load_config(CONFIGS / f"{arch}_5w1s_{method}.yaml", sets), ctx, resume=resume)
-    line = runs.meta_test(folder, ctx, tasks=test_tasks, checkpoint="last")
-    result.write_text(json.dumps(line) + "\n")
-    if record is not None:
-        with open(record, "a") as f:
-            f.write(json.dumps(protocol_line(folder, line, arch, method, tag, seed,
-                                             (time.perf_counter() - started) / 60)) + "\n")
+            *extra]
+    line, minutes = train_and_test(CONFIGS / f"{arch}_5w1s_{method}.yaml", sets, folder, test_tasks)
+    if minutes is not None:
+        append(record, protocol_line(folder, line, arch, method, tag, seed, minutes))
     return line
 
 

@@ -18,23 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from paper_protocol import cpu  # noqa: E402
+from protocol_run import append, protocol, train_and_test  # noqa: E402
 
 from metaticket.config import ConfigError, load_config, load_run_config  # noqa: E402
 from metaticket.errors import MetaticketError  # noqa: E402
-from metaticket.runs import commands as runs  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RECORD = RESULTS / "reference_grid_runs.jsonl"
@@ -46,24 +41,14 @@ def folder_name(config: str, tag: str, steps: int, meta_batch: int, seed: int) -
 
 
 def protocol_line(folder: Path, line: dict, config: str, tag: str, seed: int, minutes: float) -> dict:
-    """The run's result with everything that defines its protocol, so tables never mix protocols."""
+    """The run's result with everything that defines its protocol (:func:`protocol_run.protocol`), so tables never
+    mix protocols."""
     c = load_run_config(folder / "config.yaml")
-    summary = json.loads((folder / "train_summary.json").read_text())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
     metric = "accuracy" if "accuracy" in line else "mse"
-    masked = c.meta.method.startswith("metaticket")
     return {"config": config, "tag": tag, "seed": seed, "dataset": c.data.dataset, "ways": c.data.ways,
-            "shots": c.data.shots, "queries": c.data.queries, "split": c.data.split if c.data.dataset == "omniglot"
-            else None, "method": c.meta.method, "score_grad": c.meta.score_grad if masked else None,
-            "model": c.model.name, "width": c.model.width, "dense_head": c.model.dense_head,
-            "metric": metric, "value": line[metric], "ci95": line["ci95"], "tasks": line["tasks"],
-            "checkpoint": line["checkpoint"], "sparsity": line["sparsity"], "meta_steps": c.meta.steps,
-            "meta_batch": c.meta.meta_batch, "inner_lr": c.meta.inner_lr, "inner_steps": c.meta.inner_steps,
-            "inner_steps_test": c.meta.inner_steps_test, "first_order": c.meta.first_order,
-            "ms_per_step": round(summary["ms_per_step"], 1), "minutes": round(minutes, 1),
-            "threads": c.run.threads, "cpu": cpu(), "torch": __import__("torch").__version__, "commit": commit,
-            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+            "shots": c.data.shots, "method": c.meta.method, "model": c.model.name, "width": c.model.width,
+            "dense_head": c.model.dense_head, "metric": metric, "value": line[metric],
+            **protocol(folder, line, minutes)}
 
 
 def train_one(config: str, tag: str, seed: int, steps: int | None, meta_batch: int | None, threads: int,
@@ -73,24 +58,11 @@ def train_one(config: str, tag: str, seed: int, steps: int | None, meta_batch: i
     steps = steps or base.meta.steps
     meta_batch = meta_batch or base.meta.meta_batch
     folder = out / folder_name(config, tag, steps, meta_batch, seed)
-    result = folder / "meta_test_last.json"
-    if result.is_file():
-        return json.loads(result.read_text())
-    started = time.perf_counter()
     sets = [*extra, f"meta.steps={steps}", f"meta.meta_batch={meta_batch}", f"run.seed={seed}",
-            f"run.threads={threads}", f"run.out_dir={out}", f"run.name={folder.name}"]
-    ctx = runs.Context.from_environment(os.environ)
-    if not (folder / "train_summary.json").is_file():
-        resume = (folder / "checkpoints" / "last.pt").is_file()
-        if not resume and folder.exists():  # killed before its first checkpoint: start again in the same folder
-            shutil.rmtree(folder)
-        runs.meta_train(load_config(config, sets), ctx, resume=resume)
-    line = runs.meta_test(folder, ctx, checkpoint="last")
-    result.write_text(json.dumps(line) + "\n")
-    if record is not None:
-        with open(record, "a") as f:
-            f.write(json.dumps(protocol_line(folder, line, config, tag, seed,
-                                             (time.perf_counter() - started) / 60)) + "\n")
+            f"run.threads={threads}"]
+    line, minutes = train_and_test(config, sets, folder)
+    if minutes is not None:
+        append(record, protocol_line(folder, line, config, tag, seed, minutes))
     return line
 
 
