@@ -96,6 +96,8 @@ class ModelConfig:
     norm_eps: float = field(default=1e-5, metadata=_check(lambda v: 0 < v <= 1, "norm_eps is BatchNorm's epsilon, "
                                                                              "in (0, 1], e.g. 1e-5"))
     dense_head: bool = True  # supermask models: keep the classifier dense (Meta-ticket does)
+    # supermask models: keep the first layer dense too (the reference sinusoid network masks only its middle layer)
+    dense_first: bool = False
     scale_fan: bool = False  # edge-popup/IteRand: frozen weights times 1/sqrt(1 - sparsity) (kept fan-in's Kaiming std)
     slots: int = field(default=8, metadata=_check(lambda v: 2 <= v <= 256,
                                                   "Slot Machines need slots in [2, 256] values per connection"))
@@ -135,6 +137,9 @@ class MetaConfig:
     # reference: the mask applied in every inner forward, as the Meta-ticket code; start: the mask's gradient
     # enters only at the inner loop's start w * mask (metaticket's formulation before format 3)
     score_grad: Literal["reference", "start"] = "reference"
+    # Meta-ticket: the outer loop also meta-learns every parameter no mask covers (dense layers, biases, norms),
+    # with the scores' optimizer and outer_lr, as the reference code's sinusoid runs do; false: only the scores
+    learn_dense: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from metaticket.runs.factory import make_layers
 from metaticket.tasks import Tasks
 
 
-def regression_learner(method: str, seed: int = 0, **kw) -> MetaLearner:
+def regression_learner(method: str, seed: int = 0, dense_first: bool = False, **kw) -> MetaLearner:
     g = torch.Generator().manual_seed(seed)
     layers = make_layers(supermask=method == "metaticket", generator=g, mask="threshold",
-                         init_sparsity=0.5 if method == "metaticket" else 0.0)
+                         init_sparsity=0.5 if method == "metaticket" else 0.0, dense_first=dense_first)
     net = build_model("sinusoid-mlp", num_classes=1, layers=layers)
     return MetaLearner(net, method=method, loss="mse", steps=10, **kw)
 
@@ -68,6 +68,34 @@ def test_mse_meta_gradient_matches_a_per_task_loop(method, vectorize, steps, fir
     for n in want:
         torch.testing.assert_close(got[n], want[n], rtol=1e-9, atol=1e-12 * scale)
     assert out["mse"] > 0 and "acc" not in out  # the metric of a regression batch is its MSE
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("vectorize", ["factored", "vmap", "loop"])
+def test_reference_sinusoid_metaticket_learns_scores_and_every_dense_parameter(vectorize, first_order, monkeypatch):
+    """The reference code's sinusoid Meta-ticket: only the middle layer masked (dense_first + dense head), the outer
+    loop meta-learning the scores and every parameter no mask covers (learn_dense); its meta-gradient is the
+    per-task loop's on every path, and a step moves all of them but the frozen masked weight."""
+    batch = double(SinusoidSampler(shots=5, queries=5, seed=3).sample(3))
+    lrn = regression_learner("metaticket", dense_first=True, learn_dense=True, vectorize=vectorize, inner_steps=2,
+                             first_order=first_order, inner_lr=0.01, optimizer="adamw", outer_lr=1e-3).double()
+    kinds = {n: type(m).__name__ for n, m in lrn.model.named_modules() if hasattr(m, "weight")}
+    assert kinds == {"features.0": "Linear", "features.2": "SupermaskLinear", "head": "Linear"}
+    assert set(lrn.outer_names) == {n for n, _ in lrn.model.named_parameters()} - {"features.2.weight"}
+    want = loop_meta_gradient(lrn, batch, 2, first_order)
+    before = {n: p.detach().clone() for n, p in lrn.model.named_parameters()}
+    spy = Spy(monkeypatch)
+    lrn.meta_step(batch)
+    assert spy.calls == (vectorize == "factored")
+    got = {n: p.grad for n, p in lrn.model.named_parameters() if p.grad is not None}
+    assert got.keys() == want.keys() == set(lrn.outer_names)
+    scale = max(float(g.abs().max()) for g in want.values())
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-9, atol=1e-12 * scale)
+    moved = {n for n, p in lrn.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == set(lrn.outer_names)
+    with pytest.raises(ValueError, match="learn_dense"):
+        regression_learner("maml", learn_dense=True)
 
 
 def test_sinusoid_tasks_are_seeded_and_in_range():
@@ -140,3 +168,22 @@ def test_a_sinusoid_run_is_not_scored_on_classification_tasks(tmp_path, capsys):
     capsys.readouterr()
     assert main(["meta-test", str(tmp_path / "s"), "--dataset", "omniglot", "--tasks", "4"]) == 2
     assert "--dataset omniglot is scored by cross_entropy but" in capsys.readouterr().err
+
+
+def test_the_shipped_metaticket_sinusoid_config_runs_and_learn_dense_needs_metaticket(tmp_path, capsys):
+    """The shipped Meta-ticket sinusoid configs are the reference's AdamW variant: they meta-train, export a ticket
+    that carries the meta-learned dense layers; meta.learn_dense on MAML is one line naming the key."""
+    from conftest import REPO
+
+    from metaticket.cli import main
+
+    base = ["--set", f"run.out_dir={tmp_path}", "--set", "meta.steps=4", "--set", "eval.val_every=2", "--set",
+            "eval.val_tasks=4", "--quiet"]
+    assert main(["meta-train", str(REPO / "configs/sinusoid/mlp_10shot_metaticket.yaml"), "--set", "run.name=t",
+                 *base]) == 0
+    assert main(["export", str(tmp_path / "t"), "-o", str(tmp_path / "t.ticket")]) == 0
+    capsys.readouterr()
+    assert main(["meta-train", str(REPO / "configs/sinusoid/mlp_5shot_maml.yaml"), "--set", "run.name=m",
+                 "--set", "meta.learn_dense=true", *base]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "meta.learn_dense" in err[0] and "set it to false" in err[0]

@@ -150,7 +150,7 @@ class MetaLearner(nn.Module):
                  rerand_every: int = 0, rerand_rate: float = 0.1, vectorize: str = "auto", seed: int = 0,
                  head: str | Callable[[str], bool] | None = None, collective: Collective = SINGLE,
                  precision: str = "float32", score_grad: str = "reference",
-                 loss: str | Objective | RowLoss = "cross_entropy") -> None:
+                 loss: str | Objective | RowLoss = "cross_entropy", learn_dense: bool = False) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
@@ -178,7 +178,13 @@ class MetaLearner(nn.Module):
         is_head, what = head_predicate(model, head)
         twin_names = [n for n, _ in self.twin.named_parameters()]
         self.inner_names = [n for n in twin_names if self.roles.adapts(n, is_head)]
-        self.outer_names = [n for n, p in model.named_parameters() if self.roles.learns(n)]
+        if learn_dense and not self.roles.needs_supermask:
+            raise ValueError(f"learn_dense adds the dense parameters to what Meta-ticket meta-learns; method "
+                             f"{method!r} meta-learns every parameter already: leave learn_dense off")
+        frozen = {f"{n}.weight" if n else "weight" for n, _ in supermask_layers(model)}  # stay frozen random values
+        self.learn_dense = learn_dense
+        self.outer_names = [n for n, p in model.named_parameters()
+                            if self.roles.learns(n) or (learn_dense and n not in frozen)]
         if not self.inner_names:
             raise ValueError(f"method {method!r} adapts the {self.roles.inner} ({what}) in the inner loop, but no "
                              f"parameter of the model is there; pass head= naming the classifier module")

@@ -111,12 +111,14 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 
 def make_layers(*, supermask: bool, mask: str = "threshold", sparsity: float = 0.0, init: str = "kaiming_normal",
-                init_sparsity: float = 0.0, dense_head: bool = True, generator: torch.Generator | None = None,
+                init_sparsity: float = 0.0, dense_head: bool = True, dense_first: bool = False,
+                generator: torch.Generator | None = None,
                 norm: str = "task", norm_affine: bool = True, norm_eps: float = 1e-5, slots: int = 0,
                 slot_select: str = "greedy") -> Layers:
     """Layer factories: every conv/linear drawn from ``init`` with ``generator``.
 
-    With ``supermask=True`` the body (and the head unless ``dense_head``) are supermask layers; with
+    With ``supermask=True`` the body (and the head unless ``dense_head``; the first layer unless ``dense_first``)
+    are supermask layers; with
     ``slots=K`` (K >= 2) they are Slot Machine layers with K values per connection instead.
     ``norm="task"``: meta-model BatchNorm (each batch's own statistics); ``norm="batch"``: standard BatchNorm
     with running statistics for supervised training (``norm_affine=False`` for pruning, as edge-popup does).
@@ -146,10 +148,18 @@ def make_layers(*, supermask: bool, mask: str = "threshold", sparsity: float = 0
     if not supermask:
         return Layers(conv=dense_conv, linear=dense_linear, head=dense_linear, **norms)
 
+    first = [dense_first]  # the next conv or linear layer built is the network's first: dense
+
     def sm_linear(i: int, o: int, bias: bool = True) -> nn.Module:
+        if first[0]:
+            first[0] = False
+            return dense_linear(i, o, bias)
         return SupermaskLinear(i, o, bias=bias, **opts)
 
     def sm_conv(i: int, o: int, k: int, stride: int = 1, padding: int = 0, bias: bool = False) -> nn.Module:
+        if first[0]:
+            first[0] = False
+            return dense_conv(i, o, k, stride, padding, bias)
         return SupermaskConv2d(i, o, k, stride=stride, padding=padding, bias=bias, **opts)
 
     return Layers(conv=sm_conv, linear=sm_linear, head=dense_linear if dense_head else sm_linear, **norms)

@@ -93,10 +93,13 @@ def build_meta_model(config: Config, device: torch.device | str = "cpu") -> nn.M
         raise MetaticketError(f"meta.rerand_every = {meta.rerand_every} turns IteRand on, which re-draws the pruned "
                               f"weights of a supermask; meta.method {meta.method} has none: use metaticket or "
                               f"metaticket_boil, or set meta.rerand_every: 0")
+    if meta.learn_dense and not METHODS[meta.method].needs_supermask:
+        raise MetaticketError(f"meta.learn_dense adds the dense parameters to what Meta-ticket meta-learns; "
+                              f"meta.method {meta.method} meta-learns every parameter already: set it to false")
     generator = torch.Generator().manual_seed(config.run.seed)
     layers = make_layers(supermask=METHODS[meta.method].needs_supermask, mask=m.mask, sparsity=m.sparsity,
-                         init=m.init, init_sparsity=m.init_sparsity, dense_head=m.dense_head, norm_eps=m.norm_eps,
-                         generator=generator)
+                         init=m.init, init_sparsity=m.init_sparsity, dense_head=m.dense_head,
+                         dense_first=m.dense_first, norm_eps=m.norm_eps, generator=generator)
     spec = get_dataset(config.data.dataset)
     return _build(config, layers, spec.outputs or config.data.ways, spec.channels, device)
 
@@ -113,7 +116,7 @@ def build_learner(config: Config, device: torch.device | str = "cpu", collective
                        warmup_steps=meta.warmup_steps,
                        steps=meta.steps, rerand_every=meta.rerand_every, rerand_rate=meta.rerand_rate,
                        vectorize=meta.vectorize, seed=config.run.seed, collective=collective,
-                       precision=meta.precision, score_grad=meta.score_grad,
+                       precision=meta.precision, score_grad=meta.score_grad, learn_dense=meta.learn_dense,
                        loss=get_dataset(config.data.dataset).loss)
 
 
@@ -133,7 +136,8 @@ def build_classifier(config: Config, num_classes: int, device: torch.device | st
     generator = torch.Generator().manual_seed(config.run.seed)
     layers = make_layers(supermask=kind.supermask, mask=m.mask,
                          sparsity=m.popup_sparsity if kind.random_mask else m.sparsity, init=m.init,
-                         init_sparsity=m.init_sparsity, dense_head=m.dense_head, generator=generator, norm="batch",
+                         init_sparsity=m.init_sparsity, dense_head=m.dense_head, dense_first=m.dense_first,
+                         generator=generator, norm="batch",
                          norm_affine=kind.learns_weights, norm_eps=m.norm_eps, slots=m.slots if kind.slots else 0,
                          slot_select=m.slot_select)
     model = _build(config, layers, num_classes, get_dataset(config.data.dataset).channels, "cpu")
