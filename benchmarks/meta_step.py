@@ -87,7 +87,7 @@ def ours(impl: str, model_key: str, first_order: bool, meta_batch: int, queries:
 
     from metaticket import MetaLearner, Tasks, build_model, make_layers
     from metaticket.core.supermask import dense_like
-    from metaticket.meta.learner import _vmap_wins
+    from metaticket.meta.metaloss import vmap_wins
 
     name, width = MODELS[model_key]
     precision = "bfloat16" if impl.endswith("-bf16") else "float32"
@@ -102,7 +102,7 @@ def ours(impl: str, model_key: str, first_order: bool, meta_batch: int, queries:
                          generator=torch.Generator().manual_seed(0))
     model = build_model(name, num_classes=WAYS, width=width, layers=layers, **model_kwargs(model_key))
     if vectorize is None:
-        vectorize = ("vmap" if _vmap_wins(dense_like(model)) else "loop") if copies else "auto"
+        vectorize = ("vmap" if vmap_wins(dense_like(model)) else "loop") if copies else "auto"
     learner = MetaLearner(model, method=method, inner_lr=INNER_LR, first_order=first_order, steps=1000,
                           warmup_steps=0, precision=precision, vectorize=vectorize,
                           score_grad="start" if start else "reference")

@@ -34,7 +34,7 @@ def meta_gradient(method: str, width: float, first_order: bool, precision: str, 
     patches the per-task inner loop, so it runs ``vectorize="loop"``)."""
     import torch
 
-    import metaticket.meta.learner as learner_module
+    import metaticket.meta.metaloss as learner_module
 
     plain = learner_module.adapt
     if inner_too:
@@ -64,7 +64,7 @@ def _meta_gradient(method: str, width: float, first_order: bool, precision: str,
     learner.meta_gradient(batch, 1, first_order)
     # weights and scores only: a bias before BatchNorm has a zero gradient in exact arithmetic
     return torch.cat([p.grad.flatten() for n, p in learner.named_parameters()
-                      if p.grad is not None and not n.endswith("bias")]), learner._mode(batch, 1)
+                      if p.grad is not None and not n.endswith("bias")]), learner.path(batch, 1)
 
 
 def compare(a, b) -> dict:

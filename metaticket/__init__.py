@@ -35,6 +35,7 @@ from metaticket.data.episodes import EpisodeSampler, class_images, sampler_from_
 from metaticket.errors import MetaticketError
 from metaticket.meta.evaluate import meta_test
 from metaticket.meta.learner import ANIL, BOIL, MAML, MetaLearner, MetaTicket
+from metaticket.meta.metaloss import MetaLoss, meta_loss
 from metaticket.models import Layers, build_model, list_models, register_model
 from metaticket.models.registry import make_layers
 from metaticket.runs.factory import build_classifier, build_learner, build_network
@@ -46,9 +47,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ANIL", "BOIL", "Config", "ConfigError", "EpisodeSampler", "IteRandSchedule", "Layers", "MAML", "MetaLearner",
-    "MetaTicket", "MetaticketError", "SlotConv2d", "SlotLinear", "SupermaskConv2d", "SupermaskLinear", "Tasks",
-    "TrainPlan", "apply_random_masks", "build_classifier", "build_learner", "build_model", "build_network",
+    "MetaLoss", "MetaTicket", "MetaticketError", "SlotConv2d", "SlotLinear", "SupermaskConv2d", "SupermaskLinear",
+    "Tasks", "TrainPlan", "apply_random_masks", "build_classifier", "build_learner", "build_model", "build_network",
     "class_images", "convert", "evaluate_classifier", "export_ticket", "freeze_slots", "layer_sparsities",
-    "list_models", "load_config", "load_ticket", "make_layers", "meta_test", "register_model", "rerandomize",
-    "sampler_from_dataset", "sparsity_report", "ticket_info", "train_supervised",
+    "list_models", "load_config", "load_ticket", "make_layers", "meta_loss", "meta_test", "register_model",
+    "rerandomize", "sampler_from_dataset", "sparsity_report", "ticket_info", "train_supervised",
 ]

@@ -86,7 +86,7 @@ def test_auto_picks_factors_for_chains_of_linear_layers():
     with pytest.warns(UserWarning, match="replaced 2 BatchNorm"):
         mine = MetaLearner(UserMLP(), method="maml")
     assert mine.vectorize == "factored"
-    assert [n for n, _ in mine._chain.layers] == ["fc1", "bn1", "relu", "fc2", "bn2", "leaky_relu", "drop", "out"]
+    assert [n for n, _ in mine.chain.layers] == ["fc1", "bn1", "relu", "fc2", "bn2", "leaky_relu", "drop", "out"]
     # not chains: a residual, a second use of one layer, a flatten that keeps a spatial dim, a convolution
     assert MetaLearner(Residual(), method="maml").vectorize == "loop"  # its 784 x 784 weight: not vmap
     twice = nn.Sequential(nn.Flatten(), nn.Linear(784, 784), nn.ReLU())
@@ -141,7 +141,7 @@ def test_masked_layers_use_factors_only_while_they_are_cheaper(monkeypatch):
     spy = Spy(monkeypatch)
     many = tasks(batch=2, queries=15)
     lrn = learner("metaticket")
-    assert lrn._mode(many, 1) == "vmap" and learner("metaticket", vectorize="loop")._mode(many, 1) == "loop"
+    assert lrn.path(many, 1) == "vmap" and learner("metaticket", vectorize="loop").path(many, 1) == "loop"
     lrn.meta_step(many)
     assert spy.calls == 0 and not factored.fits(True, 5, 75, 1)
     lrn.meta_step(tasks(batch=2, queries=1))

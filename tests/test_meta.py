@@ -228,7 +228,7 @@ def test_conv_models_run_channels_last_with_the_same_meta_gradient(method):
         lrn = learner(method, model="conv4").double()
         assert lrn.vectorize == "loop" and lrn.channels_last
         lrn.channels_last = channels_last
-        start, _ = lrn._initial_params()
+        start, _ = lrn.initial_params()
         convs = [v for v in start.values() if v.dim() == 4 and v.shape[1] > 1]  # 1 input channel: both orders
         assert convs and all(v.is_contiguous(memory_format=torch.channels_last) == channels_last for v in convs)
         assert all(p.is_contiguous() for p in lrn.model.parameters())
@@ -238,3 +238,31 @@ def test_conv_models_run_channels_last_with_the_same_meta_gradient(method):
         grads[channels_last] = [p.grad.clone() for p in lrn.parameters() if p.grad is not None]
     assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(grads[True], grads[False]))
     assert not learner(method).channels_last  # an MLP has nothing to reorder
+
+
+@pytest.mark.parametrize("method", ["maml", "metaticket"])
+def test_the_functional_meta_objective_is_the_trainers(method):
+    """``meta_loss`` (the functional meta-objective) gives the losses and, backpropagated, the meta-gradient that the
+    trainer's ``meta_gradient`` accumulates; the learners are plain objects (no nn.Module behaviour overridden) whose
+    ``to()`` moves the model, the twin and the optimizer state together."""
+    from metaticket import MetaLoss, meta_loss
+
+    batch = tasks(batch=3, size=28)
+    trainer = learner(method, inner_steps=2, vectorize="loop").double()
+    fresh = learner(method, inner_steps=2, vectorize="loop").double()  # same seed: the same network
+    batch = Tasks(batch.support_x.double(), batch.support_y, batch.query_x.double(), batch.query_y)
+    want_losses, _ = trainer.meta_gradient(batch)
+    losses, metrics = meta_loss(fresh.model, batch, method=method, inner_steps=2, vectorize="loop")
+    assert losses.shape == metrics.shape == (3,) and losses.requires_grad
+    torch.testing.assert_close(losses.detach(), want_losses, rtol=1e-12, atol=0)
+    losses.mean().backward()
+    mine = dict(fresh.model.named_parameters())
+    for n, p in trainer.named_parameters():
+        torch.testing.assert_close(mine[n].grad, p.grad, rtol=1e-10, atol=1e-14)
+    assert not isinstance(trainer, nn.Module) and isinstance(trainer, MetaLoss)
+    trainer.meta_step(batch)  # optimizer state exists now
+    trainer.float()
+    state = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
+    assert state and all(v.dtype == torch.float32 for v in state)
+    assert all(p.dtype == torch.float32 for p in trainer.twin.parameters())
+    assert trainer.eval().training is False and not trainer.twin.training and trainer.train().model.training

@@ -59,7 +59,7 @@ def _learner(method: str) -> MetaLearner:
                                                       ("metaticket", "all"), ("metaticket_boil", "body")])
 def test_inner_loop_adapts_only_its_part(method, adapted_part):
     lrn = _learner(method)
-    start, _ = lrn._initial_params()
+    start, _ = lrn.initial_params()
     adapted = lrn.adapt(_tasks(1), steps=1)[0]
     moved = {k for k in adapted if not torch.equal(adapted[k], start[k].detach())}
     head = {k for k in adapted if k.startswith("head.")}

@@ -24,9 +24,14 @@ def test_resolve_fills_each_auto_from_one_rule():
     done = resolve(config)
     assert (done.meta.optimizer, done.meta.outer_lr, done.meta.schedule, done.meta.warmup_steps) == (
         "sgd", 10.0, "cosine", 300)
-    assert done.data.image_size == 28 and done.meta.vectorize == "auto"  # vectorize: from the built learner
+    assert done.data.image_size == 28 and done.meta.vectorize == "factored"  # the MLP is a chain
     assert config.data.split is None and done.data.split == "vinyals"  # Omniglot's default class split
-    assert resolve(config, vectorize="loop").meta.vectorize == "loop"
+    conv = resolve(load_config(QUICK, ["model.name=conv4", "model.channels=8"]))
+    assert conv.meta.vectorize == "loop" and resolve(load_config(QUICK, ["meta.vectorize=vmap"])).meta.vectorize == \
+        "vmap"
+    # the learner built from a resolved config runs what it records
+    from metaticket.runs.factory import build_learner
+    assert build_learner(done).vectorize == done.meta.vectorize and build_learner(conv).vectorize == "loop"
     maml = resolve(load_config(QUICK, ["meta.method=maml", "meta.outer_lr=null", "meta.warmup_steps=null"]))
     assert (maml.meta.optimizer, maml.meta.outer_lr, maml.meta.schedule, maml.meta.warmup_steps) == (
         "adam", 1e-3, "constant", 0)

@@ -252,8 +252,7 @@ def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool,
               f"and peaks at {m.outer_lr * m.steps / m.warmup_steps:.3g} of meta.outer_lr = {m.outer_lr:g}; lower "
               f"meta.warmup_steps (e.g. to {max(1, m.steps // 10)})", file=sys.stderr)
     sets = samplers(config, replace(ctx, quiet=quiet))
-    learner = build_learner(config, device, collective=group)
-    config = resolve(config, vectorize=learner.vectorize)  # config.yaml records what ran, not "auto"
+    learner = build_learner(config, device, collective=group)  # config.yaml records what runs, not "auto"
     check_forward(learner.model, config, spec.channels, device)
     if state is not None:  # a checkpoint of another architecture is refused before anything is written
         load_weights(learner.model, state["learner"]["model"], run_dir)

@@ -22,6 +22,7 @@ from metaticket.data import get_dataset
 from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import MetaticketError
 from metaticket.meta.learner import METHODS, MetaLearner, outer_defaults
+from metaticket.meta.metaloss import choose_vectorize
 from metaticket.models import build_model, list_models
 from metaticket.models.registry import Layers, make_layers, model_arguments
 from metaticket.runs.checkpoint import load_checkpoint
@@ -37,11 +38,13 @@ RESOLVED = ("data.image_size", "data.split", "meta.optimizer", "meta.outer_lr", 
             "meta.vectorize")
 
 
-def resolve(config: Config, saved: Config | None = None, vectorize: str | None = None) -> Config:
+def resolve(config: Config, saved: Config | None = None) -> Config:
     """``config`` with each ``auto``/null of :data:`RESOLVED` replaced by the value a run uses: the dataset's image
     side, the method's outer optimizer, lr, schedule and warm-up (:func:`~metaticket.meta.learner.outer_defaults`),
-    and ``vectorize`` (what the learner chose for the model). A resumed run takes them from its ``saved`` config
-    first, so a run that grows ``meta.steps`` keeps the warm-up it started with."""
+    and ``vectorize`` (:func:`~metaticket.meta.metaloss.choose_vectorize` on the config's network, built on the meta
+    device: shapes only). The one place defaults resolve: the learner is built from the result. A resumed run
+    takes them from its ``saved`` config first, so a run that grows ``meta.steps`` keeps the warm-up it started
+    with."""
     values = {sec: dict(keys) for sec, keys in config.to_dict().items()}
     old = saved.to_dict() if saved is not None else None
     for key in RESOLVED:
@@ -57,8 +60,9 @@ def resolve(config: Config, saved: Config | None = None, vectorize: str | None =
     if config.run.task == "meta":
         m["optimizer"], m["outer_lr"], m["schedule"], m["warmup_steps"] = outer_defaults(
             m["method"], m["optimizer"], m["outer_lr"], m["schedule"], m["warmup_steps"], m["steps"])
-    if m["vectorize"] == "auto" and vectorize is not None:
-        m["vectorize"] = vectorize
+    if config.run.task == "meta" and m["vectorize"] == "auto":
+        with torch.device("meta"):
+            m["vectorize"] = choose_vectorize(build_meta_model(config, "meta"))
     return dataclasses.replace(config, **{sec: dataclasses.replace(getattr(config, sec), **values[sec])
                                           for sec in ("data", "meta")})
 
