@@ -33,7 +33,8 @@ def step_ms(width: float, queries: int, meta_batch: int, reps: int, vectorize: s
 
     layers = make_layers(supermask=True, mask="threshold", sparsity=0.5, generator=torch.Generator().manual_seed(0))
     model = build_model("mlp", num_classes=WAYS, width=width, layers=layers)
-    learner = MetaLearner(model, method="metaticket", inner_lr=0.4, steps=1000, warmup_steps=0, vectorize=vectorize)
+    learner = MetaLearner(model, method="metaticket", inner_lr=0.4, outer_steps=1000, warmup_steps=0,
+                          vectorize=vectorize)
     batch = Tasks(*tasks(meta_batch, queries=queries))
     for _ in range(2):
         learner.meta_step(batch)

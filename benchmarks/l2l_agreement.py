@@ -55,7 +55,7 @@ def train_ours(steps: int, meta_batch: int, seed: int) -> dict:
     torch.manual_seed(seed)
     sets = samplers(seed)
     learner = MAML(initial_model(seed), inner_lr=INNER_LR, inner_steps=1, inner_steps_test=TEST_STEPS,
-                   optimizer="adam", outer_lr=1e-3, steps=steps)
+                   optimizer="adam", outer_lr=1e-3, outer_steps=steps)
     t0 = time.perf_counter()
     for _ in range(steps):
         learner.meta_step(sets["train"].sample(meta_batch))

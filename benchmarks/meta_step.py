@@ -103,7 +103,7 @@ def ours(impl: str, model_key: str, first_order: bool, meta_batch: int, queries:
     model = build_model(name, num_classes=WAYS, width=width, layers=layers, **model_kwargs(model_key))
     if vectorize is None:
         vectorize = ("vmap" if vmap_wins(dense_like(model)) else "loop") if copies else "auto"
-    learner = MetaLearner(model, method=method, inner_lr=INNER_LR, first_order=first_order, steps=1000,
+    learner = MetaLearner(model, method=method, inner_lr=INNER_LR, first_order=first_order, outer_steps=1000,
                           warmup_steps=0, precision=precision, vectorize=vectorize,
                           score_grad="start" if start else "reference")
     if nchw:

@@ -403,16 +403,27 @@ def upgrade(raw: dict[str, Any], unversioned: int = VERSION) -> dict[str, Any]:
     split (``data.split: vinyals``) and the reference code's score gradient (``meta.score_grad: reference``) the
     defaults; a file of version 1 or 2 without them ran the random-character split (Omniglot) and the ``start``
     gradient (Meta-ticket) and is read so (run folders silently, other files with one :class:`ConfigDeprecation`
-    line), so a resumed run keeps its classes and its gradient.
+    line), so a resumed run keeps its classes and its gradient. In every version ``model.name: wrn28``, whose
+    ``model.width`` was the widen factor, is ``wrn28-10`` with the width divided by 10 (the same network).
     """
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items() if k != "version"}
     version = raw.get("version")
     if version is not None and (isinstance(version, bool) or version not in (1, 2, VERSION)):
         raise ConfigError(f"version = {version!r} is not a config format this metaticket reads; use 1, 2 or "
                           f"{VERSION} (or leave it out)")
+    model = _section(out, "model")
+    if model.get("name") == "wrn28":  # its model.width was the widen factor; every model's width is a multiplier now
+        widen = model.get("width", 1.0)
+        out["model"] = model = {**model, "name": "wrn28-10"}
+        if isinstance(widen, (int, float)) and not isinstance(widen, bool):
+            model["width"] = widen / 10
+        if unversioned == VERSION:  # a run folder's own file is read silently
+            warnings.warn(f"model.name wrn28 (width = its widen factor {widen}) is model.name wrn28-10 with "
+                          f"model.width {model.get('width')} (a multiplier of 10, as every model's width); write "
+                          f"that", ConfigDeprecation, stacklevel=3)
     if version == VERSION:
         return out
-    train, model, data = _section(out, "train"), _section(out, "model"), _section(out, "data")
+    train, data = _section(out, "train"), _section(out, "data")
     said = []
     if (version or unversioned) in (1, 2) and _section(out, "run").get("task", "meta") == "meta" and \
             data.get("dataset", "omniglot") == "omniglot" and "split" not in data:

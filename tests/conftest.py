@@ -66,7 +66,7 @@ def learner(method: str, model: str = "mlp", seed: int = 0, **kw) -> MetaLearner
     layers = make_layers(supermask=method == "metaticket", generator=g, mask=kw.pop("mask", "threshold"),
                          sparsity=kw.pop("sparsity", 0.5), init_sparsity=kw.pop("init_sparsity", 0.0))
     net = build_model(model, num_classes=5, width=0.25, layers=layers, **({"channels": 8} if model == "conv4" else {}))
-    return MetaLearner(net, method=method, steps=10, **kw)
+    return MetaLearner(net, method=method, outer_steps=10, **kw)
 
 
 class Spy:

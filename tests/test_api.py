@@ -25,7 +25,7 @@ def mlp(supermask: bool) -> torch.nn.Module:
 @pytest.mark.parametrize(("cls", "method", "supermask"), [(MAML, "maml", False), (ANIL, "anil", False),
                                                           (BOIL, "boil", False), (MetaTicket, "metaticket", True)])
 def test_learner_objects_step_adapt_and_evaluate_on_user_tasks(cls, method, supermask):
-    learner = cls(mlp(supermask), inner_lr=0.4, steps=10)
+    learner = cls(mlp(supermask), inner_lr=0.4, outer_steps=10)
     assert learner.method == method
     tasks = user_tasks()
     before = {k: v.detach().clone() for k, v in learner.model.state_dict().items()}
@@ -49,7 +49,7 @@ def test_metaticket_boil_and_first_order_maml():
 def test_convert_a_users_own_model_then_meta_learn_its_mask():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 5))
     convert(net, mask="threshold", keep_dense=["3"], generator=torch.Generator().manual_seed(0))
-    learner = MetaTicket(net, steps=5)
+    learner = MetaTicket(net, outer_steps=5)
     assert learner.outer_names == ["1.scores"]
     assert learner.meta_step(user_tasks())["loss"] > 0
 

@@ -214,6 +214,31 @@ def test_meta_ticket_files_of_earlier_formats_keep_the_score_gradient_they_ran(t
         load_config(write(tmp_path, ""), ["meta.score_grad=mask-every-step"])
 
 
+def test_model_width_is_a_multiplier_for_every_model_and_old_wrn28_files_keep_their_network(tmp_path):
+    """``model.width`` multiplies the named network's sizes for every model: WRN-28-10 is ``wrn28-10`` at width 1.
+    A file that names ``wrn28`` (whose width was the widen factor) is read as ``wrn28-10`` at width / 10 with one
+    line, and builds the same network; a run folder's own file is read silently."""
+    import warnings
+
+    from metaticket.config import ConfigDeprecation, load_run_config
+    from metaticket.runs.factory import build_meta_model
+
+    base = "data:\n  dataset: miniimagenet\n  image_size: 16\nmeta:\n  method: maml\n"
+    old = write(tmp_path, base + "model:\n  name: wrn28\n  width: 2.0\n")
+    with pytest.warns(ConfigDeprecation) as said:
+        c = load_config(old)
+    assert (c.model.name, c.model.width) == ("wrn28-10", 0.2) and len(said) == 1 and "wrn28-10" in str(
+        said[0].message)
+    new = loaded_quietly(write(tmp_path, base + "model:\n  name: wrn28-10\n  width: 0.2\n", "new.yaml"))
+    assert new == c
+    heads = {build_meta_model(x).head.in_features for x in (c, new)}
+    assert heads == {128}  # 64 x widen 2, as wrn28 at width 2 built
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_run_config(old).model.name == "wrn28-10"
+    assert load_config("miniimagenet/wrn28-5_5w5s_maml").model.name == "wrn28-5"
+
+
 def test_miniimagenet_configs_follow_the_reference_protocol(tmp_path):
     """queries = shots in training and test, 1,000 test tasks, AdamW (weight decay 0) for the MAML family, as the
     Meta-ticket code's config.yaml; the learner builds AdamW from them."""

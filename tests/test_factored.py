@@ -18,7 +18,7 @@ def run(method: str, vectorize: str, batch: Tasks, steps: int, first_order: bool
     """The float64 meta-gradient of one meta-batch, and (loss, accuracy) of the meta-gradient and of evaluate."""
     lrn = learner("metaticket" if method == "metaticket_boil" else method, vectorize=vectorize, inner_steps_test=steps)
     if method == "metaticket_boil":
-        lrn = MetaLearner(lrn.model, method=method, steps=10, vectorize=vectorize, inner_steps_test=steps)
+        lrn = MetaLearner(lrn.model, method=method, outer_steps=10, vectorize=vectorize, inner_steps_test=steps)
     lrn.double()
     losses, accs = lrn.meta_gradient(batch, steps=steps, first_order=first_order)
     grads = {n: p.grad.clone() for n, p in lrn.model.named_parameters() if p.grad is not None}
@@ -110,7 +110,7 @@ def test_a_user_mlp_takes_the_factored_path_with_the_loop_meta_gradient(first_or
     for vectorize in ("loop", "factored"):
         torch.manual_seed(0)
         with pytest.warns(UserWarning, match="BatchNorm"):
-            lrn = MetaLearner(UserMLP(), method="maml", vectorize=vectorize, first_order=first_order, steps=10,
+            lrn = MetaLearner(UserMLP(), method="maml", vectorize=vectorize, first_order=first_order, outer_steps=10,
                               inner_steps=2).double()
         spy = Spy(monkeypatch)
         lrn.meta_step(batch)
@@ -125,7 +125,7 @@ def test_dropout_that_is_on_runs_the_per_task_path(monkeypatch):
     """Dropout with p > 0 draws per task: in training such a batch runs vmap or the loop; in eval mode (off) the
     factors run."""
     net = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 5))
-    lrn = MetaLearner(net, method="maml", steps=10)
+    lrn = MetaLearner(net, method="maml", outer_steps=10)
     spy = Spy(monkeypatch)
     assert lrn.vectorize == "factored"
     lrn.meta_step(tasks(batch=2))

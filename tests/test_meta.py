@@ -266,3 +266,14 @@ def test_the_functional_meta_objective_is_the_trainers(method):
     assert state and all(v.dtype == torch.float32 for v in state)
     assert all(p.dtype == torch.float32 for p in trainer.twin.parameters())
     assert trainer.eval().training is False and not trainer.twin.training and trainer.train().model.training
+
+
+def test_the_outer_step_count_is_outer_steps_and_the_old_keyword_still_works():
+    """``steps`` named both the outer steps (constructor) and inner steps (methods); the constructor says
+    ``outer_steps`` now, and ``steps=`` keeps working with a DeprecationWarning."""
+    net = build_model("mlp", num_classes=5, width=0.25)
+    new = MetaLearner(net, method="maml", outer_steps=7, schedule="cosine", warmup_steps=0)
+    with pytest.warns(DeprecationWarning, match="outer_steps"):
+        old = MetaLearner(build_model("mlp", num_classes=5, width=0.25), method="maml", steps=7, schedule="cosine",
+                          warmup_steps=0)
+    assert [f(6) for f in new.scheduler.lr_lambdas] == [f(6) for f in old.scheduler.lr_lambdas] != [1.0]

@@ -34,7 +34,7 @@ def test_method_runs_on_dataset(samplers, dataset, method):
     layers = make_layers(supermask=METHODS[method].needs_supermask, generator=torch.Generator().manual_seed(0))
     net = build_model("conv4", num_classes=5, in_channels=get_dataset(dataset).channels, image_size=16, channels=4,
                       layers=layers)
-    lrn = MetaLearner(net, method=method, inner_lr=0.3, steps=3)
+    lrn = MetaLearner(net, method=method, inner_lr=0.3, outer_steps=3)
     out = lrn.meta_step(samplers[dataset]["train"].sample(2))
     assert torch.isfinite(torch.tensor(out["loss"]))
     loss, acc = lrn.evaluate(samplers[dataset]["test"].sample(3))

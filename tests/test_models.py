@@ -12,7 +12,8 @@ from metaticket.models import build_model, list_models
 from metaticket.models.registry import make_layers
 from metaticket.tasks import Tasks
 
-SMALL = {"mlp": {"width": 0.25}, "conv4": {"channels": 8}, "resnet12": {"width": 0.125}, "wrn28": {"width": 1.0},
+SMALL = {"mlp": {"width": 0.25}, "conv4": {"channels": 8}, "resnet12": {"width": 0.125}, "wrn28-10": {"width": 0.1},
+         "wrn28-5": {"width": 0.2},
          "conv6": {"width": 0.125}, "resnet18": {"width": 0.125}, "resnet34": {"width": 0.125},
          "resnet50": {"width": 0.125}, "wide_resnet50_2": {"width": 0.125}, "sinusoid-mlp": {"width": 1.0}}
 
@@ -37,7 +38,7 @@ def test_resnet12_and_wrn_widths():
     r = build_model("resnet12", num_classes=5)
     convs = [m.out_channels for m in r.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     assert sorted(set(convs)) == [64, 128, 256, 512]
-    w = build_model("wrn28", num_classes=5, width=10)
+    w = build_model("wrn28-10", num_classes=5)
     n_convs = sum(1 for m in w.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
     assert n_convs == 25 and w.head.in_features == 640  # 1 stem + 3 groups x 4 blocks x 2 convs; 64 x 10
 
@@ -52,7 +53,7 @@ def _tasks(batch: int = 2, channels: int = 3, size: int = 16) -> Tasks:
 def _learner(method: str) -> MetaLearner:
     layers = make_layers(supermask=METHODS[method].needs_supermask, generator=torch.Generator().manual_seed(0))
     net = build_model("conv4", num_classes=5, in_channels=3, image_size=16, channels=8, layers=layers)
-    return MetaLearner(net, method=method, steps=5)
+    return MetaLearner(net, method=method, outer_steps=5)
 
 
 @pytest.mark.parametrize(("method", "adapted_part"), [("anil", "head"), ("boil", "body"), ("maml", "all"),

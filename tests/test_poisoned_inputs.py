@@ -321,7 +321,7 @@ def test_a_state_of_another_learner_is_refused_and_changes_nothing(other):
 
         layers = make_layers(supermask=False, generator=torch.Generator().manual_seed(0))
         state = MetaLearner(build_model("mlp", num_classes=5, width=0.5, layers=layers), method="maml",
-                            steps=10).state_dict()
+                            outer_steps=10).state_dict()
     elif other == "optimizer":
         state = learner("maml", optimizer="sgd").state_dict()
     else:

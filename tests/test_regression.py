@@ -23,7 +23,7 @@ def regression_learner(method: str, seed: int = 0, dense_first: bool = False, **
     layers = make_layers(supermask=method == "metaticket", generator=g, mask="threshold",
                          init_sparsity=0.5 if method == "metaticket" else 0.0, dense_first=dense_first)
     net = build_model("sinusoid-mlp", num_classes=1, layers=layers)
-    return MetaLearner(net, method=method, loss="mse", steps=10, **kw)
+    return MetaLearner(net, method=method, loss="mse", outer_steps=10, **kw)
 
 
 def loop_meta_gradient(lrn: MetaLearner, batch: Tasks, steps: int, first_order: bool) -> dict[str, torch.Tensor]:

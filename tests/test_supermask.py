@@ -162,3 +162,18 @@ def test_bad_mask_options_raise():
         SupermaskLinear(3, 3, mask="nope")
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         SupermaskLinear(3, 3, sparsity=1.0)
+
+
+def test_a_layers_sparsity_is_the_fraction_of_its_weights_pruned_also_inside_a_source():
+    """``sparsity`` has one meaning: the fraction of the layer's weights pruned. The top-k rule's own parameter is
+    ``topk_sparsity``, which inside a fixed random source is the fraction of the source's weights it prunes."""
+    g = torch.Generator().manual_seed(0)
+    layer = SupermaskLinear(20, 10, mask="topk", sparsity=0.5, generator=g)
+    assert layer.sparsity == layer.topk_sparsity == 0.5
+    source = (torch.rand(10, 20, generator=g) < 0.4).float()
+    layer.set_source(source)
+    kept = int(layer.hard_mask().sum())
+    assert kept == round(0.5 * int(source.sum())) and layer.topk_sparsity == 0.5
+    assert layer.sparsity == 1 - kept / 200
+    thr = SupermaskLinear(20, 10, mask="threshold", init_sparsity=0.3, generator=g)
+    assert abs(thr.sparsity - float(1 - thr.hard_mask().mean())) < 1e-6 and 0.25 < thr.sparsity < 0.35

@@ -122,7 +122,7 @@ class SupermaskMixin:
         if not 0.0 <= sparsity < 1.0 or not 0.0 <= init_sparsity < 1.0:
             raise ValueError("sparsity and init_sparsity must lie in [0, 1)")
         self.mask_rule = mask
-        self.sparsity = float(sparsity)
+        self.topk_sparsity = float(sparsity)  # of the weights that compete: all, or a source's kept ones
         self.init = init
         shape = self.weight.shape
         with torch.no_grad():
@@ -146,18 +146,29 @@ class SupermaskMixin:
     def set_source(self, source: Tensor) -> None:
         """Restrict the mask to the ones of ``source`` (0/1, shape of ``weight``): a sparse random source network.
 
-        For ``topk``, ``sparsity`` then is the fraction of the source's kept weights that the mask prunes.
+        For ``topk``, ``topk_sparsity`` then is the fraction of the source's kept weights that the mask prunes;
+        :attr:`sparsity` stays the fraction of the layer's weights pruned.
         """
         if source.shape != self.weight.shape:
             raise ValueError(f"source mask of shape {tuple(source.shape)} for a weight {tuple(self.weight.shape)}")
         self.source = source.to(device=self.weight.device, dtype=self.weight.dtype).clone()
         self.source_count = int(self.source.sum())
 
+    @property
+    def sparsity(self) -> float:
+        """The fraction of this layer's weights the mask prunes: for ``topk`` what the rule keeps of the weights
+        that compete (all, or a source's ones), for ``threshold`` the current mask's (it emerges from the scores)."""
+        n = self.weight.numel()
+        if self.mask_rule == "topk":
+            competing = self.source_count if self.source is not None else n
+            return 1.0 - int(round((1.0 - self.topk_sparsity) * competing)) / n
+        return 1.0 - float(self.hard_mask().sum()) / n
+
     def mask(self, scores: Tensor | None = None) -> Tensor:
         """The 0/1 mask (shape of ``weight``) with a straight-through gradient to the scores."""
         s = self.scores if scores is None else scores
         if self.mask_rule == "topk":
-            return topk_mask(s, self.sparsity, self.source, self.source_count)
+            return topk_mask(s, self.topk_sparsity, self.source, self.source_count)
         m = threshold_mask(s, self.threshold)
         return m if self.source is None else m * self.source
 
@@ -169,7 +180,7 @@ class SupermaskMixin:
         return self.weight * self.mask()
 
     def extra_repr(self) -> str:  # shown by print(model)
-        rule = f"topk(sparsity={self.sparsity})" if self.mask_rule == "topk" else "threshold"
+        rule = f"topk(sparsity={self.topk_sparsity})" if self.mask_rule == "topk" else "threshold"
         return f"{super().extra_repr()}, mask={rule}, init={self.init}"
 
 
@@ -272,7 +283,7 @@ def scale_fan_in(model: nn.Module) -> None:
     """
     for _, layer in supermask_layers(model):
         if layer.mask_rule == "topk":
-            layer.scale_weights(1.0 / math.sqrt(1.0 - layer.sparsity))
+            layer.scale_weights(1.0 / math.sqrt(1.0 - layer.topk_sparsity))
 
 
 # ----------------------------------------------------------------------------------------------- reports

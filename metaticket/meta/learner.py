@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -61,7 +62,7 @@ class MetaLearner(MetaLoss):
 
     The objective's settings and methods are :class:`~metaticket.meta.metaloss.MetaLoss`'s; this adds the outer
     optimizer (``optimizer``, ``outer_lr``, ``momentum``, ``weight_decay``), the schedule (``schedule``,
-    ``warmup_steps`` over ``steps``), IteRand (``rerand_every``, ``rerand_rate``, seeded by ``seed``), the
+    ``warmup_steps`` over ``outer_steps``), IteRand (``rerand_every``, ``rerand_rate``, seeded by ``seed``), the
     ``collective`` of a data-parallel run, and ``state_dict()``/``load_state_dict()`` (model, optimizer, schedule,
     step and IteRand state). ``to(device)`` moves the optimizer's state too.
     """
@@ -70,15 +71,21 @@ class MetaLearner(MetaLoss):
                  inner_steps: int = 1, inner_steps_test: int = 3, first_order: bool = False,
                  optimizer: str = "auto", outer_lr: float | None = None, momentum: float = 0.9,
                  weight_decay: float = 0.0,
-                 schedule: str = "auto", warmup_steps: int | None = None, steps: int = 10000,
+                 schedule: str = "auto", warmup_steps: int | None = None, outer_steps: int = 10000,
                  rerand_every: int = 0, rerand_rate: float = 0.1, vectorize: str = "auto", seed: int = 0,
                  head: str | Callable[[str], bool] | None = None, collective: Collective = SINGLE,
                  precision: str = "float32", score_grad: str = "reference",
-                 loss: str | Objective | RowLoss = "cross_entropy", learn_dense: bool = False) -> None:
+                 loss: str | Objective | RowLoss = "cross_entropy", learn_dense: bool = False,
+                 steps: int | None = None) -> None:
+        if steps is not None:  # the name before: "steps" also named inner steps in this class's methods
+            warnings.warn("MetaLearner(steps=...) is now outer_steps=... (the outer steps the schedule spans)",
+                          DeprecationWarning, stacklevel=3 if type(self) is not MetaLearner else 2)
+            outer_steps = steps
         super().__init__(model, method=method, inner_lr=inner_lr, inner_steps=inner_steps,
                          inner_steps_test=inner_steps_test, first_order=first_order, vectorize=vectorize, head=head,
                          precision=precision, score_grad=score_grad, loss=loss, learn_dense=learn_dense)
-        opt_name, lr, sched, warmup = outer_defaults(method, optimizer, outer_lr, schedule, warmup_steps, steps)
+        opt_name, lr, sched, warmup = outer_defaults(method, optimizer, outer_lr, schedule, warmup_steps,
+                                                     outer_steps)
         params = [p for n, p in model.named_parameters() if n in self.outer_names]
         if opt_name == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum,
@@ -89,7 +96,7 @@ class MetaLearner(MetaLoss):
             self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
         else:
             raise ValueError(f"unknown optimizer {opt_name!r}; known: auto, adam, adamw, sgd")
-        factor = cosine_warmup(steps, warmup) if sched == "cosine" else (lambda t: min(1.0, (t + 1) / warmup)
+        factor = cosine_warmup(outer_steps, warmup) if sched == "cosine" else (lambda t: min(1.0, (t + 1) / warmup)
                                                                           if warmup else 1.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         if rerand_every and not self.masked:

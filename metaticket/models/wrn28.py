@@ -47,8 +47,15 @@ class WideResNet(FeaturesHead):
         self.head = layers.head(prev, num_classes, bias=True)
 
 
-@register_model("wrn28")
-def wrn28(*, num_classes: int, in_channels: int = 3, image_size: int = 84, width: float = 10.0,
-          layers: Layers = DENSE) -> nn.Module:
-    """WRN-28-``width``: the widen factor (5 or 10 in the Meta-ticket paper)."""
-    return WideResNet(in_channels, num_classes, 28, width, layers)
+@register_model("wrn28-10")
+def wrn28_10(*, num_classes: int, in_channels: int = 3, image_size: int = 84, width: float = 1.0,
+             layers: Layers = DENSE) -> nn.Module:
+    """WRN-28-10 (the Meta-ticket paper's): widen factor 10 times ``width``, a multiplier as for every model."""
+    return WideResNet(in_channels, num_classes, 28, 10.0 * width, layers)
+
+
+@register_model("wrn28-5")
+def wrn28_5(*, num_classes: int, in_channels: int = 3, image_size: int = 84, width: float = 1.0,
+            layers: Layers = DENSE) -> nn.Module:
+    """WRN-28-5: widen factor 5 times ``width``."""
+    return WideResNet(in_channels, num_classes, 28, 5.0 * width, layers)

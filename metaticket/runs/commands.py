@@ -251,7 +251,7 @@ def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool,
         print(f"note: meta.warmup_steps = {m.warmup_steps} >= meta.steps = {m.steps}: the outer lr stays in warm-up "
               f"and peaks at {m.outer_lr * m.steps / m.warmup_steps:.3g} of meta.outer_lr = {m.outer_lr:g}; lower "
               f"meta.warmup_steps (e.g. to {max(1, m.steps // 10)})", file=sys.stderr)
-    sets = samplers(config, replace(ctx, quiet=quiet))
+    episodes = samplers(config, replace(ctx, quiet=quiet))
     learner = build_learner(config, device, collective=group)  # config.yaml records what runs, not "auto"
     check_forward(learner.model, config, spec.channels, device)
     if state is not None:  # a checkpoint of another architecture is refused before anything is written
@@ -263,7 +263,7 @@ def meta_train_in(config: Config, run_dir: Path, ctx: Context, resume: bool,
         key = learner.objective.log_key
         monitor.hparams(hparams_of(config), [f"val/best_{key}", f"val/{key}", f"test/{key}", "test/ci95"])
     plan = MetaPlan.of(config)
-    return _finish(lambda: meta_train_loop(learner, sets["train"], sets["val"], plan, run_dir, monitor, device,
+    return _finish(lambda: meta_train_loop(learner, episodes["train"], episodes["val"], plan, run_dir, monitor, device,
                                            resume=resume, main=group.main, callbacks=callbacks),
                    run_dir, monitor, group.main and not quiet,
                    lambda r: f"trained {r['steps']} steps ({r['ms_per_step']:.0f} ms/step); best val "
@@ -491,7 +491,7 @@ def export(run_dir: Path, output: Path | None = None, checkpoint: str | None = N
             "identical_outputs": diff == 0.0}
 
 
-def sweep(config: str, ctx: Context, sets: Sequence[str] = (), methods: Sequence[str] | None = None,
+def sweep(config: str, ctx: Context, overrides: Sequence[str] = (), methods: Sequence[str] | None = None,
           widths: Sequence[float] | None = None, sparsities: Sequence[float] | None = None,
           seeds: Sequence[int] | None = None) -> dict:
     """Train and test one run per point of methods x widths x sparsities x seeds; write a table (and a plot).
@@ -516,7 +516,7 @@ def sweep(config: str, ctx: Context, sets: Sequence[str] = (), methods: Sequence
     def config_path(method: str | None) -> str:
         return config.replace("{method}", method) if per_method and method else config
 
-    base = load_config(config_path(methods[0] if methods else None), list(sets))
+    base = load_config(config_path(methods[0] if methods else None), list(overrides))
     sweep_dir = Path(base.run.out_dir) / f"{base.run.name}-sweep"
     method_key = "meta.method" if base.run.task == "meta" else "train.method"
     grid = bool(methods or widths or sparsities)
@@ -526,9 +526,9 @@ def sweep(config: str, ctx: Context, sets: Sequence[str] = (), methods: Sequence
     for method, width, sparsity, seed in points:
         # a {method} file names its method itself (conv6_iterand.yaml, slot_k8_greedy.yaml); else --methods sets it
         swept = ((method_key, None if per_method else method), ("model.width", width))
-        point_sets = [*sets, *(f"{key}={value}" for key, value in swept if value is not None)]
+        point_overrides = [*overrides, *(f"{key}={value}" for key, value in swept if value is not None)]
         parts = [p for p, v in ((f"{method}", method), (f"w{width}", width)) if v is not None]
-        point = load_config(config_path(method), [*point_sets, f"run.seed={seed}"])
+        point = load_config(config_path(method), [*point_overrides, f"run.seed={seed}"])
         key = sparsity_key(point)
         if sparsity is not None:
             if key is None:
@@ -537,7 +537,7 @@ def sweep(config: str, ctx: Context, sets: Sequence[str] = (), methods: Sequence
                                       f"{chosen}, model.mask = {point.model.mask}): it sets model.sparsity of top-k "
                                       f"masks (model.mask: topk) and model.random_sparsity of train.method "
                                       f"randommask; sweep those, or drop --sparsities")
-            point = load_config(config_path(method), [*point_sets, f"{key}={sparsity}", f"run.seed={seed}"])
+            point = load_config(config_path(method), [*point_overrides, f"{key}={sparsity}", f"run.seed={seed}"])
             parts.append(f"s{sparsity}")
         target = getattr(point.model, (key or "model.sparsity").removeprefix("model."))
         row = {"seed": seed, "target_sparsity": target}

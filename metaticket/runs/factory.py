@@ -51,18 +51,18 @@ def resolve(config: Config, saved: Config | None = None) -> Config:
         sec, name = key.split(".")
         if values[sec][name] in (None, "auto") and old is not None and old[sec][name] not in (None, "auto"):
             values[sec][name] = old[sec][name]
-    d, m = values["data"], values["meta"]
+    d, meta = values["data"], values["meta"]
     spec = get_dataset(config.data.dataset)
     if d["image_size"] is None:
         d["image_size"] = spec.image_size
     if config.run.task == "meta" and spec.episodes is not None:
         d["split"] = spec.split_name(d["split"])
     if config.run.task == "meta":
-        m["optimizer"], m["outer_lr"], m["schedule"], m["warmup_steps"] = outer_defaults(
-            m["method"], m["optimizer"], m["outer_lr"], m["schedule"], m["warmup_steps"], m["steps"])
-    if config.run.task == "meta" and m["vectorize"] == "auto":
+        meta["optimizer"], meta["outer_lr"], meta["schedule"], meta["warmup_steps"] = outer_defaults(
+            meta["method"], meta["optimizer"], meta["outer_lr"], meta["schedule"], meta["warmup_steps"], meta["steps"])
+    if config.run.task == "meta" and meta["vectorize"] == "auto":
         with torch.device("meta"):
-            m["vectorize"] = choose_vectorize(build_meta_model(config, "meta"))
+            meta["vectorize"] = choose_vectorize(build_meta_model(config, "meta"))
     return dataclasses.replace(config, **{sec: dataclasses.replace(getattr(config, sec), **values[sec])
                                           for sec in ("data", "meta")})
 
@@ -75,22 +75,22 @@ def check_model_name(config: Config) -> None:
 
 
 def _build(config: Config, layers: Layers, num_classes: int, in_channels: int, device: torch.device | str) -> nn.Module:
-    m = config.model
-    kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size(config), width=m.width,
-                  layers=layers)
-    if "channels" in model_arguments(m.name):  # the models with a configurable channel count (conv4)
-        kwargs["channels"] = m.channels
+    model_cfg = config.model
+    kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size(config),
+                  width=model_cfg.width, layers=layers)
+    if "channels" in model_arguments(model_cfg.name):  # the models with a configurable channel count (conv4)
+        kwargs["channels"] = model_cfg.channels
     try:
-        return build_model(m.name, **kwargs).to(device)
+        return build_model(model_cfg.name, **kwargs).to(device)
     except ValueError as e:
-        raise MetaticketError(f"model.name = {m.name}: {e}") from None
+        raise MetaticketError(f"model.name = {model_cfg.name}: {e}") from None
 
 
 def build_meta_model(config: Config, device: torch.device | str = "cpu") -> nn.Module:
     """The few-shot network of ``config`` (supermask when ``meta.method`` needs one), drawn from ``run.seed``."""
     check_model_name(config)
-    m, meta = config.model, config.meta
-    if m.scale_fan:
+    model_cfg, meta = config.model, config.meta
+    if model_cfg.scale_fan:
         raise MetaticketError("model.scale_fan applies to train.method edgepopup, not to meta-learning: "
                               "set it to false")
     if meta.rerand_every and not METHODS[meta.method].needs_supermask:
@@ -101,9 +101,10 @@ def build_meta_model(config: Config, device: torch.device | str = "cpu") -> nn.M
         raise MetaticketError(f"meta.learn_dense adds the dense parameters to what Meta-ticket meta-learns; "
                               f"meta.method {meta.method} meta-learns every parameter already: set it to false")
     generator = torch.Generator().manual_seed(config.run.seed)
-    layers = make_layers(supermask=METHODS[meta.method].needs_supermask, mask=m.mask, sparsity=m.sparsity,
-                         init=m.init, init_sparsity=m.init_sparsity, dense_head=m.dense_head,
-                         dense_first=m.dense_first, norm_eps=m.norm_eps, generator=generator)
+    layers = make_layers(supermask=METHODS[meta.method].needs_supermask, mask=model_cfg.mask,
+                         sparsity=model_cfg.sparsity, init=model_cfg.init, init_sparsity=model_cfg.init_sparsity,
+                         dense_head=model_cfg.dense_head, dense_first=model_cfg.dense_first,
+                         norm_eps=model_cfg.norm_eps, generator=generator)
     spec = get_dataset(config.data.dataset)
     return _build(config, layers, spec.outputs or config.data.ways, spec.channels, device)
 
@@ -118,7 +119,7 @@ def build_learner(config: Config, device: torch.device | str = "cpu", collective
                        first_order=meta.first_order, optimizer=meta.optimizer, outer_lr=meta.outer_lr,
                        momentum=meta.momentum, weight_decay=meta.weight_decay, schedule=meta.schedule,
                        warmup_steps=meta.warmup_steps,
-                       steps=meta.steps, rerand_every=meta.rerand_every, rerand_rate=meta.rerand_rate,
+                       outer_steps=meta.steps, rerand_every=meta.rerand_every, rerand_rate=meta.rerand_rate,
                        vectorize=meta.vectorize, seed=config.run.seed, collective=collective,
                        precision=meta.precision, score_grad=meta.score_grad, learn_dense=meta.learn_dense,
                        loss=get_dataset(config.data.dataset).loss)
@@ -135,26 +136,26 @@ def build_classifier(config: Config, num_classes: int, device: torch.device | st
     parameters, as edge-popup and IteRand do.
     """
     check_model_name(config)
-    m = config.model
+    model_cfg = config.model
     kind = method_of(config.train)
     generator = torch.Generator().manual_seed(config.run.seed)
-    layers = make_layers(supermask=kind.supermask, mask=m.mask,
-                         sparsity=m.popup_sparsity if kind.random_mask else m.sparsity, init=m.init,
-                         init_sparsity=m.init_sparsity, dense_head=m.dense_head, dense_first=m.dense_first,
-                         generator=generator, norm="batch",
-                         norm_affine=kind.learns_weights, norm_eps=m.norm_eps, slots=m.slots if kind.slots else 0,
-                         slot_select=m.slot_select)
+    layers = make_layers(supermask=kind.supermask, mask=model_cfg.mask,
+                         sparsity=model_cfg.popup_sparsity if kind.random_mask else model_cfg.sparsity,
+                         init=model_cfg.init, init_sparsity=model_cfg.init_sparsity, dense_head=model_cfg.dense_head,
+                         dense_first=model_cfg.dense_first, generator=generator, norm="batch",
+                         norm_affine=kind.learns_weights, norm_eps=model_cfg.norm_eps,
+                         slots=model_cfg.slots if kind.slots else 0, slot_select=model_cfg.slot_select)
     model = _build(config, layers, num_classes, get_dataset(config.data.dataset).channels, "cpu")
-    if m.scale_fan:
-        if not kind.supermask or kind.random_mask or m.mask != "topk":
+    if model_cfg.scale_fan:
+        if not kind.supermask or kind.random_mask or model_cfg.mask != "topk":
             raise MetaticketError("model.scale_fan rescales top-k supermask weights to the kept fan-in: use it with "
                                   "train.method edgepopup and model.mask topk (or set it to false)")
         scale_fan_in(model)
     if kind.random_mask:
-        if kind.supermask and m.mask != "topk":
+        if kind.supermask and model_cfg.mask != "topk":
             raise MetaticketError("train.randommask_learns = scores runs edge-popup inside the random mask: "
                                   "set model.mask: topk")
-        apply_random_masks(model, m.random_sparsity, m.ratios, generator)
+        apply_random_masks(model, model_cfg.random_sparsity, model_cfg.ratios, generator)
     return model.to(device)
 
 

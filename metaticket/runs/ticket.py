@@ -348,10 +348,10 @@ def load_ticket(path: str | Path, device: torch.device | str = "cpu",
         layer.scores.copy_(hard.to(layer.scores.dtype))
         if layer.mask_rule == "threshold":
             layer.threshold.fill_(0.5)
-        elif int(hard.sum()) != int(round((1.0 - layer.sparsity) * (layer.source_count if layer.source is not None
+        elif int(hard.sum()) != int(round((1.0 - layer.topk_sparsity) * (layer.source_count if layer.source is not None
                                                                      else n))):
             raise MetaticketError(f"ticket {path}: layer {name} keeps {int(hard.sum())} of {n} weights, not the "
-                                  f"top-k count of sparsity {layer.sparsity}; the file is damaged")
+                                  f"top-k count of sparsity {layer.topk_sparsity}; the file is damaged")
     slots = dict(slot_layers(model))
     if list(payload.get("slot_layers", [])) != list(slots):
         raise MetaticketError(f"ticket {path}: its slot layers do not match the rebuilt network; the file is damaged")
