@@ -161,7 +161,7 @@ def parser(prog: str = "run.py") -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_meta_test)
     r = sub.add_parser("train", help="supervised training (dense, edge-popup, IteRand); prints one JSON line")
-    r.add_argument("config", nargs="?", default=None, help="YAML config with run.task: train (see configs/)")
+    r.add_argument("config", nargs="?", default=None, help="YAML config with run.kind: train (see configs/)")
     r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     r.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue this run folder's last checkpoint")
     r.add_argument("--quiet", action="store_true", help="no progress bars")

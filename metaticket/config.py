@@ -144,7 +144,7 @@ class MetaConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Supervised training (``run.task: train``): dense weights, edge-popup, IteRand, Slot Machines or a fixed
+    """Supervised training (``run.kind: train``): dense weights, edge-popup, IteRand, Slot Machines or a fixed
     random mask on a labelled dataset."""
 
     method: Literal["dense", "edgepopup", "slot", "randommask"] = "edgepopup"  # IteRand: edgepopup + rerand_every
@@ -181,7 +181,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: Literal["meta", "train"] = "meta"  # meta: few-shot meta-learning (meta-train); train: supervised (train)
+    kind: Literal["meta", "train"] = "meta"  # meta: few-shot meta-learning (meta-train); train: supervised (train)
     name: str = field(default="run", metadata=_check(
         lambda v: _one_path_component(v), "use one folder name: no / or \\, not starting with '.', no control "
                                           "characters, no leading or trailing spaces, valid UTF-8, at most 200 "
@@ -375,7 +375,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), u
             raise ConfigError(f"--set {item!r}: {section} is not a section")
         raw[section][name] = value
     if any(item.startswith("model.sparsity=") for item in overrides) and _section(raw, "train").get(
-            "method") == "randommask" and _section(raw, "run").get("task") == "train":
+            "method") == "randommask" and _run_kind(raw) == "train":
         raise ConfigError("--set model.sparsity does nothing under train.method randommask: its mask prunes "
                           "model.random_sparsity overall (and edge-popup inside it model.popup_sparsity); set that")
     return config_from_dict(raw, unversioned)
@@ -388,6 +388,12 @@ class ConfigDeprecation(UserWarning):
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
     values = raw.get(name)
     return values if isinstance(values, dict) else {}
+
+
+def _run_kind(raw: dict[str, Any]) -> Any:
+    """``run.kind`` of a raw config (or its old name ``run.task``), ``meta`` when neither is set."""
+    run = _section(raw, "run")
+    return run.get("kind", run.get("task", "meta"))
 
 
 def upgrade(raw: dict[str, Any], unversioned: int = VERSION) -> dict[str, Any]:
@@ -404,13 +410,20 @@ def upgrade(raw: dict[str, Any], unversioned: int = VERSION) -> dict[str, Any]:
     defaults; a file of version 1 or 2 without them ran the random-character split (Omniglot) and the ``start``
     gradient (Meta-ticket) and is read so (run folders silently, other files with one :class:`ConfigDeprecation`
     line), so a resumed run keeps its classes and its gradient. In every version ``model.name: wrn28``, whose
-    ``model.width`` was the widen factor, is ``wrn28-10`` with the width divided by 10 (the same network).
+    ``model.width`` was the widen factor, is ``wrn28-10`` with the width divided by 10 (the same network), and
+    ``run.task`` is ``run.kind``.
     """
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items() if k != "version"}
     version = raw.get("version")
     if version is not None and (isinstance(version, bool) or version not in (1, 2, VERSION)):
         raise ConfigError(f"version = {version!r} is not a config format this metaticket reads; use 1, 2 or "
                           f"{VERSION} (or leave it out)")
+    run = _section(out, "run")
+    if "task" in run and "kind" not in run:  # run.task was the key's name: "task" also means a few-shot task
+        out["run"] = run = {**{k: v for k, v in run.items() if k != "task"}, "kind": run["task"]}
+        if unversioned == VERSION:  # a run folder's own file is read silently
+            warnings.warn(f"run.task is now run.kind (meta or train): read as run.kind: {run['kind']} (write "
+                          f"that)", ConfigDeprecation, stacklevel=3)
     model = _section(out, "model")
     if model.get("name") == "wrn28":  # its model.width was the widen factor; every model's width is a multiplier now
         widen = model.get("width", 1.0)
@@ -425,14 +438,14 @@ def upgrade(raw: dict[str, Any], unversioned: int = VERSION) -> dict[str, Any]:
         return out
     train, data = _section(out, "train"), _section(out, "data")
     said = []
-    if (version or unversioned) in (1, 2) and _section(out, "run").get("task", "meta") == "meta" and \
+    if (version or unversioned) in (1, 2) and _run_kind(out) == "meta" and \
             data.get("dataset", "omniglot") == "omniglot" and "split" not in data:
         out.setdefault("data", data)  # format 3 made the standard split Omniglot's default; older files ran this one
         data["split"] = "maml"
         said.append("data.split was not a key: Omniglot ran the split now called maml (write data.split: vinyals "
                     "for the standard split)")
     meta = _section(out, "meta")
-    if (version or unversioned) in (1, 2) and _section(out, "run").get("task", "meta") == "meta" and \
+    if (version or unversioned) in (1, 2) and _run_kind(out) == "meta" and \
             "score_grad" not in meta and str(meta.get("method", "metaticket")).startswith("metaticket"):
         out.setdefault("meta", meta)  # format 3 made the reference code's score gradient the default
         meta["score_grad"] = "start"

@@ -227,7 +227,7 @@ def test_export_of_a_folder_without_checkpoints(finished_run, tmp_path):
 
 def test_train_config_given_to_meta_train_and_back(tmp_path):
     refused("meta-train", CIFAR, tmp_path=tmp_path / "a", needles=("run.py train",))
-    refused("train", QUICK, tmp_path=tmp_path / "b", needles=("run.task = meta",))
+    refused("train", QUICK, tmp_path=tmp_path / "b", needles=("run.kind = meta",))
 
 
 def test_the_catalogue_has_at_least_25_cases():

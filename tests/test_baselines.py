@@ -301,7 +301,7 @@ def test_train_eval_and_width_sweep_on_real_cifar10(tmp_path, data_root):
 def test_train_config_errors_are_one_line(tmp_path):
     meta_cfg = REPO / "configs" / "omniglot" / "quickstart.yaml"
     r = run("train", str(meta_cfg), "--set", f"run.out_dir={tmp_path}", cwd=tmp_path)
-    assert r.returncode == 2 and "run.task = meta" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "run.kind = meta" in r.stderr and "Traceback" not in r.stderr
     cfg = REPO / "configs" / "cifar10" / "conv6_dense.yaml"
     r = run("meta-train", str(cfg), "--set", f"run.out_dir={tmp_path}", cwd=tmp_path)
     assert r.returncode == 2 and "run.py train" in r.stderr

@@ -86,7 +86,7 @@ def test_base_cycle_and_missing_file(tmp_path):
 
 
 # ------------------------------------------------------------------------- one meaning per name (format 2)
-TRAIN = "run:\n  task: train\n"
+TRAIN = "run:\n  kind: train\n"
 
 
 def loaded_quietly(path: Path, overrides: tuple[str, ...] = (), run_folder: bool = False) -> Config:
@@ -126,7 +126,7 @@ def test_run_folders_of_version_1_keep_what_they_ran(tmp_path):
     """A config.yaml written before format 2 has no version and train.rerand_every: 300 under every method, which
     did nothing outside iterand: read from a run folder it stays without IteRand, silently."""
     dump = Config().to_dict()
-    dump["run"]["task"], dump["train"]["rerand_every"] = "train", 300
+    dump["run"]["kind"], dump["train"]["rerand_every"] = "train", 300
     del dump["model"]["random_sparsity"]
     import yaml
 
@@ -184,7 +184,7 @@ def test_omniglot_files_of_earlier_formats_keep_the_split_they_ran(tmp_path):
     assert resolve(fresh, saved=loaded_quietly(write(tmp_path, yaml.safe_dump(dump), "o.yaml"),
                                                 run_folder=True)).data.split == "maml"
     # other datasets and supervised runs are not touched
-    assert loaded_quietly(write(tmp_path, "version: 2\nrun:\n  task: train\n")).data.split is None
+    assert loaded_quietly(write(tmp_path, "version: 2\nrun:\n  kind: train\n")).data.split is None
     tiny = "version: 2\ndata:\n  dataset: tinyimagenet\nmeta:\n  score_grad: start\n"
     assert loaded_quietly(write(tmp_path, tiny)).data.split is None
     with pytest.raises(Exception, match="data.split = 'alphabets' is not a class split of omniglot"):
@@ -237,6 +237,27 @@ def test_model_width_is_a_multiplier_for_every_model_and_old_wrn28_files_keep_th
         warnings.simplefilter("error")
         assert load_run_config(old).model.name == "wrn28-10"
     assert load_config("miniimagenet/wrn28-5_5w5s_maml").model.name == "wrn28-5"
+
+
+def test_run_kind_was_run_task_and_old_files_still_read(tmp_path):
+    """``run.task`` (meta or train) is ``run.kind`` now ("task" is a few-shot task everywhere else): an old file is
+    read as what it says with one line naming the new key, a run folder's own file silently, ``--set`` too."""
+    import warnings
+
+    from metaticket.config import ConfigDeprecation, load_run_config
+
+    old = write(tmp_path, "run:\n  task: train\n", "old.yaml")
+    with pytest.warns(ConfigDeprecation) as said:
+        assert load_config(old).run.kind == "train"
+    assert len(said) == 1 and "run.kind" in str(said[0].message)
+    assert loaded_quietly(write(tmp_path, TRAIN, "new.yaml")) == load_config(old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_run_config(old).run.kind == "train"
+    with pytest.warns(ConfigDeprecation):
+        assert load_config(write(tmp_path, ""), ["run.task=train"]).run.kind == "train"
+    with pytest.raises(ConfigError, match="unknown config key run.tsk"):
+        load_config(write(tmp_path, ""), ["run.tsk=train"])
 
 
 def test_miniimagenet_configs_follow_the_reference_protocol(tmp_path):

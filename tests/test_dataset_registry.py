@@ -73,7 +73,7 @@ def test_builtin_specs():
 def test_unknown_and_empty_specs_are_refused():
     with pytest.raises(MetaticketError, match=r"data.dataset = 'mnist' is unknown; known datasets: cifar10, "):
         get_dataset("mnist")
-    with pytest.raises(ValueError, match="needs an episodes, tasks or classification reader"):
+    with pytest.raises(ValueError, match="needs an episodes, generate or classification reader"):
         register_dataset(DatasetSpec("empty", channels=1, image_size=8, decoded_images=0))
     with pytest.raises(ValueError, match="names no episode_splits"):
         register_dataset(DatasetSpec("nosplits", channels=1, image_size=8, decoded_images=0, episodes=lambda s: None))

@@ -33,8 +33,8 @@ def episode_samplers(dataset: str, root: str | Path, cache_dir: str | Path, *, w
     ``vinyals``, the default, or ``maml``); None takes the dataset's default.
     """
     spec = get_dataset(dataset)
-    if spec.tasks is not None:  # generated tasks (sinusoid regression): no files, no classes
-        return spec.tasks(shots, queries, seed, val_seed)
+    if spec.generate is not None:  # generated tasks (sinusoid regression): no files, no classes
+        return spec.generate(shots, queries, seed, val_seed)
     if spec.episodes is None:
         raise MetaticketError(f"data.dataset = {dataset} has no few-shot tasks; meta-learning takes one of: "
                               f"{', '.join(list_datasets(episodes=True))}")

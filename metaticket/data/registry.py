@@ -74,8 +74,8 @@ class DatasetSpec:
     rotations: bool = False  # offers rotated copies of classes as extra classes (data.rotations)
     class_splits: tuple[str, ...] = ()  # named class splits ``episodes`` offers (data.split), the default first;
     # () when the dataset has one fixed split
-    # generated tasks (regression): tasks(shots, queries, seed, val_seed) -> {"train"|"val"|"test": sampler}
-    tasks: Callable[[int, int, int, int], dict] | None = None
+    # generated tasks (regression): generate(shots, queries, seed, val_seed) -> {"train"|"val"|"test": sampler}
+    generate: Callable[[int, int, int, int], dict] | None = None
     loss: str = "cross_entropy"  # the tasks' objective (metaticket.meta.objective): cross_entropy or mse
     outputs: int = 0  # network outputs; 0: one per class (data.ways)
 
@@ -100,9 +100,9 @@ DATASETS: dict[str, DatasetSpec] = {}
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     """Register ``spec`` under ``spec.name``; registering a name again replaces it (re-run notebook cells)."""
-    if spec.episodes is None and spec.classification is None and spec.tasks is None:
-        raise ValueError(f"dataset {spec.name!r} needs an episodes, tasks or classification reader")
-    if (spec.episodes is not None or spec.tasks is not None) and not spec.episode_splits:
+    if spec.episodes is None and spec.classification is None and spec.generate is None:
+        raise ValueError(f"dataset {spec.name!r} needs an episodes, generate or classification reader")
+    if (spec.episodes is not None or spec.generate is not None) and not spec.episode_splits:
         raise ValueError(f"dataset {spec.name!r} has an episodes reader but names no episode_splits")
     DATASETS[spec.name] = spec
     return spec
@@ -111,7 +111,7 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 def list_datasets(*, episodes: bool = False, classification: bool = False) -> list[str]:
     """Registered names; ``episodes``/``classification`` keep those offering few-shot tasks / a supervised split."""
     return sorted(name for name, s in DATASETS.items()
-                  if (not episodes or s.episodes is not None or s.tasks is not None)
+                  if (not episodes or s.episodes is not None or s.generate is not None)
                   and (not classification or s.classification is not None))
 
 

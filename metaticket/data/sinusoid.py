@@ -45,5 +45,5 @@ def _samplers(shots: int, queries: int, seed: int, val_seed: int) -> dict[str, S
             for i, name in enumerate(("train", "val", "test"))}
 
 
-register_dataset(DatasetSpec("sinusoid", channels=1, image_size=1, decoded_images=0, tasks=_samplers,
+register_dataset(DatasetSpec("sinusoid", channels=1, image_size=1, decoded_images=0, generate=_samplers,
                              episode_splits=("train", "val", "test"), loss="mse", outputs=1))

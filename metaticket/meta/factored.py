@@ -203,7 +203,7 @@ class FactoredInner:
     """
 
     def __init__(self, layers: Sequence[tuple[str, object]], params: dict[str, Tensor],
-                 inner_names: Sequence[str], grad_masks: dict[str, Tensor], tasks: int, *, lr: float,
+                 inner_names: Sequence[str], grad_masks: dict[str, Tensor], n_tasks: int, *, lr: float,
                  first_order: bool, objective: Objective = CROSS_ENTROPY) -> None:
         self.lr, self.first_order, self.objective = lr, first_order, objective
         self.adapted = set(inner_names)
@@ -217,7 +217,7 @@ class FactoredInner:
                 return None
             if key in self.adapted and not t.requires_grad:
                 t = t.detach().requires_grad_()
-            return t.unsqueeze(0).expand(tasks, *t.shape) if per_task else t
+            return t.unsqueeze(0).expand(n_tasks, *t.shape) if per_task else t
 
         with torch.enable_grad():  # evaluation runs under no_grad; the support steps need their graph
             for name, m in layers:

@@ -118,7 +118,7 @@ def check_memory(config: Config, dataset: str | None = None, memory: int | None 
     d = config.data
     name = dataset or d.dataset
     side = image_size(config)
-    meta = config.run.task == "meta"
+    meta = config.run.kind == "meta"
     spec = get_dataset(name)
     pixels = spec.channels * side * side
     if meta:
@@ -164,11 +164,11 @@ def setup(config: Config) -> torch.device:
     return resolve_device(config.run.device)
 
 
-def expect_task(config: Config, task: str, command: str) -> None:
-    if config.run.task != task:
-        other = "meta-train" if config.run.task == "meta" else "train"
-        raise MetaticketError(f"this config has run.task = {config.run.task}; run it with `run.py {other}`, "
-                              f"or set run.task = {task} for {command}")
+def expect_kind(config: Config, kind: str, command: str) -> None:
+    if config.run.kind != kind:
+        other = "meta-train" if config.run.kind == "meta" else "train"
+        raise MetaticketError(f"this config has run.kind = {config.run.kind}; run it with `run.py {other}`, "
+                              f"or set run.kind = {kind} for {command}")
 
 
 def load_weights(target, state: dict, run_dir: Path) -> None:
@@ -203,11 +203,11 @@ def _finish(loop: Callable[[], dict], run_dir: Path, monitor: Monitor, say: bool
 
 def meta_train(config: Config, ctx: Context, resume: bool = False,
                callbacks: Callbacks | Sequence[Callbacks] | None = None) -> dict:
-    """Meta-train ``config`` (run.task: meta) into a new folder ``run.out_dir/run.name`` (``-1``, ``-2``, ... when
+    """Meta-train ``config`` (run.kind: meta) into a new folder ``run.out_dir/run.name`` (``-1``, ``-2``, ... when
     that one holds a run), or continue that folder's last checkpoint with ``resume``. Returns the training summary
     (steps, ms per step, best validation accuracy and step) with ``run_dir``, the folder it wrote. ``callbacks``
     (:class:`~metaticket.runs.loop.Callbacks`) see every log line, validation and checkpoint as it happens."""
-    expect_task(config, "meta", "meta-train")
+    expect_kind(config, "meta", "meta-train")
     return _claimed(lambda d: meta_train_in(config, d, ctx, resume, callbacks),
                     Path(config.run.out_dir) / config.run.name, resume, ctx.group)
 
@@ -216,7 +216,7 @@ def _prepare(config: Config, run_dir: Path, ctx: Context, resume: bool) -> tuple
                                                                               bool]:
     """What every training process starts from: the resolved config, the checkpoint a resume continues (None for a
     new run), this process's device (seeded, threads set) and whether it stays quiet (all but rank 0 do)."""
-    meta = config.run.task == "meta"
+    meta = config.run.kind == "meta"
     state, config = check_resumable(run_dir, config, resolve) if resume else (None, resolve(config))
     device = setup(config)
     world = ctx.group.world
@@ -279,9 +279,9 @@ def _classification(config: Config, ctx: Context) -> Classification:
 
 
 def train(config: Config, ctx: Context, resume_dir: Path | None = None) -> dict:
-    """Train ``config`` (run.task: train) into a new folder ``run.out_dir/run.name`` (``-1``, ... when taken), or
+    """Train ``config`` (run.kind: train) into a new folder ``run.out_dir/run.name`` (``-1``, ... when taken), or
     continue ``resume_dir``'s last checkpoint. Returns the training summary with ``run_dir``."""
-    expect_task(config, "train", "train")
+    expect_kind(config, "train", "train")
     resume = resume_dir is not None
     run_dir = resume_dir or Path(config.run.out_dir) / config.run.name
     return _claimed(lambda d: train_in(config, d, ctx, resume), run_dir, resume, ctx.group)
@@ -330,7 +330,7 @@ def train_in(config: Config, run_dir: Path, ctx: Context, resume: bool) -> dict:
 def evaluate(run_dir: Path, ctx: Context) -> dict:
     """Test scores of a supervised run's last checkpoint: top-1 (+ top-5 beyond 10 classes), sparsity, params."""
     config = saved_config(run_dir, "the folder train")
-    expect_task(config, "train", "eval")
+    expect_kind(config, "train", "eval")
     device = setup(config)
     data = _classification(config, ctx)
     model = build_classifier(config, len(data.classes), device)
@@ -410,7 +410,7 @@ def hparams_of(config: Config) -> dict[str, object]:
     """A run's hyper-parameters for TensorBoard's HParams view: every number, string and bool (as text) of the
     config's data, model and meta (meta-training) or train (supervised) sections as ``section.key``, and the seed;
     the ones in :data:`HPARAMS_FIRST` first."""
-    sections = ("data", "model", "meta" if config.run.task == "meta" else "train")
+    sections = ("data", "model", "meta" if config.run.kind == "meta" else "train")
     found: dict[str, object] = {"run.seed": config.run.seed}
     for name in sections:
         for k, v in dataclasses.asdict(getattr(config, name)).items():
@@ -472,10 +472,10 @@ def export(run_dir: Path, output: Path | None = None, checkpoint: str | None = N
     config = saved_config(run_dir, "a folder meta-train or train")
     out = output or run_dir / f"{config.run.name}.ticket"
     _check_ticket_target(out)
-    meta = config.run.task == "meta"
+    meta = config.run.kind == "meta"
     which = checkpoint or ("best" if meta else "last")
     path = run_dir / "checkpoints" / f"{which}.pt"
-    state = check_checkpoint(load_checkpoint(path), config.run.task, path)
+    state = check_checkpoint(load_checkpoint(path), config.run.kind, path)
     weights = state["learner"]["model"] if meta else state["model"]
     num_classes = None if meta else _head_classes(weights, run_dir)
     model = build_network(config, num_classes)
@@ -518,7 +518,7 @@ def sweep(config: str, ctx: Context, overrides: Sequence[str] = (), methods: Seq
 
     base = load_config(config_path(methods[0] if methods else None), list(overrides))
     sweep_dir = Path(base.run.out_dir) / f"{base.run.name}-sweep"
-    method_key = "meta.method" if base.run.task == "meta" else "train.method"
+    method_key = "meta.method" if base.run.kind == "meta" else "train.method"
     grid = bool(methods or widths or sparsities)
     points = list(itertools.product(methods or [None], widths or [None], sparsities or [None],
                                     seeds or [base.run.seed]))
@@ -532,7 +532,7 @@ def sweep(config: str, ctx: Context, overrides: Sequence[str] = (), methods: Seq
         key = sparsity_key(point)
         if sparsity is not None:
             if key is None:
-                chosen = point.meta.method if point.run.task == "meta" else point.train.method
+                chosen = point.meta.method if point.run.kind == "meta" else point.train.method
                 raise MetaticketError(f"--sparsities changes nothing in {config_path(method)} ({method_key} = "
                                       f"{chosen}, model.mask = {point.model.mask}): it sets model.sparsity of top-k "
                                       f"masks (model.mask: topk) and model.random_sparsity of train.method "
@@ -567,7 +567,7 @@ def sparsity_key(config: Config) -> str | None:
     randommask, None when nothing sets it (the threshold rule, where sparsity emerges from the scores, or no mask)."""
     from metaticket.meta.learner import METHODS
 
-    if config.run.task == "meta":
+    if config.run.kind == "meta":
         return "model.sparsity" if METHODS[config.meta.method].needs_supermask and config.model.mask == "topk" else None
     kind = method_of(config.train)
     if kind.random_mask:
@@ -582,7 +582,7 @@ def _sweep_point(config: Config, run_dir: Path, ctx: Context) -> dict:
         return done
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
     summary = read_json(run_dir / "train_summary.json")
-    if config.run.task == "meta":
+    if config.run.kind == "meta":
         if summary is None or summary.get("steps", 0) < config.meta.steps:
             meta_train_in(config, run_dir, ctx, resume)
         result = meta_test(run_dir, ctx, checkpoint="best")

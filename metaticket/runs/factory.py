@@ -55,12 +55,12 @@ def resolve(config: Config, saved: Config | None = None) -> Config:
     spec = get_dataset(config.data.dataset)
     if d["image_size"] is None:
         d["image_size"] = spec.image_size
-    if config.run.task == "meta" and spec.episodes is not None:
+    if config.run.kind == "meta" and spec.episodes is not None:
         d["split"] = spec.split_name(d["split"])
-    if config.run.task == "meta":
+    if config.run.kind == "meta":
         meta["optimizer"], meta["outer_lr"], meta["schedule"], meta["warmup_steps"] = outer_defaults(
             meta["method"], meta["optimizer"], meta["outer_lr"], meta["schedule"], meta["warmup_steps"], meta["steps"])
-    if config.run.task == "meta" and meta["vectorize"] == "auto":
+    if config.run.kind == "meta" and meta["vectorize"] == "auto":
         with torch.device("meta"):
             meta["vectorize"] = choose_vectorize(build_meta_model(config, "meta"))
     return dataclasses.replace(config, **{sec: dataclasses.replace(getattr(config, sec), **values[sec])
@@ -221,9 +221,9 @@ def _affine_norm_key(model: nn.Module, key: str) -> bool:
 
 
 def build_network(config: Config, num_classes: int | None = None, device: torch.device | str = "cpu") -> nn.Module:
-    """The network of any run: the meta-model (``run.task: meta``, ``num_classes`` = ways) or the classifier."""
-    if config.run.task == "meta":
+    """The network of any run: the meta-model (``run.kind: meta``, ``num_classes`` = ways) or the classifier."""
+    if config.run.kind == "meta":
         return build_meta_model(config, device)
     if num_classes is None:
-        raise ValueError("a supervised (run.task: train) network needs num_classes")
+        raise ValueError("a supervised (run.kind: train) network needs num_classes")
     return build_classifier(config, num_classes, device)

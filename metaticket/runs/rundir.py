@@ -210,4 +210,4 @@ def check_resumable(run_dir: Path, config: Config,
             raise MetaticketError(f"cannot resume {run_dir}: {key} = {b} is below the saved {a}; a resumed run may "
                                   f"train longer, not shorter")
     last = last_checkpoint(run_dir)  # checked before anything is written into the folder
-    return check_checkpoint(load_checkpoint(last), config.run.task, last), config
+    return check_checkpoint(load_checkpoint(last), config.run.kind, last), config

@@ -144,7 +144,7 @@ def export_ticket(model: nn.Module, config: Config | None, path: str | Path, *, 
                   info: dict[str, Any] | None = None, build: Callable[[], nn.Module] | None = None) -> dict[str, Any]:
     """Write ``model`` (built from ``config`` and trained) as a ticket at ``path``, atomically.
 
-    ``num_classes`` is needed for supervised (``run.task: train``) networks. A model of your own (no config):
+    ``num_classes`` is needed for supervised (``run.kind: train``) networks. A model of your own (no config):
     pass ``config=None`` and ``build``, a function returning the untrained network with the same values every
     call (seed it inside); ``load_ticket(path, build=build)`` rebuilds it. Returns a report: file size, the size
     of the equivalent dense fp32 state_dict and their ratio, sparsity, and how many tensors and re-sampled weights
