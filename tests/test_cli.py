@@ -58,6 +58,7 @@ def test_resume_continues_to_the_planned_steps(tmp_path, data_root):
     sessions = [json.loads(x) for x in (tmp_path / "r" / "sessions.jsonl").read_text().splitlines()]
     assert [s["resume"] for s in sessions] == [False, True, True]
     assert {s["device"] for s in sessions} == {"cpu"} and all(s["torch"] and s["threads"] >= 1 for s in sessions)
+    assert all(s["cpu"]["model"] and isinstance(s["cpu"]["flags"], list) for s in sessions)
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -1,8 +1,8 @@
 """Run folders: claiming one for a new run, writing its config, and checking that a ``--resume`` can continue it.
 
 A run folder holds ``config.yaml`` (the config that ran), ``sessions.jsonl`` (one line per start or resume: the
-device ``run.device`` resolved to, threads, torch, host), ``metrics.jsonl``, TensorBoard events and
-``checkpoints/{last,best}.pt``. Its claim is an exclusive create of ``config.yaml``, so two runs started at the
+device ``run.device`` resolved to, threads, torch, host, CPU model and vector extensions), ``metrics.jsonl``,
+TensorBoard events and ``checkpoints/{last,best}.pt``. Its claim is an exclusive create of ``config.yaml``, so two runs started at the
 same moment never share a folder; a run refused before it starts leaves nothing behind.
 """
 
@@ -21,6 +21,7 @@ import torch
 from metaticket.config import Config, config_yaml, load_run_config
 from metaticket.distributed import Collective
 from metaticket.errors import MetaticketError
+from metaticket.hardware import cpu_info
 from metaticket.runs.checkpoint import check_checkpoint, load_checkpoint, open_append, write_text_atomic
 
 
@@ -173,7 +174,7 @@ def create_run_dir(config: Config, run_dir: Path, resume: bool, device: torch.de
     write_text_atomic(run_dir / "config.yaml", config_yaml(config))
     session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resume": resume, "device": str(device),
                "threads": torch.get_num_threads(), "torch": torch.__version__, "host": platform.node(),
-               "python": platform.python_version()}
+               "python": platform.python_version(), "cpu": cpu_info()}  # trained floats differ between CPU kinds
     with open_append(run_dir / "sessions.jsonl") as f:  # a torn last line is cut, a planted link refused
         f.write(json.dumps(session) + "\n")
     wanted = Path(config.run.out_dir) / config.run.name
