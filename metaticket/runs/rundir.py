@@ -2,8 +2,8 @@
 
 A run folder holds ``config.yaml`` (the config that ran), ``sessions.jsonl`` (one line per start or resume: the
 device ``run.device`` resolved to, threads, torch, host, CPU model and vector extensions), ``metrics.jsonl``,
-TensorBoard events and ``checkpoints/{last,best}.pt``. Its claim is an exclusive create of ``config.yaml``, so two runs started at the
-same moment never share a folder; a run refused before it starts leaves nothing behind.
+TensorBoard events and ``checkpoints/{last,best}.pt``. Its claim is an exclusive create of ``config.yaml``, so two
+runs started at the same moment never share a folder; a run refused before it starts leaves nothing behind.
 """
 
 from __future__ import annotations
