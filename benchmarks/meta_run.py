@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         config = load_config(config_path, [*args.set, f"run.out_dir={run_dir.parent}", f"run.name={args.tag}"])
         summary = runs.meta_train(config, ctx)
         train_minutes = (time.time() - t0) / 60
-        test = runs.meta_test(Path(summary["run_dir"]), ctx, tasks=args.tasks)
+        test = runs.meta_test(Path(summary["run_dir"]), ctx, n_tasks=args.tasks)
     except (ConfigError, MetaticketError) as e:
         sys.exit(f"error: {e}")
     points = curve(run_dir)

@@ -112,7 +112,7 @@ def accuracy(dirs: list[str], tasks: int) -> list[dict]:
     for d in dirs:
         folder = Path(d)
         config = saved_config(folder, "meta-train")
-        test = runs.meta_test(folder, runs.Context.from_environment(os.environ), tasks=tasks)
+        test = runs.meta_test(folder, runs.Context.from_environment(os.environ), n_tasks=tasks)
         summary = json.loads((folder / "train_summary.json").read_text())
         rows.append({"run": folder.name, "precision": config.meta.precision, "method": config.meta.method,
                      "width": config.model.width, "meta_steps": config.meta.steps, "meta_batch": config.meta.meta_batch,

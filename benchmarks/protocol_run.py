@@ -36,7 +36,7 @@ def train_and_test(config: str | Path, sets: list[str], folder: Path, test_tasks
             shutil.rmtree(folder)
         sets = [*sets, f"run.out_dir={folder.parent}", f"run.name={folder.name}"]
         runs.meta_train(load_config(config, sets), ctx, resume=resume)
-    line = runs.meta_test(folder, ctx, tasks=test_tasks, checkpoint="last")
+    line = runs.meta_test(folder, ctx, n_tasks=test_tasks, checkpoint="last")
     result.write_text(json.dumps(line) + "\n")
     return line, (time.perf_counter() - started) / 60
 

@@ -58,7 +58,7 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
 
 
 def cmd_meta_test(args: argparse.Namespace) -> int:
-    result = runs.meta_test(Path(args.run_dir), context(None, args.quiet), tasks=args.tasks,
+    result = runs.meta_test(Path(args.run_dir), context(None, args.quiet), n_tasks=args.tasks,
                             checkpoint=args.checkpoint, dataset=args.dataset)
     print(json.dumps(result))
     return 0

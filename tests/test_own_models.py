@@ -216,7 +216,7 @@ def test_tasks_from_an_image_folder_and_meta_test_with_a_ci(tmp_path):
     assert batch.support_x.shape == (2, 3, 3, 16, 16) and batch.query_y.tolist() == [[0, 0, 1, 1, 2, 2]] * 2
     learner = MAML(build_model("conv4", num_classes=3, in_channels=3, image_size=16, channels=4), first_order=True)
     learner.meta_step(batch)
-    score = meta_test(learner, test, tasks=20, batch=8)
+    score = meta_test(learner, test, n_tasks=20, batch=8)
     assert score["tasks"] == 20 and 0 <= score["accuracy"] <= 100 and score["ci95"] >= 0
     # tensors in [0, 1] (a dataset with ToTensor()) give the same uint8 images as PIL input
     as_float = [(torchvision.transforms.functional.to_tensor(folder[i][0]), folder[i][1]) for i in range(len(folder))]

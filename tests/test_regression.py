@@ -117,7 +117,7 @@ def test_a_short_sinusoid_run_learns():
     train, test = SinusoidSampler(10, 10, seed=0), SinusoidSampler(10, 10, seed=99)
     for _ in range(400):
         lrn.meta_step(train.sample(8))
-    score = meta_test(lrn, test, tasks=200, batch=50)
+    score = meta_test(lrn, test, n_tasks=200, batch=50)
     zero = float(SinusoidSampler(10, 10, seed=99).sample(200).query_y.square().mean())
     assert "mse" in score and "accuracy" not in score
     assert score["mse"] < 0.75 * zero, (score, zero)
@@ -187,3 +187,12 @@ def test_the_shipped_metaticket_sinusoid_config_runs_and_learn_dense_needs_metat
                  "--set", "meta.learn_dense=true", *base]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "meta.learn_dense" in err[0] and "set it to false" in err[0]
+
+
+def test_meta_test_counts_tasks_with_n_tasks_and_the_old_keyword_warns():
+    """A batch of tasks is a ``Tasks``; a number of tasks is ``n_tasks`` (``tasks=`` still works, with a warning)."""
+    lrn = regression_learner("maml", inner_lr=0.002)
+    new = meta_test(lrn, SinusoidSampler(5, 5, seed=4), n_tasks=6, batch=3)
+    with pytest.warns(DeprecationWarning, match="n_tasks"):
+        old = meta_test(lrn, SinusoidSampler(5, 5, seed=4), tasks=6, batch=3)
+    assert new == old and new["tasks"] == 6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -28,13 +29,21 @@ def summarize(accuracies: Tensor, losses: Tensor, percent: bool = True) -> Score
     return Score(accuracy=float(acc.mean()), ci95=1.96 * std / math.sqrt(n), tasks=n, loss=float(losses.mean()))
 
 
-def evaluate(learner, sampler, tasks: int, batch: int, device: torch.device, progress=None) -> Score:
-    """Adapt on and score ``tasks`` tasks drawn from ``sampler`` (``batch`` at a time)."""
+def renamed_count(n_tasks: int | None, tasks: int | None) -> int | None:
+    """``n_tasks``, or the old keyword ``tasks`` with a DeprecationWarning."""
+    if tasks is None:
+        return n_tasks
+    warnings.warn("meta_test(tasks=N) is now meta_test(n_tasks=N)", DeprecationWarning, stacklevel=3)
+    return tasks
+
+
+def evaluate(learner, sampler, n_tasks: int, batch: int, device: torch.device, progress=None) -> Score:
+    """Adapt on and score ``n_tasks`` tasks drawn from ``sampler`` (``batch`` at a time)."""
     accs: list[Tensor] = []
     losses: list[Tensor] = []
     done = 0
-    while done < tasks:
-        n = min(batch, tasks - done)
+    while done < n_tasks:
+        n = min(batch, n_tasks - done)
         loss, acc = learner.evaluate(sampler.sample(n).to(device))
         accs.append(acc.cpu())
         losses.append(loss.cpu())
@@ -49,14 +58,17 @@ def _metric(learner) -> str:  # noqa: ANN001 (any learner with evaluate(); ours 
     return getattr(getattr(learner, "objective", None), "metric", "accuracy")
 
 
-def meta_test(learner, sampler, tasks: int = 600, batch: int = 50, device: torch.device | str | None = None) -> dict:
-    """Meta-test ``learner`` on ``tasks`` tasks of ``sampler`` (adapt on each support set, score its queries):
-    ``{"accuracy": percent, "ci95": 1.96 std / sqrt(tasks), "tasks", "loss"}``; a learner whose objective is
-    scored by another metric (``loss="mse"``: regression) reports it under its name (``"mse"``) instead of
-    ``"accuracy"``. ``device``: the learner's own (its first parameter's) by default."""
-    if tasks < 1:
-        raise ValueError(f"tasks = {tasks}: score at least 1 task")
+def meta_test(learner, sampler, n_tasks: int = 600, batch: int = 50, device: torch.device | str | None = None,
+              tasks: int | None = None) -> dict:
+    """Meta-test ``learner`` on ``n_tasks`` tasks of ``sampler`` (adapt on each support set, score its queries):
+    ``{"accuracy": percent, "ci95": 1.96 std / sqrt(n_tasks), "tasks": n_tasks, "loss"}``; a learner whose objective
+    is scored by another metric (``loss="mse"``: regression) reports it under its name (``"mse"``) instead of
+    ``"accuracy"``. ``device``: the learner's own (its first parameter's) by default. ``tasks=`` is the old name of
+    ``n_tasks`` (a batch of tasks is a :class:`~metaticket.tasks.Tasks` everywhere else)."""
+    n_tasks = renamed_count(n_tasks, tasks)
+    if n_tasks < 1:
+        raise ValueError(f"n_tasks = {n_tasks}: score at least 1 task")
     if device is None:
         device = next(iter(learner.model.parameters())).device
-    score = evaluate(learner, sampler, tasks, batch, torch.device(device))
+    score = evaluate(learner, sampler, n_tasks, batch, torch.device(device))
     return {_metric(learner): score.accuracy, "ci95": score.ci95, "tasks": score.tasks, "loss": score.loss}

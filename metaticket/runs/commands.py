@@ -7,7 +7,7 @@ directly (the benchmarks do)::
 
     ctx = Context.from_environment(os.environ)        # METATICKET_DATA / METATICKET_CACHE, as run.py reads them
     summary = meta_train(load_config("configs/omniglot/quickstart.yaml", ["meta.steps=100"]), ctx)
-    print(meta_test(Path(summary["run_dir"]), ctx, tasks=600))
+    print(meta_test(Path(summary["run_dir"]), ctx, n_tasks=600))
 
 Nothing here reads argv or the environment: what a run takes from outside its config comes in a ``Context``.
 """
@@ -35,6 +35,7 @@ from metaticket.data.classification import Classification, classification_data
 from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import READ_ONLY_ERRNOS, MetaticketError
 from metaticket.meta.evaluate import evaluate as evaluate_tasks
+from metaticket.meta.evaluate import renamed_count
 from metaticket.runs.checkpoint import check_checkpoint, load_checkpoint, read_json, write_text_atomic
 from metaticket.runs.factory import (
     build_classifier,
@@ -355,10 +356,12 @@ def evaluate(run_dir: Path, ctx: Context) -> dict:
     return result
 
 
-def meta_test(run_dir: Path, ctx: Context, tasks: int | None = None, checkpoint: str = "best",
-              dataset: str | None = None) -> dict:
-    """Score a run's ``checkpoint`` (best or last) on ``tasks`` test tasks (default eval.test_tasks) of its dataset,
-    or of ``dataset`` (cross-domain). Returns the meta-test line: accuracy and ci95 in percent, the protocol."""
+def meta_test(run_dir: Path, ctx: Context, n_tasks: int | None = None, checkpoint: str = "best",
+              dataset: str | None = None, tasks: int | None = None) -> dict:
+    """Score a run's ``checkpoint`` (best or last) on ``n_tasks`` test tasks (default eval.test_tasks) of its
+    dataset, or of ``dataset`` (cross-domain). Returns the meta-test line: accuracy and ci95 in percent, the
+    protocol. ``tasks=`` is the old name of ``n_tasks``."""
+    n_tasks = renamed_count(n_tasks, tasks)
     config = saved_config(run_dir, "the folder meta-train")
     target = dataset or config.data.dataset
     have, need = get_dataset(target).channels, get_dataset(config.data.dataset).channels
@@ -377,7 +380,7 @@ def meta_test(run_dir: Path, ctx: Context, tasks: int | None = None, checkpoint:
     state = check_checkpoint(load_checkpoint(path, map_location=device), "meta", path)
     load_weights(learner, state["learner"], run_dir)
     test = samplers(config, ctx, dataset=target)["test"]
-    n = config.eval.test_tasks if tasks is None else tasks
+    n = config.eval.test_tasks if n_tasks is None else n_tasks
     if n < 1:
         raise MetaticketError(f"--tasks {n}: score at least 1 test task")
     monitor = scoring_monitor(run_dir, ctx.quiet)
