@@ -248,9 +248,9 @@ def test_run_kind_was_run_task_and_old_files_still_read(tmp_path):
 
     old = write(tmp_path, "run:\n  task: train\n", "old.yaml")
     with pytest.warns(ConfigDeprecation) as said:
-        assert load_config(old).run.kind == "train"
-    assert len(said) == 1 and "run.kind" in str(said[0].message)
-    assert loaded_quietly(write(tmp_path, TRAIN, "new.yaml")) == load_config(old)
+        was = load_config(old)
+    assert was.run.kind == "train" and len(said) == 1 and "run.kind" in str(said[0].message)
+    assert loaded_quietly(write(tmp_path, TRAIN, "new.yaml")) == was
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_run_config(old).run.kind == "train"
