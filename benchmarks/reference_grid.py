@@ -4,13 +4,17 @@ masked head, one run at a time, each recorded with its whole protocol.
     python benchmarks/reference_grid.py train sinusoid/mlp_5shot_maml --seed 1 [--steps 30000] [--threads 1]
     python benchmarks/reference_grid.py train omniglot/paper/mlp-w1_5w1s_metaticket --tag 5w5s \\
         --set data.shots=5 --set data.queries=5 --record benchmarks/results/reference_grid_runs.jsonl
+    python benchmarks/reference_grid.py train tinyimagenet/conv4_5w1s_metaticket --tag 32px --cross-domain cifar10 \\
+        --set data.image_size=32 --set model.width=0.5 --steps 1000
     python benchmarks/reference_grid.py table [--record benchmarks/results/reference_grid_runs.jsonl]
 
 ``train`` meta-trains the shipped config (a name as ``metaticket configs`` lists it, or a path) with the overrides
 into ``--runs``/<name>[_<tag>]_<steps>x<meta-batch>_seed<seed>, resuming an interrupted run, meta-tests the last
 checkpoint on the config's ``eval.test_tasks`` (1,000 for these configs) and appends one line to ``--record``:
 the config, dataset, ways, shots, queries, split, score gradient, method, width, the metric (accuracy in percent,
-or MSE) with its 95% CI over tasks, checkpoint, budget, seed, threads, CPU, commit and minutes. ``table`` writes
+or MSE) with its 95% CI over tasks, checkpoint, budget, seed, threads, CPU, commit and minutes. ``--cross-domain D``
+also meta-tests the same checkpoint on data set D's test classes (as ``run.py meta-test --dataset D``) and adds that
+result to the line as ``cross_domain``. ``table`` writes
 ``results/reference_grid.{json,md}`` from the record: one row per (config, tag), mean over seeds.
 """
 
@@ -18,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +35,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from protocol_run import append, protocol, train_and_test  # noqa: E402
 
 from metaticket.config import ConfigError, load_config, load_run_config  # noqa: E402
+from metaticket.data import list_datasets  # noqa: E402
 from metaticket.errors import MetaticketError  # noqa: E402
+from metaticket.runs import commands as runs  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RECORD = RESULTS / "reference_grid_runs.jsonl"
@@ -38,6 +46,19 @@ RECORD = RESULTS / "reference_grid_runs.jsonl"
 def folder_name(config: str, tag: str, steps: int, meta_batch: int, seed: int) -> str:
     base = config.replace("/", "_")
     return f"{base}{'_' + tag if tag else ''}_{steps}x{meta_batch}_seed{seed}"
+
+
+def cross_domain_test(folder: Path, dataset: str, n_tasks: int | None) -> dict:
+    """Meta-test ``folder``'s last checkpoint on ``dataset``'s test classes (kept in meta_test_last_<dataset>.json,
+    so a finished test is not run again); returns dataset, metric, value, ci95 and tasks."""
+    out = folder / f"meta_test_last_{dataset}.json"
+    if not out.is_file():
+        line = runs.meta_test(folder, runs.Context.from_environment(os.environ), n_tasks=n_tasks, checkpoint="last",
+                              dataset=dataset)
+        out.write_text(json.dumps(line) + "\n")
+    line = json.loads(out.read_text())
+    metric = "accuracy" if "accuracy" in line else "mse"
+    return {"dataset": dataset, "metric": metric, "value": line[metric], "ci95": line["ci95"], "tasks": line["tasks"]}
 
 
 def protocol_line(folder: Path, line: dict, config: str, tag: str, seed: int, minutes: float) -> dict:
@@ -52,8 +73,9 @@ def protocol_line(folder: Path, line: dict, config: str, tag: str, seed: int, mi
 
 
 def train_one(config: str, tag: str, seed: int, steps: int | None, meta_batch: int | None, threads: int,
-              extra: list[str], out: Path, record: Path | None) -> dict:
-    """Meta-train (or resume) one run, meta-test its last checkpoint, append its protocol line to ``record``."""
+              extra: list[str], out: Path, record: Path | None, cross_domain: str | None = None) -> dict:
+    """Meta-train (or resume) one run, meta-test its last checkpoint (and on ``cross_domain``'s test classes), append
+    its protocol line to ``record``."""
     base = load_config(config, extra)
     steps = steps or base.meta.steps
     meta_batch = meta_batch or base.meta.meta_batch
@@ -62,8 +84,18 @@ def train_one(config: str, tag: str, seed: int, steps: int | None, meta_batch: i
             f"run.threads={threads}"]
     line, minutes = train_and_test(config, sets, folder)
     if minutes is not None:
-        append(record, protocol_line(folder, line, config, tag, seed, minutes))
+        started = time.perf_counter()
+        entry = protocol_line(folder, line, config, tag, seed, minutes)
+        if cross_domain:
+            entry["cross_domain"] = cross_domain_test(folder, cross_domain, line["tasks"])
+            entry["minutes"] = round(minutes + (time.perf_counter() - started) / 60, 1)
+        append(record, entry)
     return line
+
+
+def cross(results: list[dict]) -> str:
+    """The cross-domain column: ``cifar10 41.2 +- 1.1`` per seed, or empty."""
+    return ", ".join(f"{c['dataset']} {c['value']:g} +- {c['ci95']:g}" for c in results)
 
 
 def table(record: Path, out: Path) -> int:
@@ -82,11 +114,12 @@ def table(record: Path, out: Path) -> int:
                      "budget": f"{steps} x {batch}", "seeds": sorted(r["seed"] for r in rs),
                      "mean": round(statistics.mean(values), 4),
                      "seed_spread": round(statistics.stdev(values), 4) if len(values) > 1 else None,
-                     "task_ci95": [r["ci95"] for r in rs], "runs": rs})
+                     "task_ci95": [r["ci95"] for r in rs],
+                     "cross_domain": [r["cross_domain"] for r in rs if r.get("cross_domain")], "runs": rs})
     out.mkdir(parents=True, exist_ok=True)
     (out / "reference_grid.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
-    md = ["| config | tag | task | method | width | split / score gradient | budget | seeds | result (task CI) |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    md = ["| config | tag | task | method | width | split / score gradient | budget | seeds | result (task CI) | "
+          "cross-domain (task CI) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         task = "sinusoid" if r["dataset"] == "sinusoid" else f"{r['dataset']} {r['ways']}w{r['shots']}s"
         proto = " / ".join(str(x) for x in (r["split"], r["score_grad"]) if x) or "-"
@@ -94,7 +127,8 @@ def table(record: Path, out: Path) -> int:
         cis = ", ".join(f"+- {c:g}" for c in r["task_ci95"])
         spread = f" (seeds +- {r['seed_spread']:g})" if r["seed_spread"] is not None else ""
         md.append(f"| {r['config']} | {r['tag'] or ''} | {task} | {r['method']} | {r['width']:g} | {proto} | "
-                  f"{r['budget']} | {', '.join(map(str, r['seeds']))} | {r['mean']:g}{unit}{spread} ({cis}) |")
+                  f"{r['budget']} | {', '.join(map(str, r['seeds']))} | {r['mean']:g}{unit}{spread} ({cis}) | "
+                  f"{cross(r['cross_domain'])} |")
     (out / "reference_grid.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
@@ -110,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--meta-batch", type=int, default=None, help="tasks per meta-step (default: the config's)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    p.add_argument("--cross-domain", default=None, metavar="DATASET",
+                   help="also meta-test the last checkpoint on this data set's test classes (e.g. cifar10)")
     p.add_argument("--record", default=str(RECORD), help="JSON-lines file the train action appends to")
     p.add_argument("--runs", default=str(ROOT / "runs" / "grid"))
     p.add_argument("--out", default=str(RESULTS))
@@ -118,9 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         return table(Path(args.record), Path(args.out))
     if not args.config:
         p.error("train needs a config")
+    if args.cross_domain and args.cross_domain not in list_datasets(episodes=True):
+        p.error(f"--cross-domain {args.cross_domain}: not a few-shot data set; pick one of "
+                f"{', '.join(list_datasets(episodes=True))}")
     try:
         line = train_one(args.config, args.tag, args.seed, args.steps, args.meta_batch, args.threads, args.set,
-                         Path(args.runs), Path(args.record) if args.record else None)
+                         Path(args.runs), Path(args.record) if args.record else None, args.cross_domain)
     except (ConfigError, MetaticketError) as e:  # e.g. a run whose loss became NaN: one line, no traceback
         sys.exit(f"error: {e}")
     print(json.dumps(line), flush=True)

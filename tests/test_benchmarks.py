@@ -214,3 +214,21 @@ def test_reference_grid_records_regression_and_5_shot_runs_with_their_protocol(t
     bench("reference_grid.py", "table", "--record", str(record), "--out", str(out), cwd=tmp_path)
     table = (out / "reference_grid.md").read_text()
     assert "sinusoid" in table and " MSE" in table and "omniglot 5w5s" in table and "vinyals / reference" in table
+
+
+def test_reference_grid_adds_the_cross_domain_test_to_the_line(tmp_path, data_root):
+    runs, out, record = tmp_path / "runs", tmp_path / "out", tmp_path / "grid.jsonl"
+    args = ["tinyimagenet/conv4_5w1s_metaticket", "--tag", "32px", "--cross-domain", "cifar10", "--steps", "2",
+            "--set", "data.image_size=32", "--set", "data.queries=1", "--set", "model.width=0.125",
+            "--set", "eval.val_every=2", "--set", "eval.val_tasks=2", "--set", "eval.test_tasks=5",
+            "--set", "meta.warmup_steps=1", "--runs", str(runs), "--record", str(record)]
+    bench("reference_grid.py", "train", *args, cwd=tmp_path)
+    (line,) = [json.loads(x) for x in record.read_text().splitlines()]
+    assert line["dataset"] == "tinyimagenet" and line["tasks"] == 5
+    assert line["cross_domain"]["dataset"] == "cifar10" and line["cross_domain"]["tasks"] == 5
+    assert 0 <= line["cross_domain"]["value"] <= 100 and line["cross_domain"]["ci95"] >= 0
+    bench("reference_grid.py", "table", "--record", str(record), "--out", str(out), cwd=tmp_path)
+    assert "cifar10 " in (out / "reference_grid.md").read_text()
+    bad = subprocess.run([sys.executable, str(BENCH / "reference_grid.py"), "train",
+                          "sinusoid/mlp_5shot_maml", "--cross-domain", "nope"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--cross-domain nope" in bad.stderr
