@@ -6,7 +6,8 @@ Meta-ticket, second order, 5-way 1-shot, one inner step: the per-task path (what
 the loop for wide MLPs) against the factored inner loop forced for every batch size (``MASKED_FACTOR_MAX`` raised),
 on the same synthetic tasks, median of ``--reps`` meta-steps after 2 warm-up steps, in this process. Each row
 names the (query rows x support rows) count that :func:`metaticket.meta.factored.fits` compares with the limit.
-Writes ``benchmarks/results/factored_masks_w<width>.json``.
+Every row names the CPU it ran on and the score gradient (the learner's default, ``reference``). Writes
+``benchmarks/results/factored_masks_w<width>.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from meta_step import WAYS, tasks  # noqa: E402
 
 from metaticket import MetaLearner, Tasks, build_model, make_layers  # noqa: E402
+from metaticket.hardware import cpu_info  # noqa: E402
 from metaticket.meta import factored  # noqa: E402
 
 
@@ -68,7 +70,8 @@ def main() -> None:
                      "pairs": WAYS * q * WAYS, "limit": limit,
                      "auto_uses_factors": factored.fits(True, WAYS, WAYS * q, 1),
                      "per_task_ms": round(per_task, 1), "factored_ms": round(forced, 1),
-                     "factored_speedup": round(per_task / forced, 2), "threads": torch.get_num_threads()})
+                     "factored_speedup": round(per_task / forced, 2), "threads": torch.get_num_threads(),
+                     "score_grad": "reference", "cpu": cpu_info()})
         print(json.dumps(rows[-1]), flush=True)
     out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
 

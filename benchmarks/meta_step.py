@@ -18,7 +18,8 @@ are never dependencies of metaticket). Reports the median of ``--reps`` meta-ste
 ``--rounds R``, every measurement is repeated R times, interleaved, and the median of the R medians is kept), the
 process's peak RSS and its RSS before the first step, the FLOPs of one meta-step (torch's FlopCounterMode on our
 MAML; on ``ours-maml-copies`` when it runs, the per-task formulation learn2learn computes) and the GFLOP/s that
-makes against this machine's measured fp32 matmul rate.
+makes against this machine's measured fp32 matmul rate; beside a learn2learn row, the fraction of that rate our row's
+FLOPs would need to run at to be 2x learn2learn (the roofline of the 2x target: above 100% it cannot be had).
 
 Writes ``benchmarks/results/<name>.json``, ``.md`` (the table) and ``.png`` (bar chart).
 """
@@ -233,6 +234,20 @@ def rates(row: dict, peak: dict[str, float]) -> dict:
     return out
 
 
+def roofline(rows: list[dict], peak: dict[str, float]) -> None:
+    """The roofline of the 2x target, in place: on each of our rows beside a learn2learn row of the same shape,
+    ``peak_fraction_for_2x`` is the fraction of this machine's matmul peak (bf16 for ``-bf16`` rows, else fp32)
+    at which the row's own FLOPs would run in half learn2learn's time. Above 1, 2x cannot be had at these FLOPs
+    on this machine, whatever the kernels; near the row's achieved fraction, only faster kernels would get it."""
+    for r in rows:
+        ref = next((x for x in rows if _shape(x) == _shape(r) and x["impl"] == "learn2learn" and "error" not in x),
+                   None)
+        if ref is None or r["impl"] in PEERS or not r.get("flops") or "error" in r:
+            continue
+        rate = r["flops"] / (ref["median_ms"] / 2 / 1000) / 1e9
+        r["peak_fraction_for_2x"] = round(rate / peak["bf16" if r["impl"].endswith("-bf16") else "fp32"], 4)
+
+
 # ----------------------------------------------------------------------------------------------- driver
 def run_one(python: str, impl: str, model: str, order: str, meta_batch: int, reps: int,
             queries: int = QUERIES) -> dict:
@@ -266,12 +281,12 @@ def _shape(r: dict) -> tuple:
 def table(rows: list[dict], native_bf16: bool = True) -> str:
     lines = ["| model | order | meta-batch | queries | implementation | ms / meta-step (median) | peak RSS MB (before "
              "first step) | vs learn2learn | vs ours float32 | GFLOP/s of its own FLOPs (% of fp32 / bf16 peak) | "
-             "dense-equivalent GFLOP/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "dense-equivalent GFLOP/s | 2x learn2learn needs (% of peak) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         head = f"| {r['model']} | {r['order']} | {r.get('meta_batch', '')} | {r.get('queries', QUERIES)} | {r['impl']}"
         if "error" in r:
-            lines.append(f"{head} | failed: {r['error'][:80]} | | | | | |")
+            lines.append(f"{head} | failed: {r['error'][:80]} | | | | | | |")
             continue
         same = [x for x in rows if _shape(x) == _shape(r) and "error" not in x]
         ref = next((x for x in same if x["impl"] == "learn2learn"), None)
@@ -290,8 +305,9 @@ def table(rows: list[dict], native_bf16: bool = True) -> str:
         bf16 = f" / {100 * r['fraction_bf16_peak']:.0f}%" if native_bf16 and "gflops" in r else " / -"
         rate = f"{r['gflops']:.1f} ({100 * r['fraction_fp32_peak']:.0f}%{bf16})" if "gflops" in r else ""
         dense = f"{r['dense_equivalent_gflops']:.1f}" if "dense_equivalent_gflops" in r else ""
+        need = f"{100 * r['peak_fraction_for_2x']:.0f}%" if "peak_fraction_for_2x" in r else ""
         lines.append(f"{head} | {r['median_ms']:.0f} | {r['peak_rss_mb']:.0f} ({r['rss_before_mb']:.0f}) | {ratio} | "
-                     f"{gain} | {rate} | {dense} |")
+                     f"{gain} | {rate} | {dense} | {need} |")
     return "\n".join(lines) + "\n"
 
 
@@ -355,6 +371,7 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in row.items() if k != "times_ms"}), flush=True)
                 runs[impl].append(row)
         rows += [(row := combine(r)) | rates(row, peak) for r in runs.values()]
+    roofline(rows, peak)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     out = {"machine": f"{os.cpu_count()} CPU cores", "cpu": cpu(), "peak_gflops": peak, "settings": {

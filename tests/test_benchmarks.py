@@ -53,6 +53,21 @@ def test_e2e_speed_and_precision_benchmarks_smoke(tmp_path, data_root):
                                                                                          "bf16_inner_too_vs_fp32"))
 
 
+def test_meta_step_roofline_of_the_2x_target():
+    sys.path.insert(0, str(BENCH))
+    import meta_step
+
+    shape = {"model": "mlp-w8", "order": "second", "meta_batch": 16, "queries": 15}
+    rows = [{"impl": "learn2learn", **shape, "median_ms": 100.0, "flops": 10 ** 9},
+            {"impl": "ours-metaticket-threshold", **shape, "median_ms": 60.0, "flops": 2 * 10 ** 9},
+            {"impl": "ours-metaticket-threshold-bf16", **shape, "median_ms": 50.0, "flops": 2 * 10 ** 9},
+            {"impl": "ours-maml", **shape, "queries": 1, "median_ms": 10.0, "flops": 10 ** 8}]
+    meta_step.roofline(rows, {"fp32": 100.0, "bf16": 400.0})
+    # 2 GFLOP in 50 ms is 40 GFLOP/s: 40% of the fp32 peak, 10% of the bf16 one; no peer row of 1 query: no value
+    assert [r.get("peak_fraction_for_2x") for r in rows] == [None, 0.4, 0.1, None]
+    assert "| 40% |" in meta_step.table([r | {"peak_rss_mb": 1, "rss_before_mb": 1} for r in rows[:2]])
+
+
 def test_meta_step_benchmark_names_a_missing_peers_venv(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "meta_step.py"), "--peers-python", str(tmp_path / "none")],
                           cwd=tmp_path, text=True, capture_output=True, timeout=120)
