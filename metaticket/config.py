@@ -196,6 +196,9 @@ class RunConfig:
                                                     "use threads in [0, 1024] (0: torch's default)"))
     checkpoint_every: int = field(default=1000, metadata=_check(lambda v: v >= 1, "use checkpoint_every >= 1"))
     log_every: int = field(default=50, metadata=_check(lambda v: v >= 1, "use log_every >= 1"))
+    # keep: malloc keeps freed blocks for reuse (faster steps, the process keeps its peak heap; hardware.py);
+    # system: the C library's defaults
+    malloc: Literal["keep", "system"] = "keep"
 
 
 @dataclass(frozen=True)

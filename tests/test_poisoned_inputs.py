@@ -82,6 +82,19 @@ def test_a_non_finite_meta_gradient_is_never_applied():
     assert lrn.step == 1
 
 
+def test_the_finiteness_check_sees_one_bad_element_and_lets_huge_finite_values_pass():
+    from metaticket.meta.learner import all_finite
+
+    g = torch.randn(1000)
+    assert all_finite([torch.tensor(1.0), g]) and all_finite([])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        h = g.clone()
+        h[617] = bad
+        assert not all_finite([torch.tensor(1.0), h]), bad
+    assert all_finite([torch.full((10,), 3e38)])  # the sum overflows, every element is finite
+    assert not all_finite([torch.tensor([3e38, 3e38, float("nan")])])
+
+
 # ------------------------------------------------------------------------------------------ config numbers
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from(["meta.inner_lr", "meta.outer_lr", "meta.weight_decay", "train.lr", "model.norm_eps"]),

@@ -34,6 +34,7 @@ from metaticket.data import EpisodeSampler, episode_samplers, get_dataset, list_
 from metaticket.data.classification import Classification, classification_data
 from metaticket.distributed import SINGLE, Collective
 from metaticket.errors import READ_ONLY_ERRNOS, MetaticketError
+from metaticket.hardware import keep_freed_memory
 from metaticket.meta.evaluate import evaluate as evaluate_tasks
 from metaticket.meta.evaluate import renamed_count
 from metaticket.runs.checkpoint import check_checkpoint, load_checkpoint, read_json, write_text_atomic
@@ -152,6 +153,8 @@ def check_forward(model: torch.nn.Module, config: Config, channels: int, device:
 
 
 def setup(config: Config) -> torch.device:
+    if config.run.malloc == "keep":
+        keep_freed_memory()
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.run.seed)
