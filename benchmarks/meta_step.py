@@ -18,8 +18,9 @@ are never dependencies of metaticket). Reports the median of ``--reps`` meta-ste
 ``--rounds R``, every measurement is repeated R times, interleaved, and the median of the R medians is kept), the
 process's peak RSS and its RSS before the first step, the FLOPs of one meta-step (torch's FlopCounterMode on our
 MAML; on ``ours-maml-copies`` when it runs, the per-task formulation learn2learn computes) and the GFLOP/s that
-makes against this machine's measured fp32 matmul rate; beside a learn2learn row, the fraction of that rate our row's
-FLOPs would need to run at to be 2x learn2learn (the roofline of the 2x target: above 100% it cannot be had).
+makes against this machine's measured fp32 matmul rate. ``--malloc keep`` (default) sets every row's process, ours
+and the peers', as run commands set theirs (``run.malloc``). Beside a learn2learn row, the fraction of that rate our
+row's FLOPs would need to be 2x learn2learn (the roofline of the 2x target: above 100% it cannot be had).
 
 Writes ``benchmarks/results/<name>.json``, ``.md`` (the table) and ``.png`` (bar chart).
 """
@@ -250,9 +251,9 @@ def roofline(rows: list[dict], peak: dict[str, float]) -> None:
 
 # ----------------------------------------------------------------------------------------------- driver
 def run_one(python: str, impl: str, model: str, order: str, meta_batch: int, reps: int,
-            queries: int = QUERIES) -> dict:
+            queries: int = QUERIES, malloc: str = "keep") -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--one", impl, model, order, "--meta-batch", str(meta_batch),
-           "--queries", str(queries), "--reps", str(reps)]
+           "--queries", str(queries), "--reps", str(reps), "--malloc", malloc]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
@@ -348,9 +349,17 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="repeat every measurement, interleaved; report the median")
     p.add_argument("--results", default=str(RESULTS), help="folder for the JSON, table and plot")
     p.add_argument("--name", default="meta_step")
+    p.add_argument("--malloc", choices=["keep", "system"], default="keep",
+                   help="every row's process, ours and the peers': keep freed memory for reuse (what run commands "
+                        "do, run.malloc), or glibc's defaults")
     args = p.parse_args()
     if args.one:
-        print(json.dumps(measure(*args.one, args.meta_batch[0], args.reps, args.queries[0])))
+        kept = False
+        if args.malloc == "keep":
+            from metaticket.hardware import keep_freed_memory
+
+            kept = keep_freed_memory()
+        print(json.dumps(measure(*args.one, args.meta_batch[0], args.reps, args.queries[0]) | {"malloc_kept": kept}))
         return
     if any(i in PEERS for i in args.impls) and not Path(args.peers_python).exists():
         sys.exit(f"no peers interpreter at {args.peers_python}: python -m venv .venv-peers && .venv-peers/bin/pip "
@@ -367,7 +376,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for impl in args.impls:
                 python = args.peers_python if impl in PEERS else sys.executable
-                row = run_one(python, impl, model, order, meta_batch, args.reps, queries)
+                row = run_one(python, impl, model, order, meta_batch, args.reps, queries, args.malloc)
                 print(json.dumps({k: v for k, v in row.items() if k != "times_ms"}), flush=True)
                 runs[impl].append(row)
         rows += [(row := combine(r)) | rates(row, peak) for r in runs.values()]
@@ -376,7 +385,8 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     out = {"machine": f"{os.cpu_count()} CPU cores", "cpu": cpu(), "peak_gflops": peak, "settings": {
         "ways": WAYS, "shots": SHOTS, "queries": args.queries, "inner_lr": INNER_LR, "inner_steps": 1,
-        "meta_batch": args.meta_batch, "reps": args.reps, "rounds": args.rounds, "torch": str(torch.__version__),
+        "meta_batch": args.meta_batch, "reps": args.reps, "rounds": args.rounds, "malloc": args.malloc,
+        "torch": str(torch.__version__),
         "threads": torch.get_num_threads()}, "rows": rows}
     (results / f"{args.name}.json").write_text(json.dumps(out, indent=2))
     machine = cpu()
