@@ -247,3 +247,13 @@ def test_reference_grid_adds_the_cross_domain_test_to_the_line(tmp_path, data_ro
     bad = subprocess.run([sys.executable, str(BENCH / "reference_grid.py"), "train",
                           "sinusoid/mlp_5shot_maml", "--cross-domain", "nope"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--cross-domain nope" in bad.stderr
+
+
+def test_auto_rules_benchmark_names_the_choice_and_the_cpu(tmp_path):
+    bench("auto_rules.py", "--cases", "0", "--reps", "1", "--rounds", "1", "--threads", "1", "--results",
+          str(tmp_path), "--name", "a", cwd=tmp_path)
+    out = json.loads((tmp_path / "a.json").read_text())
+    (row,) = out["rows"]
+    assert row["rule"] == "vmap_wins" and row["auto"] == "vmap" and set(row["ms"]) == {"vmap", "loop"}
+    assert row["auto_over_fastest"] >= 1.0 and isinstance(row["auto_right"], bool) and out["cpu"]["model"]
+    assert "| vmap_wins |" in (tmp_path / "a.md").read_text()
