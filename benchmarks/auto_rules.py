@@ -1,6 +1,6 @@
 """Benchmark: do the learner's ``auto`` choices pick the faster path on this CPU? (issue 32, item 6)
 
-    python benchmarks/auto_rules.py [--reps 5] [--rounds 3] [--threads 0] [--name auto_rules_<cpu>]
+    python benchmarks/auto_rules.py [--reps 5] [--rounds 3] [--threads 0] [--name auto_rules_<cpu>_<flags>]
 
 Each rule was chosen from measurements on one machine; this re-checks it on the machine it runs on, in one process,
 the alternatives interleaved over ``--rounds`` (median of each round's median of ``--reps`` meta-steps after 2
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=float, default=0.05, help="auto counts as right within this of the best")
     p.add_argument("--cases", type=int, nargs="+", default=None, help="indices into the case list (default all)")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--name", default=None, help="default auto_rules_<cpu model>")
+    p.add_argument("--name", default=None, help="default auto_rules_<cpu model>_<its flags of note>")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                      "fastest": best, "auto_over_fastest": round(ms[choice] / ms[best], 3),
                      "auto_right": ms[choice] <= (1 + args.tolerance) * ms[best]})
         print(json.dumps(rows[-1]), flush=True)
-    name = args.name or "auto_rules_" + "".join(c if c.isalnum() else "-" for c in cpu["model"].lower()).strip("-")
+    model_name = "".join(c if c.isalnum() else "-" for c in cpu["model"].lower()).strip("-")
+    name = args.name or f"auto_rules_{model_name}_{'-'.join(cpu['flags']) or 'no-avx2'}"  # one CPU kind per file
     out = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "reps": args.reps,
            "rounds": args.rounds, "tolerance": args.tolerance, "rows": rows}
     results = Path(args.results)
