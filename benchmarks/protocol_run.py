@@ -36,9 +36,24 @@ def train_and_test(config: str | Path, sets: list[str], folder: Path, test_tasks
             shutil.rmtree(folder)
         sets = [*sets, f"run.out_dir={folder.parent}", f"run.name={folder.name}"]
         runs.meta_train(load_config(config, sets), ctx, resume=resume)
-    line = runs.meta_test(folder, ctx, n_tasks=test_tasks, checkpoint="last")
-    result.write_text(json.dumps(line) + "\n")
+    line = last_checkpoint_test(folder, ctx, test_tasks)
     return line, (time.perf_counter() - started) / 60
+
+
+def last_checkpoint_test(folder: Path, ctx: runs.Context, n_tasks: int | None = None,
+                         dataset: str | None = None) -> dict:
+    """The meta-test line of ``folder``'s last checkpoint on ``n_tasks`` tasks of its own data set, or of
+    ``dataset`` (cross-domain), kept in ``meta_test_last[_<dataset>].json`` so a finished test is not run again."""
+    path = folder / (f"meta_test_last_{dataset}.json" if dataset else "meta_test_last.json")
+    if not path.is_file():
+        line = runs.meta_test(folder, ctx, n_tasks=n_tasks, checkpoint="last", dataset=dataset)
+        path.write_text(json.dumps(line) + "\n")
+    return json.loads(path.read_text())
+
+
+def metric_of(line: dict) -> str:
+    """The metric a meta-test line reports: ``accuracy`` (classification) or ``mse`` (regression)."""
+    return "accuracy" if "accuracy" in line else "mse"
 
 
 def protocol(folder: Path, line: dict, minutes: float) -> dict:

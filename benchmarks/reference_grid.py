@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from protocol_run import append, protocol, train_and_test  # noqa: E402
+from protocol_run import append, last_checkpoint_test, metric_of, protocol, train_and_test  # noqa: E402
 
 from metaticket.config import ConfigError, load_config, load_run_config  # noqa: E402
 from metaticket.data import list_datasets  # noqa: E402
@@ -49,15 +49,10 @@ def folder_name(config: str, tag: str, steps: int, meta_batch: int, seed: int) -
 
 
 def cross_domain_test(folder: Path, dataset: str, n_tasks: int | None) -> dict:
-    """Meta-test ``folder``'s last checkpoint on ``dataset``'s test classes (kept in meta_test_last_<dataset>.json,
-    so a finished test is not run again); returns dataset, metric, value, ci95 and tasks."""
-    out = folder / f"meta_test_last_{dataset}.json"
-    if not out.is_file():
-        line = runs.meta_test(folder, runs.Context.from_environment(os.environ), n_tasks=n_tasks, checkpoint="last",
-                              dataset=dataset)
-        out.write_text(json.dumps(line) + "\n")
-    line = json.loads(out.read_text())
-    metric = "accuracy" if "accuracy" in line else "mse"
+    """Meta-test ``folder``'s last checkpoint on ``dataset``'s test classes (:func:`protocol_run.last_checkpoint_test`);
+    returns dataset, metric, value, ci95 and tasks."""
+    line = last_checkpoint_test(folder, runs.Context.from_environment(os.environ), n_tasks, dataset)
+    metric = metric_of(line)
     return {"dataset": dataset, "metric": metric, "value": line[metric], "ci95": line["ci95"], "tasks": line["tasks"]}
 
 
@@ -65,7 +60,7 @@ def protocol_line(folder: Path, line: dict, config: str, tag: str, seed: int, mi
     """The run's result with everything that defines its protocol (:func:`protocol_run.protocol`), so tables never
     mix protocols."""
     c = load_run_config(folder / "config.yaml")
-    metric = "accuracy" if "accuracy" in line else "mse"
+    metric = metric_of(line)
     return {"config": config, "tag": tag, "seed": seed, "dataset": c.data.dataset, "ways": c.data.ways,
             "shots": c.data.shots, "method": c.meta.method, "model": c.model.name, "width": c.model.width,
             "dense_head": c.model.dense_head, "metric": metric, "value": line[metric],

@@ -27,7 +27,6 @@ def cpu_info(cpuinfo: str | None = None) -> dict:
     return {"model": field.get("model name", platform.machine()), "flags": sorted(flags & set(FLAGS_OF_NOTE))}
 
 
-
 # glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit (4 MiB x sizeof(long))
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
