@@ -277,3 +277,26 @@ def test_the_outer_step_count_is_outer_steps_and_the_old_keyword_still_works():
         old = MetaLearner(build_model("mlp", num_classes=5, width=0.25), method="maml", steps=7, schedule="cosine",
                           warmup_steps=0)
     assert [f(6) for f in new.scheduler.lr_lambdas] == [f(6) for f in old.scheduler.lr_lambdas] != [1.0]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_the_outer_update_is_fused_and_equals_the_unfused_one(optimizer):
+    """On a CPU the outer optimizer runs torch's fused kernel (one pass per tensor); its update equals the
+    unfused optimizer's up to rounding (SGD's exactly). One step: Adam's later steps amplify rounding in parameters
+    whose gradient is rounding noise (a bias before a BatchNorm) to a whole step of either sign."""
+    batch = tasks(batch=2, queries=2)
+    method = "metaticket" if optimizer == "sgd" else "maml"
+    fused = learner(method, optimizer=optimizer, weight_decay=0.01 if optimizer == "adamw" else 0.0)
+    assert fused.optimizer.param_groups[0]["fused"] is True
+    plain = learner(method, optimizer=optimizer, weight_decay=0.01 if optimizer == "adamw" else 0.0)
+    plain.optimizer.param_groups[0]["fused"] = None
+    fused.meta_step(batch)
+    plain.meta_step(batch)
+    moved = False
+    for (n, a), (_, b) in zip(fused.named_parameters(), plain.named_parameters()):
+        if optimizer == "sgd":
+            assert torch.equal(a, b), n
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)  # a step is lr = 1e-3
+        moved = moved or not torch.equal(a, dict(learner(method).named_parameters())[n])
+    assert moved  # the steps changed the parameters, so the comparison compares updates

@@ -13,6 +13,7 @@ from metaticket.core.supermask import (
     SupermaskLinear,
     convert,
     dense_like,
+    masked_start,
     masks,
     quantile_threshold,
     rerandomize,
@@ -48,6 +49,94 @@ def test_threshold_straight_through_gradient_matches_hand_computation():
     (w * m).sum().backward()
     torch.testing.assert_close(scores.grad, w)  # d/ds sum(w * m) = w under the identity estimator
     assert torch.equal(m.detach(), (scores.detach() >= thr).float())
+
+
+def _composed_start(layer, k: int):
+    """What masked_start computes, written with the plain ops of the straight-through estimator."""
+    s = layer.scores
+    m = (s.detach() >= layer.threshold).to(s.dtype) + (s - s.detach()) if layer.mask_rule == "threshold" \
+        else layer.mask()
+    if layer.source is not None:
+        m = m * layer.source
+    return layer.weight * m, (m.detach() if k == 0 else m.detach() * m if k == 1 else m * m)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+@pytest.mark.parametrize("learn_weight", [False, True])
+@pytest.mark.parametrize("kind", ["threshold", "threshold-source", "topk", "conv"])
+def test_masked_start_has_the_composed_values_and_gradients(k, learn_weight, kind):
+    """The fused start (threshold layers) and the composed fallback (top-k, a source) give the values and the
+    gradients of ``w * m`` and of ``m * m`` / ``stop_grad(m) * m`` / ``stop_grad(m)``, in float64."""
+    g = torch.Generator().manual_seed(k)
+    rule = "topk" if kind == "topk" else "threshold"
+    layer = (SupermaskConv2d(3, 4, 3, mask=rule, init_sparsity=0.4, generator=g) if kind == "conv" else
+             SupermaskLinear(9, 6, mask=rule, init_sparsity=0.4, generator=g)).double()
+    if kind == "threshold-source":
+        layer.set_source((torch.rand(layer.weight.shape, generator=g) < 0.7).double())
+    layer.weight.requires_grad_(learn_weight)
+    up1 = torch.randn(layer.weight.shape, generator=g, dtype=torch.float64)
+    up2 = torch.randn(layer.weight.shape, generator=g, dtype=torch.float64)
+    wrt = [layer.scores, layer.weight] if learn_weight else [layer.scores]
+    results = []
+    for make in (masked_start, _composed_start):
+        masked, grad_mask = make(layer, k)
+        assert grad_mask.requires_grad == (k > 0)
+        grads = torch.autograd.grad((masked * up1 + grad_mask * up2).sum(), wrt)
+        results.append((masked.detach(), grad_mask.detach(), grads))
+    (m1, g1, d1), (m2, g2, d2) = results
+    assert torch.equal(m1, m2) and torch.equal(g1, g2)
+    assert 0 < int(g1.sum()) < g1.numel()  # some pruned, some kept: the gradient terms differ between them
+    for a, b in zip(d1, d2):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="mask_grad"):
+        masked_start(layer, 3)
+
+
+def _weight_sized_ops(fn, n: int) -> list[str]:
+    """The aten ops ``fn`` runs that write a tensor of ``n`` elements (allocations not counted)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[str] = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            name = str(func.overloadpacket)
+            if not name.startswith(("aten.empty", "aten.detach", "aten.view", "aten.alias",
+                                                 "aten.expand")) and any(
+                    isinstance(o, torch.Tensor) and o.numel() == n for o in outs):
+                seen.append(name)
+            return out
+
+    with Log():
+        fn()
+    return seen
+
+
+def test_threshold_masks_and_the_start_make_few_weight_sized_passes():
+    """The threshold mask is one pass (a comparison written into a float tensor), the fused start two forward
+    (mask, w * m) and two backward (w * g, then the mask's term added): the composed ops took 4, 6 and 5."""
+    layer = SupermaskLinear(64, 32, mask="threshold", init_sparsity=0.3)
+    n = layer.weight.numel()
+    assert _weight_sized_ops(lambda: threshold_mask(layer.scores, layer.threshold), n) == ["aten.ge"]
+    masked, grad_mask = masked_start(layer, 2)
+    assert len(_weight_sized_ops(lambda: masked_start(layer, 2), n)) == 2
+    loss = (masked * 2.0 + grad_mask * 3.0).sum()
+    backward = _weight_sized_ops(lambda: torch.autograd.grad(loss, layer.scores), n)
+    assert len(backward) == 4, backward  # the two multiplies of the loss above, then w * g and the mask's term
+
+
+def test_threshold_mask_under_torch_func():
+    """vmap over several score tensors and grad through the mask give what the plain calls give."""
+    from torch.func import grad, vmap
+
+    scores = torch.randn(3, 5, 4)
+    thr = torch.tensor(0.2)
+    batched = vmap(lambda s: threshold_mask(s, thr))(scores)
+    assert torch.equal(batched, torch.stack([threshold_mask(s, thr) for s in scores]))
+    w = torch.randn(5, 4)
+    torch.testing.assert_close(grad(lambda s: (w * threshold_mask(s, thr)).sum())(scores[0]), w)
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.9, 0.99])

@@ -29,6 +29,18 @@ from metaticket.meta.objective import Objective, RowLoss
 from metaticket.tasks import Tasks
 
 
+def fused_update(params: list[Tensor]) -> bool | None:
+    """``fused=True`` for torch's optimizers when every parameter is a float tensor on a device with fused kernels
+    (CPU, CUDA, ...): the whole update of a tensor in one pass over it. At MLP width 8 the unfused Adam made ~8
+    weight-sized passes, a quarter of a MAML meta-step's time on a CPU (benchmarks/README.md, speed); its results
+    differ from the unfused update's in the last bits only (SGD's are identical). None (torch's default) otherwise."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    ok = params and all(p.is_floating_point() and p.device.type in _get_fused_kernels_supported_devices()
+                        for p in params)
+    return True if ok else None
+
+
 def outer_defaults(method: str, optimizer: str = "auto", outer_lr: float | None = None, schedule: str = "auto",
                    warmup_steps: int | None = None, steps: int = 10000) -> tuple[str, float, str, int]:
     """(optimizer, outer lr, lr schedule, warm-up steps) with ``auto``/None replaced by the method's defaults, the one
@@ -99,13 +111,14 @@ class MetaLearner(MetaLoss):
         opt_name, lr, sched, warmup = outer_defaults(method, optimizer, outer_lr, schedule, warmup_steps,
                                                      outer_steps)
         params = [p for n, p in model.named_parameters() if n in self.outer_names]
+        fused = fused_update(params)
         if opt_name == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum,
-                                                                    weight_decay=weight_decay)
+                                                                    weight_decay=weight_decay, fused=fused)
         elif opt_name == "adamw":  # decoupled weight decay (the reference code's MAML optimizer)
-            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
         elif opt_name == "adam":
-            self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+            self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
         else:
             raise ValueError(f"unknown optimizer {opt_name!r}; known: auto, adam, adamw, sgd")
         factor = cosine_warmup(outer_steps, warmup) if sched == "cosine" else (lambda t: min(1.0, (t + 1) / warmup)

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from metaticket.core.norm import TaskBatchNorm1d
-from metaticket.core.supermask import dense_like, masks, supermask_layers
+from metaticket.core.supermask import dense_like, masked_start, supermask_layers
 from metaticket.meta.clone import Clone
 from metaticket.meta.factored import FactoredInner, chain_of, fits
 from metaticket.meta.inner import Params, adapt
@@ -268,14 +268,15 @@ class MetaLoss:
         """
         own = dict(self.model.named_parameters())
         params = {n: own[n] for n, _ in self.twin.named_parameters()}
-        weight_masks = masks(self.model)
-        for k, m in weight_masks.items():
-            params[k] = params[k] * m
+        # the gradient masks: m * m (reference), stop_grad(m) * m (reference, first order) or detached (start)
+        mask_grad = (1 if first_order else 2) if self.score_grad == "reference" else 0
+        grad_masks = {}
+        for name, layer in supermask_layers(self.model):
+            key = f"{name}.weight" if name else "weight"
+            params[key], grad_masks[key] = masked_start(layer, mask_grad)
         if self.channels_last:
             params = {k: self.layout(v) for k, v in params.items()}
-        if self.score_grad == "reference":  # m * m is m for a 0/1 mask; for any other mask it is the reference's
-            return params, {k: (m.detach() if first_order else m) * m for k, m in weight_masks.items()}
-        return params, {k: m.detach() for k, m in weight_masks.items()}
+        return params, grad_masks
 
     def layout(self, x: Tensor) -> Tensor:
         """``x`` in the memory order the convolutions run in: channels-last (NHWC) for a conv model in the loop
