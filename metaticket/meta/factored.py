@@ -159,7 +159,9 @@ class _Linear:
         BatchNorm after the layer makes them sum to zero), and rounding its terms to bfloat16 first took the
         meta-gradient's cosine to float32's from 0.997 to 0.90 (tests/test_meta.py)."""
         full = self.weight.dtype
-        out = (h @ self.weight.T).to(full)
+        # F.linear, not h @ weight.T: its weight gradient comes out in the weight's own order; the transposed one
+        # made every accumulation of the weight's gradients a strided add (5.6 ms against 0.13 on 2M entries)
+        out = F.linear(h, self.weight).to(full)
         if self.bias is not None:
             out = out + self.bias.unsqueeze(1)
         if not self.xs:
@@ -171,7 +173,7 @@ class _Linear:
                 return out - lr * torch.bmm(torch.bmm(h, x.transpose(1, 2)), g)
             # sum_s g[s, o] * sum_i h[r, i] x[s, i] mask[o, i]: the rows h * x_s through the mask, [B, m, K, out]
             b, m, k = h.shape[0], h.shape[1], x.shape[1]
-            p = ((h.unsqueeze(2) * x.unsqueeze(1)).reshape(-1, x.shape[2]) @ self.mask.T).view(b, m, k, -1)
+            p = F.linear((h.unsqueeze(2) * x.unsqueeze(1)).reshape(-1, x.shape[2]), self.mask).view(b, m, k, -1)
             return out - lr * (p * g.unsqueeze(1)).sum(2)
 
 
