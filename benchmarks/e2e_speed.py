@@ -9,7 +9,7 @@ steps, logging and validating every ``--steps / 3`` steps on the config's own ``
 callbacks' clock: ``train_ms_per_step`` is the wall time between the first and the last log line, validations
 excluded, per step (sampling, copies, the meta-step, logging); ``validation_s`` the median time of one
 validation. The paper budget is ``meta.steps`` of the paper config (30,000) times the first plus one validation
-every ``eval.val_every``.
+every ``eval.val_every`` and the final meta-test (``eval.test_tasks`` tasks at a validation's rate per task).
 
 ``--code DIR`` imports metaticket from DIR (a git worktree of an earlier commit: the "before" rows); the
 precision option does not exist there, so only float32 runs. Rows are appended to
@@ -65,14 +65,18 @@ def measure(case: str, precision: str, steps: int) -> dict:
     between = sum(vals[:-1])  # the validations after the first log line and before the last one
     train_ms = 1000 * (t1 - t0_ - between) / (s1 - s0)
     val_s = statistics.median(vals)
-    budget_h = (paper.meta.steps * train_ms / 1000 + paper.meta.steps // paper.eval.val_every * val_s) / 3600
+    # the final meta-test: test_tasks tasks at a validation's rate per task
+    test_s = val_s * paper.eval.test_tasks / config.eval.val_tasks
+    budget_h = (paper.meta.steps * train_ms / 1000 + paper.meta.steps // paper.eval.val_every * val_s + test_s) / 3600
+    from metaticket.hardware import cpu_info
     return {"case": case, "precision": precision, "model": f"{config.model.name} w{config.model.width:g}",
             "method": config.meta.method, "meta_batch": config.meta.meta_batch, "queries": config.data.queries,
             "val_tasks": config.eval.val_tasks, "steps": steps, "meta_step_ms": round(summary["ms_per_step"], 1),
             "train_ms_per_step": round(train_ms, 1), "steps_per_s": round(1000 / train_ms, 2),
-            "validation_s": round(val_s, 2), "wall_s": round(wall, 1), "paper_steps": paper.meta.steps,
+            "validation_s": round(val_s, 2), "test_s_estimate": round(test_s, 1),
+            "wall_s": round(wall, 1), "paper_steps": paper.meta.steps,
             "paper_val_every": paper.eval.val_every, "paper_budget_hours": round(budget_h, 2),
-            "threads": torch.get_num_threads(), "torch": str(torch.__version__),
+            "threads": torch.get_num_threads(), "torch": str(torch.__version__), "cpu": cpu_info(),
             "code": str(Path(metaticket.__file__).parent.parent)}
 
 

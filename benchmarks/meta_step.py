@@ -336,6 +336,21 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def cells(args: argparse.Namespace) -> list[tuple[str, str, int, int]]:
+    """The (model, order, meta-batch, queries) cells to measure: ``--cells``, else every combination."""
+    if not args.cells:
+        return list(itertools.product(args.models, args.orders, args.meta_batch, args.queries))
+    out = []
+    for cell in args.cells:
+        parts = cell.split(":")
+        if len(parts) != 4 or parts[0] not in MODELS or parts[1] not in ("second", "first") or \
+                not (parts[2].isdigit() and parts[3].isdigit()):
+            sys.exit(f"--cells {cell!r}: write MODEL:ORDER:B:Q with MODEL one of {', '.join(MODELS)}, ORDER second "
+                     f"or first, B and Q whole numbers (e.g. mlp-w8:second:16:15)")
+        out.append((parts[0], parts[1], int(parts[2]), int(parts[3])))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--one", nargs=3, metavar=("IMPL", "MODEL", "ORDER"), help=argparse.SUPPRESS)
@@ -345,6 +360,9 @@ def main() -> None:
     p.add_argument("--peers-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
     p.add_argument("--meta-batch", type=int, nargs="+", default=[32])
     p.add_argument("--queries", type=int, nargs="+", default=[QUERIES], help="query images per class")
+    p.add_argument("--cells", nargs="+", default=None, metavar="MODEL:ORDER:B:Q",
+                   help="measure exactly these (model, order, meta-batch, queries) cells, e.g. mlp-w8:second:16:15 "
+                        "conv4-84:second:4:15, instead of every combination of the four options above")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--rounds", type=int, default=1, help="repeat every measurement, interleaved; report the median")
     p.add_argument("--results", default=str(RESULTS), help="folder for the JSON, table and plot")
@@ -369,8 +387,7 @@ def main() -> None:
 
     peak = peaks()
     rows = []
-    for model, order, meta_batch, queries in itertools.product(args.models, args.orders, args.meta_batch,
-                                                               args.queries):
+    for model, order, meta_batch, queries in cells(args):
         # rounds interleave the implementations, so a burst of load on the machine hits all of them alike
         runs: dict[str, list[dict]] = {impl: [] for impl in args.impls}
         for _ in range(args.rounds):
@@ -385,7 +402,8 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     out = {"machine": f"{os.cpu_count()} CPU cores", "cpu": cpu(), "peak_gflops": peak, "settings": {
         "ways": WAYS, "shots": SHOTS, "queries": args.queries, "inner_lr": INNER_LR, "inner_steps": 1,
-        "meta_batch": args.meta_batch, "reps": args.reps, "rounds": args.rounds, "malloc": args.malloc,
+        "meta_batch": args.meta_batch, "cells": [":".join(map(str, c)) for c in cells(args)],
+        "reps": args.reps, "rounds": args.rounds, "malloc": args.malloc,
         "torch": str(torch.__version__),
         "threads": torch.get_num_threads()}, "rows": rows}
     (results / f"{args.name}.json").write_text(json.dumps(out, indent=2))

@@ -4,8 +4,10 @@
 
 Measures the rate (GFLOP/s, median of ``--reps`` after warm-up) of a large fp32 and bfloat16 matrix product
 (2048 x 2048 x 2048, or smaller where one product would take over half a second) and of a Conv4-shaped 3 x 3
-convolution (64 -> 64 channels, 28 x 28, batch 256, forward, in channels-last order) in fp32 and bfloat16, at each
-thread count, and records the CPU's model name and the vector extensions that decide bfloat16 speed (AVX-512 BF16,
+convolution (64 -> 64 channels, 28 x 28, batch 256, forward, in channels-last order) in fp32 and bfloat16, and the
+memory rate of an elementwise pass (``a = b + 0.5 * c`` over float32 arrays of 8 MB, one MLP width-8 weight, and
+of 256 MB, beyond any cache: GB/s counting 3 arrays of traffic) at each thread count, and records the CPU's
+model name and the vector extensions that decide bfloat16 speed (AVX-512 BF16,
 AMX). Writes ``benchmarks/results/<name>.json``. Measure with
 nothing else running: a second job on the other core halves what one thread reaches.
 """
@@ -63,6 +65,13 @@ def conv(dtype: torch.dtype, reps: int, batch: int = 256, channels: int = 64, si
     return rate(lambda: F.conv2d(x, w, padding=1), flops, reps)
 
 
+def triad(megabytes: int, reps: int) -> float:
+    """GB/s of ``a = b + 0.5 * c`` over float32 arrays of ``megabytes`` each (reads b and c, writes a)."""
+    n = megabytes * 2 ** 20 // 4
+    a, b, c = torch.empty(n), torch.randn(n), torch.randn(n)
+    return rate(lambda: torch.add(b, c, alpha=0.5, out=a), 3 * 4 * n, reps)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -81,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"op": "conv3x3", "dtype": kind, "threads": threads,
                          "gflops": round(conv(dtype, args.reps), 1)})
             print(json.dumps(rows[-2]), json.dumps(rows[-1]), flush=True)
+        for mb in (8, 256):
+            rows.append({"op": f"triad {mb} MB", "dtype": "float32", "threads": threads,
+                         "gbytes_per_s": round(triad(mb, args.reps), 1)})
+            print(json.dumps(rows[-1]), flush=True)
     out = {"cpu": cpu(), "torch": torch.__version__, "rows": rows}
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)

@@ -208,8 +208,49 @@ def test_peak_benchmark_measures_each_dtype_and_op(tmp_path):
           cwd=tmp_path)
     out = json.loads((tmp_path / "p.json").read_text())
     assert {(r["op"], r["dtype"]) for r in out["rows"]} == {("matmul", "float32"), ("matmul", "bfloat16"),
-                                                            ("conv3x3", "float32"), ("conv3x3", "bfloat16")}
-    assert all(r["gflops"] > 0 for r in out["rows"]) and "flags" in out["cpu"]
+                                                            ("conv3x3", "float32"), ("conv3x3", "bfloat16"),
+                                                            ("triad 8 MB", "float32"), ("triad 256 MB", "float32")}
+    assert all(r.get("gflops", r.get("gbytes_per_s", 0)) > 0 for r in out["rows"]) and "flags" in out["cpu"]
+
+
+def test_meta_step_measures_exactly_the_cells_named(tmp_path):
+    bench("meta_step.py", "--impls", "ours-maml", "--cells", "mlp:first:2:1", "mlp:second:3:2", "--reps", "1",
+          "--results", str(tmp_path), "--name", "cells", cwd=tmp_path)
+    out = json.loads((tmp_path / "cells.json").read_text())
+    assert [(r["model"], r["order"], r["meta_batch"], r["queries"]) for r in out["rows"]] == [
+        ("mlp", "first", 2, 1), ("mlp", "second", 3, 2)]
+    assert out["settings"]["cells"] == ["mlp:first:2:1", "mlp:second:3:2"]
+    proc = subprocess.run([sys.executable, str(BENCH / "meta_step.py"), "--cells", "mlp:third:2:1"], cwd=tmp_path,
+                          text=True, capture_output=True, timeout=120)
+    assert proc.returncode != 0 and "MODEL:ORDER:B:Q" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_roofline_counts_each_op_and_sets_it_against_learn2learn(tmp_path):
+    """The op census of a real meta-step (FLOPs of its products, bytes of every op), its roofline times, and the
+    ratio to half of learn2learn's time, here computed on rows made up so the expected numbers are known."""
+    bench("peak.py", "--threads", "1", "--reps", "2", "--n", "128", "--results", str(tmp_path), "--name", "peak",
+          cwd=tmp_path)
+    bench("roofline.py", "--cells", "mlp:first:2:1", "--impls", "ours-metaticket-threshold", "ours-maml",
+          "--peak", str(tmp_path / "peak.json"), "--times", str(tmp_path / "none.json"), "--results", str(tmp_path),
+          "--name", "roof", cwd=tmp_path)
+    out = json.loads((tmp_path / "roof.json").read_text())
+    assert [r["impl"] for r in out["rows"]] == ["ours-metaticket-threshold", "ours-maml"]
+    for r in out["rows"]:
+        assert r["gflop"] > 0 and r["gbytes"] > r["gbytes_outside_products"] > 0 and r["bf16_share"] == 0
+        assert 0 < r["roof_ms_cache"] <= r["roof_ms_memory"] and r["measured_ms"] is None
+    sys.path.insert(0, str(BENCH))
+    import roofline
+
+    peak = {"fp32": 100.0, "bf16": 400.0}
+    ops = {"aten.mm": {"op_rows": [(2e9, 1e6, False), (4e9, 1e6, True)]}, "aten.add": {"op_rows": [(0, 2e9, False)]}}
+    # 2e9 / 100 GFLOP/s + 4e9 / 400 GFLOP/s (both compute-bound) + 2e9 bytes / 50 GB/s
+    assert roofline.roof_ms(ops, peak, 50.0) == pytest.approx(20 + 10 + 40)
+    rows = [{"impl": "ours-maml", "model": "m", "order": "first", "meta_batch": 2, "queries": 1,
+             "roof_ms_cache": 30.0, "roof_ms_memory": 60.0},
+            {"impl": "learn2learn", "model": "m", "order": "first", "meta_batch": 2, "queries": 1,
+             "roof_ms_cache": 1.0, "roof_ms_memory": 1.0, "measured_ms": 100.0}]
+    roofline.against_learn2learn(rows)
+    assert rows[0]["roof_vs_half_learn2learn"] == 0.6 and rows[0]["roof_vs_half_learn2learn_memory"] == 1.2
 
 
 def test_reference_grid_records_regression_and_5_shot_runs_with_their_protocol(tmp_path, data_root):
@@ -257,3 +298,13 @@ def test_auto_rules_benchmark_names_the_choice_and_the_cpu(tmp_path):
     assert row["rule"] == "vmap_wins" and row["auto"] == "vmap" and set(row["ms"]) == {"vmap", "loop"}
     assert row["auto_over_fastest"] >= 1.0 and isinstance(row["auto_right"], bool) and out["cpu"]["model"]
     assert "| vmap_wins |" in (tmp_path / "a.md").read_text()
+
+
+def test_score_grad_cost_interleaves_both_formulations(tmp_path):
+    bench("score_grad_cost.py", "--cells", "mlp:first:2:1", "--steps", "1", "--rounds", "2", "--results",
+          str(tmp_path), "--name", "sg", cwd=tmp_path)
+    out = json.loads((tmp_path / "sg.json").read_text())
+    (row,) = out["rows"]
+    assert row["path"] == "factored" and row["steps"] == 2 and row["reference_ms"] > 0 and row["start_ms"] > 0
+    assert row["ratio"] == pytest.approx(row["reference_ms"] / row["start_ms"], rel=1e-2)
+    assert "reference / start" in (tmp_path / "sg.md").read_text() and "flags" in out["cpu"]
