@@ -148,3 +148,37 @@ def test_masked_layers_use_factors_only_while_they_are_cheaper(monkeypatch):
     assert spy.calls == 1 and factored.fits(True, 5, 5, 1) and factored.fits(True, 5, 5, 3)
     learner("maml").meta_step(many)
     assert spy.calls == 2 and factored.fits(False, 25, 75, 5)
+
+
+def _weight_shaped_products(lrn: MetaLearner, batch: Tasks) -> dict[tuple[int, ...], int]:
+    """How many matrix products of one meta-step write a tensor shaped like one of the model's linear weights."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes = {tuple(m.weight.shape) for m in lrn.model.modules() if isinstance(m, nn.Linear)}
+    seen: dict[tuple[int, ...], int] = {}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm) and \
+                    tuple(out.shape) in shapes:
+                seen[tuple(out.shape)] = seen.get(tuple(out.shape), 0) + 1
+            return out
+
+    with Count():
+        lrn.meta_step(batch)
+    return seen
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_a_learned_weight_gets_its_gradient_as_one_product(first_order):
+    """Every use of a shared weight in the factored graph (support and query passes, the inner gradient's product)
+    leaves its gradient as row factors, multiplied out once per layer: one weight-sized product per learned weight
+    (MAML: all five), none for a weight nobody learns (Meta-ticket's random head; ``start`` gradient, so no
+    product for the mask's own gradient either). Before, each use wrote its own and autograd summed them."""
+    batch = tasks(batch=3, queries=3)
+    maml = learner("maml", vectorize="factored", first_order=first_order)
+    shapes = [tuple(m.weight.shape) for m in maml.model.modules() if isinstance(m, nn.Linear)]
+    assert _weight_shaped_products(maml, batch) == {s: 1 for s in shapes}
+    ticket = learner("metaticket", vectorize="factored", first_order=first_order, score_grad="start")
+    assert _weight_shaped_products(ticket, batch) == {s: 1 for s in shapes[:-1]}

@@ -14,6 +14,11 @@ zero) have no low-rank form; their correction is ``sum_s G_s * ((H * X_s) M^T)``
 product of ``H`` with ``W``; it is used only while ``m * K`` is small (:func:`fits`), and the learner runs its
 per-task loop otherwise.
 
+Every product with a shared weight (support and query passes, and the input gradient of the support loss that
+second order differentiates) leaves its weight gradient as row factors, multiplied out in one product per layer
+when the outer backward reaches the weight (:class:`_Entry`): one weight-sized output where autograd wrote one per
+use and summed them.
+
 The result is the loop path's, up to float rounding (tests/test_factored.py compares meta-gradients in float64).
 It runs any model whose forward is a chain of ``nn.Linear``, task BatchNorm1d, elementwise activations (modules
 or functions), flattening and Dropout that is off (p = 0, or eval mode): the built-in MLP, a user's own MLP class
@@ -142,6 +147,108 @@ def chain_of(model: nn.Module) -> Chain | None:
     return None
 
 
+# ----------------------------------------------------------------------------------------------- shared weights
+class _Bank:
+    """The row factors of one shared weight's gradient, collected per backward pass: pairs (left [n, out],
+    right [n, in]) whose products ``left^T right`` sum to the gradient. Each backward pass (autograd graph task)
+    keeps its own list, so the pairs an inner-loop ``autograd.grad`` leaves behind never reach the outer one."""
+
+    def __init__(self, collect: bool = True) -> None:
+        self.collect = collect  # False: a weight whose gradient nobody asks for (no entry collects it)
+        self.pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}
+
+    def add(self, left: Tensor, right: Tensor) -> None:
+        if not self.collect:
+            return
+        self.pairs.setdefault(torch._C._current_graph_task_id(), []).append(
+            (left.reshape(-1, left.shape[-1]), right.reshape(-1, right.shape[-1])))
+
+    def gradient(self) -> Tensor | None:
+        """This pass's pairs as one product, ``[all lefts]^T [all rights]`` [out, in] (None if there are none)."""
+        pairs = self.pairs.pop(torch._C._current_graph_task_id(), [])
+        self.pairs.clear()  # what inner-loop passes left (their weight gradients were not asked for)
+        if not pairs:
+            return None
+        left = torch.cat([a for a, _ in pairs]) if len(pairs) > 1 else pairs[0][0]
+        right = torch.cat([b for _, b in pairs]) if len(pairs) > 1 else pairs[0][1]
+        return left.T @ right
+
+
+class _Entry(torch.autograd.Function):
+    """Where a shared weight enters the factored graph: a 0-d token that every product with the weight takes.
+    The products leave their weight gradients in the bank (as row factors) and pass a zero to the token; once they
+    all have, this backward multiplies the factors out in one product and returns it as the weight's gradient. Per
+    layer that is one weight-sized output where each use of the weight (support and query passes, the inner
+    gradient's product) wrote its own and autograd summed them (width 8: three 8 MB products and two sums)."""
+
+    @staticmethod
+    def forward(weight: Tensor, bank: _Bank) -> Tensor:
+        return weight.new_zeros(())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (autograd's signature)
+        ctx.bank = inputs[1]
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, _token_grad: Tensor | None) -> tuple[Tensor | None, None]:  # noqa: ANN001
+        return ctx.bank.gradient(), None
+
+
+class _Product(torch.autograd.Function):
+    """``h @ weight^T`` (h [..., in] -> [..., out]) whose weight gradient goes to the bank: the weight comes in
+    detached, with its token (:class:`_Entry`)."""
+
+    @staticmethod
+    def forward(h: Tensor, weight: Tensor, token: Tensor, bank: _Bank) -> Tensor:
+        return F.linear(h, weight)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        h, weight, token, bank = inputs
+        ctx.save_for_backward(h, weight, token)
+        ctx.bank = bank
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None) -> tuple:  # noqa: ANN001
+        h, weight, token = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None
+        ctx.bank.add(grad, h)
+        dh = None
+        if ctx.needs_input_grad[0]:  # second order keeps dh a function of grad and of the weight
+            dh = _TransposedProduct.apply(grad, weight, token, ctx.bank) if torch.is_grad_enabled() else grad @ weight
+        return dh, None, token.new_zeros(()), None
+
+
+class _TransposedProduct(torch.autograd.Function):
+    """``g @ weight`` (g [..., out] -> [..., in]): the input gradient of :class:`_Product`, differentiable for the
+    second-order meta-gradient; its weight gradient goes to the bank too."""
+
+    @staticmethod
+    def forward(g: Tensor, weight: Tensor, token: Tensor, bank: _Bank) -> Tensor:
+        return g @ weight
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        g, weight, token, bank = inputs
+        ctx.save_for_backward(g, weight, token)
+        ctx.bank = bank
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None) -> tuple:  # noqa: ANN001
+        g, weight, token = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None
+        ctx.bank.add(g, grad)
+        dg = None
+        if ctx.needs_input_grad[0]:
+            dg = _Product.apply(grad, weight, token, ctx.bank) if torch.is_grad_enabled() else F.linear(grad, weight)
+        return dg, None, token.new_zeros(()), None
+
+
 @dataclass
 class _Linear:
     """One linear layer of every task: shared start ``weight`` [out, in], per-task ``bias`` [B, out] (or None),
@@ -152,6 +259,24 @@ class _Linear:
     mask: Tensor | None
     xs: list[Tensor] = field(default_factory=list)
     gs: list[Tensor] = field(default_factory=list)
+    learned: bool = False  # whether the outer loop wants the weight's gradient
+    shared: tuple[Tensor, Tensor, _Bank] | None = None  # (detached weight, token, bank) of the products
+
+    def __post_init__(self) -> None:
+        if not (self.weight.requires_grad and torch.is_grad_enabled()):
+            return
+        if self.learned:
+            bank = _Bank()
+            self.shared = (self.weight.detach(), _Entry.apply(self.weight, bank), bank)
+        else:  # a start made differentiable for the support steps only: its own gradient is never computed
+            self.shared = (self.weight.detach(), self.weight.new_zeros(()).requires_grad_(), _Bank(collect=False))
+
+    def product(self, h: Tensor) -> Tensor:
+        """h [..., in] @ weight^T; a learned weight's gradient from every such product comes out as one product
+        (:class:`_Entry`); under autocast (bfloat16) the plain ``F.linear``, cast as autocast casts it."""
+        if self.shared is None or torch.is_autocast_enabled(h.device.type):
+            return F.linear(h, self.weight)
+        return _Product.apply(h, *self.shared)
 
     def __call__(self, h: Tensor, lr: float) -> Tensor:
         """h [B, m, in] -> [B, m, out] in the weight's dtype. Under bfloat16 autocast only the product with the
@@ -159,9 +284,7 @@ class _Linear:
         BatchNorm after the layer makes them sum to zero), and rounding its terms to bfloat16 first took the
         meta-gradient's cosine to float32's from 0.997 to 0.90 (tests/test_meta.py)."""
         full = self.weight.dtype
-        # F.linear, not h @ weight.T: its weight gradient comes out in the weight's own order; the transposed one
-        # made every accumulation of the weight's gradients a strided add (5.6 ms against 0.13 on 2M entries)
-        out = F.linear(h, self.weight).to(full)
+        out = self.product(h).to(full)
         if self.bias is not None:
             out = out + self.bias.unsqueeze(1)
         if not self.xs:
@@ -224,8 +347,9 @@ class FactoredInner:
         with torch.enable_grad():  # evaluation runs under no_grad; the support steps need their graph
             for name, m in layers:
                 if isinstance(m, nn.Linear):
+                    learned = params[f"{name}.weight"].requires_grad  # before start() makes a leaf of it
                     self.ops.append((name, _Linear(start(f"{name}.weight", False), start(f"{name}.bias", True),
-                                                   grad_masks.get(f"{name}.weight"))))
+                                                   grad_masks.get(f"{name}.weight"), learned=learned)))
                 elif isinstance(m, TaskBatchNorm1d):
                     self.ops.append((name, _Norm(m.eps, start(f"{name}.weight", True), start(f"{name}.bias", True))))
                 elif not isinstance(m, (nn.Dropout, nn.Identity)):  # Dropout runs only when off: Chain.runs
