@@ -196,57 +196,36 @@ class _Entry(torch.autograd.Function):
 
 
 class _Product(torch.autograd.Function):
-    """``h @ weight^T`` (h [..., in] -> [..., out]) whose weight gradient goes to the bank: the weight comes in
-    detached, with its token (:class:`_Entry`)."""
+    """``h @ weight^T`` (h [..., in] -> [..., out]), or with ``transposed`` ``h @ weight`` ([..., out] -> [..., in],
+    the input gradient of the first, kept differentiable for the second-order meta-gradient). The weight comes in
+    detached, with its token (:class:`_Entry`); its gradient goes to the bank as the pair of rows whose product it
+    is, never as a weight-sized tensor."""
 
     @staticmethod
-    def forward(h: Tensor, weight: Tensor, token: Tensor, bank: _Bank) -> Tensor:
-        return F.linear(h, weight)
+    def forward(h: Tensor, weight: Tensor, token: Tensor, bank: _Bank, transposed: bool) -> Tensor:
+        return h @ weight if transposed else F.linear(h, weight)
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-        h, weight, token, bank = inputs
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (autograd's signature)
+        h, weight, token, bank, transposed = inputs
         ctx.save_for_backward(h, weight, token)
-        ctx.bank = bank
+        ctx.bank, ctx.transposed = bank, transposed
         ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, grad: Tensor | None) -> tuple:  # noqa: ANN001
         h, weight, token = ctx.saved_tensors
         if grad is None:
-            return None, None, None, None
-        ctx.bank.add(grad, h)
+            return None, None, None, None, None
+        # the weight's gradient: grad^T h for h @ weight^T, h^T grad for h @ weight
+        ctx.bank.add(h, grad) if ctx.transposed else ctx.bank.add(grad, h)
         dh = None
-        if ctx.needs_input_grad[0]:  # second order keeps dh a function of grad and of the weight
-            dh = _TransposedProduct.apply(grad, weight, token, ctx.bank) if torch.is_grad_enabled() else grad @ weight
-        return dh, None, token.new_zeros(()), None
-
-
-class _TransposedProduct(torch.autograd.Function):
-    """``g @ weight`` (g [..., out] -> [..., in]): the input gradient of :class:`_Product`, differentiable for the
-    second-order meta-gradient; its weight gradient goes to the bank too."""
-
-    @staticmethod
-    def forward(g: Tensor, weight: Tensor, token: Tensor, bank: _Bank) -> Tensor:
-        return g @ weight
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-        g, weight, token, bank = inputs
-        ctx.save_for_backward(g, weight, token)
-        ctx.bank = bank
-        ctx.set_materialize_grads(False)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor | None) -> tuple:  # noqa: ANN001
-        g, weight, token = ctx.saved_tensors
-        if grad is None:
-            return None, None, None, None
-        ctx.bank.add(g, grad)
-        dg = None
-        if ctx.needs_input_grad[0]:
-            dg = _Product.apply(grad, weight, token, ctx.bank) if torch.is_grad_enabled() else F.linear(grad, weight)
-        return dg, None, token.new_zeros(()), None
+        if ctx.needs_input_grad[0]:  # under create_graph, a product of the same kind so it stays differentiable
+            if torch.is_grad_enabled():
+                dh = _Product.apply(grad, weight, token, ctx.bank, not ctx.transposed)
+            else:
+                dh = F.linear(grad, weight) if ctx.transposed else grad @ weight
+        return dh, None, token.new_zeros(()), None, None
 
 
 @dataclass
@@ -276,7 +255,7 @@ class _Linear:
         (:class:`_Entry`); under autocast (bfloat16) the plain ``F.linear``, cast as autocast casts it."""
         if self.shared is None or torch.is_autocast_enabled(h.device.type):
             return F.linear(h, self.weight)
-        return _Product.apply(h, *self.shared)
+        return _Product.apply(h, *self.shared, False)
 
     def __call__(self, h: Tensor, lr: float) -> Tensor:
         """h [B, m, in] -> [B, m, out] in the weight's dtype. Under bfloat16 autocast only the product with the
