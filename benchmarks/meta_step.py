@@ -379,6 +379,7 @@ def main() -> None:
             kept = keep_freed_memory()
         print(json.dumps(measure(*args.one, args.meta_batch[0], args.reps, args.queries[0]) | {"malloc_kept": kept}))
         return
+    grid = cells(args)  # a malformed --cells is refused before anything runs
     if any(i in PEERS for i in args.impls) and not Path(args.peers_python).exists():
         sys.exit(f"no peers interpreter at {args.peers_python}: python -m venv .venv-peers && .venv-peers/bin/pip "
                  f"install torch==2.14.1 pyyaml tqdm && (. .venv-peers/bin/activate && bash "
@@ -387,7 +388,7 @@ def main() -> None:
 
     peak = peaks()
     rows = []
-    for model, order, meta_batch, queries in cells(args):
+    for model, order, meta_batch, queries in grid:
         # rounds interleave the implementations, so a burst of load on the machine hits all of them alike
         runs: dict[str, list[dict]] = {impl: [] for impl in args.impls}
         for _ in range(args.rounds):

@@ -220,8 +220,9 @@ def test_meta_step_measures_exactly_the_cells_named(tmp_path):
     assert [(r["model"], r["order"], r["meta_batch"], r["queries"]) for r in out["rows"]] == [
         ("mlp", "first", 2, 1), ("mlp", "second", 3, 2)]
     assert out["settings"]["cells"] == ["mlp:first:2:1", "mlp:second:3:2"]
-    proc = subprocess.run([sys.executable, str(BENCH / "meta_step.py"), "--cells", "mlp:third:2:1"], cwd=tmp_path,
-                          text=True, capture_output=True, timeout=120)
+    # refused before the peers are looked for (this machine may have no peers venv)
+    proc = subprocess.run([sys.executable, str(BENCH / "meta_step.py"), "--cells", "mlp:third:2:1", "--peers-python",
+                           str(tmp_path / "none")], cwd=tmp_path, text=True, capture_output=True, timeout=120)
     assert proc.returncode != 0 and "MODEL:ORDER:B:Q" in proc.stderr and "Traceback" not in proc.stderr
 
 
