@@ -182,3 +182,67 @@ def test_a_learned_weight_gets_its_gradient_as_one_product(first_order):
     assert _weight_shaped_products(maml, batch) == {s: 1 for s in shapes}
     ticket = learner("metaticket", vectorize="factored", first_order=first_order, score_grad="start")
     assert _weight_shaped_products(ticket, batch) == {s: 1 for s in shapes[:-1]}
+
+
+def _masked_correction_rows(lrn: MetaLearner, batch: Tasks) -> set[int]:
+    """The row counts of one meta-step's products [rows, in] @ [in, out] whose right side is shaped like a masked
+    layer's transposed weight (the masked correction's products, and the shared-weight passes of 15 rows)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes = {tuple(m.weight.shape[::-1]) for m in lrn.model.modules() if isinstance(m, nn.Linear)}
+    rows: set[int] = set()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+                a, b = args[-2:]
+                if tuple(b.shape) in shapes:
+                    rows.add(a.shape[0])
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        lrn.meta_step(batch)
+    return rows
+
+
+def test_a_normalized_layer_keeps_one_support_factor_fewer():
+    """Under a task BatchNorm a layer's support gradients sum to zero, so its n support rows give n - 1 factors:
+    the masked correction multiplies 3 tasks x 5 query rows x 4 (not 5) support rows through the mask."""
+    batch = tasks(batch=3, queries=1)
+    rows = _masked_correction_rows(learner("metaticket", vectorize="factored"), batch)
+    assert 3 * 5 * 4 in rows and 3 * 5 * 5 not in rows
+
+
+def test_a_layer_without_a_norm_after_it_keeps_all_its_support_factors(monkeypatch):
+    """Without a BatchNorm the support gradients need not sum to zero: all n rows stay factors, and the factored
+    meta-gradient of a masked MLP without norms is still the loop's (float64). Dropping a row there changes it."""
+    from metaticket import make_layers
+    from metaticket.models.mlp import MLP
+
+    batch = double(tasks(batch=3, queries=1))
+    grads = {}
+    for vectorize in ("loop", "factored"):
+        layers = make_layers(supermask=True, mask="threshold", generator=torch.Generator().manual_seed(0))
+        lrn = MetaLearner(MLP(784, 5, (24, 16), layers, norm=False), method="metaticket", vectorize=vectorize,
+                          outer_steps=10).double()
+        spy = Spy(monkeypatch)
+        lrn.meta_gradient(batch, steps=1, first_order=False)
+        assert spy.calls == (vectorize == "factored")
+        grads[vectorize] = {n: p.grad.clone() for n, p in lrn.model.named_parameters() if p.grad is not None}
+    scale = max(float(g.abs().max()) for g in grads["loop"].values())
+    for n, g in grads["loop"].items():
+        torch.testing.assert_close(grads["factored"][n], g, rtol=1e-9, atol=1e-11 * scale)
+    assert 3 * 5 * 5 in _masked_correction_rows(lrn, batch)  # (a meta-step: the scores change)
+    real = factored._Linear.add_step
+
+    def centred(op, x, g):  # noqa: ANN001, ANN202 (differencing where nothing normalizes: a different gradient)
+        op.normed = True
+        return real(op, x, g)
+
+    monkeypatch.setattr(factored._Linear, "add_step", centred)
+    lrn = MetaLearner(MLP(784, 5, (24, 16), make_layers(supermask=True, mask="threshold",
+                                                        generator=torch.Generator().manual_seed(0)), norm=False),
+                      method="metaticket", vectorize="factored", outer_steps=10).double()
+    lrn.meta_gradient(batch, steps=1, first_order=False)
+    assert any(not torch.allclose(p.grad, grads["loop"][n], rtol=1e-6) for n, p in lrn.model.named_parameters()
+               if p.grad is not None)

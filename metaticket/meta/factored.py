@@ -240,6 +240,7 @@ class _Linear:
     gs: list[Tensor] = field(default_factory=list)
     learned: bool = False  # whether the outer loop wants the weight's gradient
     shared: tuple[Tensor, Tensor, _Bank] | None = None  # (detached weight, token, bank) of the products
+    normed: bool = False  # a task BatchNorm normalizes the output: each step's support gradients sum to zero
 
     def __post_init__(self) -> None:
         if not (self.weight.requires_grad and torch.is_grad_enabled()):
@@ -256,6 +257,18 @@ class _Linear:
         if self.shared is None or torch.is_autocast_enabled(h.device.type):
             return F.linear(h, self.weight)
         return _Product.apply(h, *self.shared, False)
+
+    def add_step(self, x: Tensor, g: Tensor) -> None:
+        """Keep one support step's factors: x [B, n, in], the layer's input, and g [B, n, out], the support loss's
+        gradient at its output. Under a task BatchNorm (``normed``) g's n rows sum to zero, so
+        ``sum_s g_s x_s^T = sum_{s<n} g_s (x_s - x_n)^T``: n - 1 factor rows give the same change, and the
+        masked correction costs (n - 1) / n of the products (4/5 at 1 shot, 5 ways). The meta-gradient is the
+        same too, since every g the support pass can produce has that zero sum. Differencing also removes what
+        the rows share, which no longer cancels only after rounding."""
+        if self.normed and x.shape[1] > 1:
+            x, g = x[:, :-1] - x[:, -1:], g[:, :-1]
+        self.xs.append(x)
+        self.gs.append(g)
 
     def __call__(self, h: Tensor, lr: float) -> Tensor:
         """h [B, m, in] -> [B, m, out] in the weight's dtype. Under bfloat16 autocast only the product with the
@@ -333,6 +346,9 @@ class FactoredInner:
                     self.ops.append((name, _Norm(m.eps, start(f"{name}.weight", True), start(f"{name}.bias", True))))
                 elif not isinstance(m, (nn.Dropout, nn.Identity)):  # Dropout runs only when off: Chain.runs
                     self.ops.append((name, m))
+        for (_, op), (_, after) in zip(self.ops, self.ops[1:]):
+            if isinstance(op, _Linear):
+                op.normed = isinstance(after, _Norm)  # its output's support gradients sum to zero per task
 
         # what each support step differentiates by: (kind, layer name, op), kind "out" for a linear layer's output
         # (its weight's factors and its bias come from that gradient), "weight"/"bias" for a norm's parameters
@@ -379,7 +395,6 @@ class FactoredInner:
                         continue
                     if f"{name}.weight" in self.adapted:
                         h = taps[name][0]
-                        op.xs.append(h.detach() if self.first_order else h)
-                        op.gs.append(g)
+                        op.add_step(h.detach() if self.first_order else h, g)
                     if op.bias is not None and f"{name}.bias" in self.adapted:
                         op.bias = op.bias - self.lr * g.sum(1)
