@@ -11,6 +11,13 @@ excluded, per step (sampling, copies, the meta-step, logging); ``validation_s`` 
 validation. The paper budget is ``meta.steps`` of the paper config (30,000) times the first plus one validation
 every ``eval.val_every`` and the final meta-test (``eval.test_tasks`` tasks at a validation's rate per task).
 
+``--roofline`` adds, for the paper cases, the budget this machine could reach at best: the meta-step's op-by-op
+roofline (``benchmarks/roofline.py``: every aten op of one step of the same method, cell and score gradient at
+``max(FLOPs / matmul peak, bytes / memory rate)``, peaks from ``--peak``, this CPU's ``benchmarks/peak.py`` result)
+in place of the measured ms per step, validations and test as measured. ``roof_budget_hours_cache`` uses the
+cache-resident elementwise rate, ``roof_budget_hours_memory`` the main-memory one. A budget target below the
+first cannot be met by faster kernels, only by an op sequence with fewer FLOPs or bytes.
+
 ``--code DIR`` imports metaticket from DIR (a git worktree of an earlier commit: the "before" rows); the
 precision option does not exist there, so only float32 runs. Rows are appended to
 ``benchmarks/results/<name>.json`` under ``--label``; the table (``.md``) is rewritten from all rows.
@@ -80,13 +87,48 @@ def measure(case: str, precision: str, steps: int) -> dict:
             "code": str(Path(metaticket.__file__).parent.parent)}
 
 
+def roof(row: dict, peak_path: Path) -> dict:
+    """The op-by-op roofline of one meta-step of ``row``'s paper case (method, width, second order, meta-batch,
+    queries; Meta-ticket with the config's score gradient) and the paper budget at it: ms per step and hours at the
+    cache and the memory rate, and the peaks used."""
+    import roofline
+
+    config = load(row["case"])
+    impl = "ours-maml" if config.meta.method == "maml" else \
+        "ours-metaticket-threshold" + ("-start" if config.meta.score_grad == "start" else "")
+    impl += "-bf16" if row["precision"] == "bfloat16" else ""
+    if impl not in roofline.OURS:
+        raise SystemExit(f"--roofline: benchmarks/meta_step.py has no implementation {impl} for case {row['case']}")
+    cell = (f"mlp-w{config.model.width:g}" if config.model.width != 1 else "mlp",
+            "first" if config.meta.first_order else "second", config.meta.meta_batch, config.data.queries)
+    ops = roofline.census(impl, *cell)
+    peak = roofline.peaks_from(peak_path)
+    rest_s = row["paper_steps"] // row["paper_val_every"] * row["validation_s"] + row["test_s_estimate"]
+    out = {"roof_impl": impl, "roof_cell": list(cell), "roof_gflop": round(sum(o["flops"] for o in ops.values()) / 1e9, 3),
+           "roof_peak": peak, "roof_peak_cpu": json.loads(peak_path.read_text()).get("cpu")}
+    for where, rate in (("cache", peak["cache_gbs"]), ("memory", peak["memory_gbs"])):
+        ms = roofline.roof_ms(ops, peak, rate)
+        out[f"roof_ms_{where}"] = round(ms, 1)
+        out[f"roof_budget_hours_{where}"] = round((row["paper_steps"] * ms / 1000 + rest_s) / 3600, 3)
+    return out
+
+
+def load(case: str):  # noqa: ANN201 (metaticket's Config, imported late for --code)
+    from metaticket.config import load_config
+
+    return load_config(CASES[case][0], CASES[case][1])
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| case | model | method | B | queries | label | precision | meta-step ms | train ms/step (e2e) | "
-             "steps/s | one validation s | paper budget (h) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "steps/s | one validation s | paper budget (h) | roofline ms/step, cache / memory rate | "
+             "budget at the roofline (h), cache / memory rate |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        roofs = (f"{r['roof_ms_cache']:.1f} / {r['roof_ms_memory']:.1f} | {r['roof_budget_hours_cache']:.2f} / "
+                 f"{r['roof_budget_hours_memory']:.2f}") if "roof_ms_cache" in r else " | "
         lines.append(f"| {r['case']} | {r['model']} | {r['method']} | {r['meta_batch']} | {r['queries']} | "
                      f"{r['label']} | {r['precision']} | {r['meta_step_ms']:.0f} | {r['train_ms_per_step']:.0f} | "
-                     f"{r['steps_per_s']:.2f} | {r['validation_s']:.1f} | {r['paper_budget_hours']:.2f} |")
+                     f"{r['steps_per_s']:.2f} | {r['validation_s']:.1f} | {r['paper_budget_hours']:.2f} | {roofs} |")
     return "\n".join(lines) + "\n"
 
 
@@ -99,13 +141,25 @@ def main() -> None:
     p.add_argument("--code", default=None, help="import metaticket from this folder (an earlier commit)")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--name", default="e2e_speed")
+    p.add_argument("--roofline", action="store_true",
+                   help="add the paper cases' budget at the meta-step's op-by-op roofline (peaks from --peak)")
+    p.add_argument("--peak", default=str(RESULTS / "peak.json"), help="benchmarks/peak.py's result on this CPU")
     args = p.parse_args()
+    if args.roofline and args.code:
+        p.error("--roofline counts the ops of this checkout's code: run it without --code")
+    if args.roofline and not Path(args.peak).is_file():
+        p.error(f"no peak result at {args.peak}: run python benchmarks/peak.py first (or pass --peak)")
+    if args.roofline and any(not c.startswith("paper-") for c in args.cases):
+        p.error("--roofline applies to the paper cases only (the quickstart's model is not the paper MLP cell)")
     sys.path.insert(0, str(Path(args.code).resolve()) if args.code else str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     out = Path(args.results) / f"{args.name}.json"
     rows = json.loads(out.read_text())["rows"] if out.is_file() else []
     for case in args.cases:
         for precision in args.precisions:
             row = {**measure(case, precision, args.steps), "label": args.label}
+            if args.roofline:
+                row |= roof(row, Path(args.peak))
             print(json.dumps(row), flush=True)
             rows = [r for r in rows if (r["case"], r["precision"], r["label"]) != (case, precision, args.label)]
             rows.append(row)

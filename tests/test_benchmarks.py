@@ -53,6 +53,32 @@ def test_e2e_speed_and_precision_benchmarks_smoke(tmp_path, data_root):
                                                                                          "bf16_inner_too_vs_fp32"))
 
 
+def test_e2e_speed_budget_at_the_roofline(tmp_path, data_root):
+    """``--roofline``: a paper case's budget with the meta-step at its op-by-op roofline (validations and test as
+    measured), at the cache and the memory rate of a peak file; refused for the quickstart and without a peak."""
+    peak = {"cpu": {"model": "test"}, "rows": [
+        {"threads": 2, "op": "matmul", "dtype": "float32", "gflops": 100.0},
+        {"threads": 2, "op": "matmul", "dtype": "bfloat16", "gflops": 400.0},
+        {"threads": 2, "op": "triad 8 MB", "dtype": "float32", "gbytes_per_s": 100.0},
+        {"threads": 2, "op": "triad 256 MB", "dtype": "float32", "gbytes_per_s": 25.0}]}
+    (tmp_path / "peak.json").write_text(json.dumps(peak))
+    bench("e2e_speed.py", "--cases", "paper-w1-metaticket", "--steps", "4", "--roofline", "--peak",
+          str(tmp_path / "peak.json"), "--results", str(tmp_path), cwd=tmp_path)
+    (row,) = json.loads((tmp_path / "e2e_speed.json").read_text())["rows"]
+    assert row["roof_impl"] == "ours-metaticket-threshold" and row["roof_cell"] == ["mlp", "second", 4, 1]
+    assert 0 < row["roof_ms_cache"] < row["roof_ms_memory"] and row["roof_gflop"] > 0
+    rest = row["paper_steps"] // row["paper_val_every"] * row["validation_s"] + row["test_s_estimate"]
+    for where in ("cache", "memory"):
+        hours = (row["paper_steps"] * row[f"roof_ms_{where}"] / 1000 + rest) / 3600
+        assert row[f"roof_budget_hours_{where}"] == pytest.approx(hours, abs=2e-3)
+    assert "budget at the roofline" in (tmp_path / "e2e_speed.md").read_text()
+    for bad, says in ((["--cases", "quickstart", "--peak", str(tmp_path / "peak.json")], "paper cases only"),
+                      (["--cases", "paper-w1-maml", "--peak", str(tmp_path / "none.json")], "no peak result")):
+        proc = subprocess.run([sys.executable, str(BENCH / "e2e_speed.py"), "--roofline", *bad], cwd=tmp_path,
+                              text=True, capture_output=True, timeout=120)
+        assert proc.returncode != 0 and says in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_meta_step_roofline_of_the_2x_target():
     sys.path.insert(0, str(BENCH))
     import meta_step
