@@ -104,8 +104,9 @@ def roof(row: dict, peak_path: Path) -> dict:
     ops = roofline.census(impl, *cell)
     peak = roofline.peaks_from(peak_path)
     rest_s = row["paper_steps"] // row["paper_val_every"] * row["validation_s"] + row["test_s_estimate"]
-    out = {"roof_impl": impl, "roof_cell": list(cell), "roof_gflop": round(sum(o["flops"] for o in ops.values()) / 1e9, 3),
-           "roof_peak": peak, "roof_peak_cpu": json.loads(peak_path.read_text()).get("cpu")}
+    gflop = sum(o["flops"] for o in ops.values()) / 1e9
+    out = {"roof_impl": impl, "roof_cell": list(cell), "roof_gflop": round(gflop, 3), "roof_peak": peak,
+           "roof_peak_cpu": json.loads(peak_path.read_text()).get("cpu")}
     for where, rate in (("cache", peak["cache_gbs"]), ("memory", peak["memory_gbs"])):
         ms = roofline.roof_ms(ops, peak, rate)
         out[f"roof_ms_{where}"] = round(ms, 1)
@@ -122,7 +123,7 @@ def load(case: str):  # noqa: ANN201 (metaticket's Config, imported late for --c
 def table(rows: list[dict]) -> str:
     lines = ["| case | model | method | B | queries | label | precision | meta-step ms | train ms/step (e2e) | "
              "steps/s | one validation s | paper budget (h) | roofline ms/step, cache / memory rate | "
-             "budget at the roofline (h), cache / memory rate |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "budget at the roofline (h), cache / memory rate |", "|---" * 14 + "|"]
     for r in rows:
         roofs = (f"{r['roof_ms_cache']:.1f} / {r['roof_ms_memory']:.1f} | {r['roof_budget_hours_cache']:.2f} / "
                  f"{r['roof_budget_hours_memory']:.2f}") if "roof_ms_cache" in r else " | "
