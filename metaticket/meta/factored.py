@@ -283,13 +283,13 @@ class _Linear:
             return out
         with torch.autocast(h.device.type, enabled=False):
             h = h.to(full)
-            x, g = torch.cat(self.xs, 1), torch.cat(self.gs, 1)  # [B, K, in], [B, K, out]
-            if self.mask is None:
-                return out - lr * torch.bmm(torch.bmm(h, x.transpose(1, 2)), g)
+            x, g = (self.xs[0], self.gs[0]) if len(self.xs) == 1 else (torch.cat(self.xs, 1), torch.cat(self.gs, 1))
+            if self.mask is None:  # x [B, K, in], g [B, K, out]
+                return torch.baddbmm(out, torch.bmm(h, x.transpose(1, 2)), g, alpha=-lr)
             # sum_s g[s, o] * sum_i h[r, i] x[s, i] mask[o, i]: the rows h * x_s through the mask, [B, m, K, out]
             b, m, k = h.shape[0], h.shape[1], x.shape[1]
             p = F.linear((h.unsqueeze(2) * x.unsqueeze(1)).reshape(-1, x.shape[2]), self.mask).view(b, m, k, -1)
-            return out - lr * (p * g.unsqueeze(1)).sum(2)
+            return torch.sub(out, (p * g.unsqueeze(1)).sum(2), alpha=lr)
 
 
 @dataclass
