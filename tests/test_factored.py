@@ -148,6 +148,11 @@ def test_masked_layers_use_factors_only_while_they_are_cheaper(monkeypatch):
     assert spy.calls == 1 and factored.fits(True, 5, 5, 1) and factored.fits(True, 5, 5, 3)
     learner("maml").meta_step(many)
     assert spy.calls == 2 and factored.fits(False, 25, 75, 5)
+    # every masked layer of the MLP feeds a task BatchNorm: 4 factor rows per 1-shot step, so 8 queries per class
+    # (40 x 4 = 160 pairs) still run factored, where 5 rows would make 200
+    assert lrn.normed and factored.fits(True, 5, 40, 1, normed=True) and not factored.fits(True, 5, 40, 1)
+    assert lrn.path(tasks(batch=2, queries=8), 1) == "factored"
+    assert not factored.fits(True, 5, 45, 1, normed=True)  # 180 pairs
 
 
 def _weight_shaped_products(lrn: MetaLearner, batch: Tasks) -> dict[tuple[int, ...], int]:
@@ -225,6 +230,7 @@ def test_a_layer_without_a_norm_after_it_keeps_all_its_support_factors(monkeypat
         layers = make_layers(supermask=True, mask="threshold", generator=torch.Generator().manual_seed(0))
         lrn = MetaLearner(MLP(784, 5, (24, 16), layers, norm=False), method="metaticket", vectorize=vectorize,
                           outer_steps=10).double()
+        assert not lrn.normed  # so its masked factors are counted at all 5 rows (factored.fits)
         spy = Spy(monkeypatch)
         lrn.meta_gradient(batch, steps=1, first_order=False)
         assert spy.calls == (vectorize == "factored")

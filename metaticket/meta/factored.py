@@ -44,11 +44,12 @@ from metaticket.meta.objective import CROSS_ENTROPY, Objective
 MASKED_FACTOR_MAX = 175
 
 
-def fits(masked: bool, support_rows: int, query_rows: int, steps: int) -> bool:
+def fits(masked: bool, support_rows: int, query_rows: int, steps: int, normed: bool = False) -> bool:
     """Whether factors beat the per-task loop for tasks of these sizes: always without masked layers; with them,
-    while every pass multiplies at most :data:`MASKED_FACTOR_MAX` (row, factor row) pairs."""
-    return not masked or max(query_rows * support_rows * steps,
-                             support_rows * support_rows * (steps - 1)) <= MASKED_FACTOR_MAX
+    while every pass multiplies at most :data:`MASKED_FACTOR_MAX` (row, factor row) pairs. ``normed``: every masked
+    layer feeds a task BatchNorm, so each step leaves ``support_rows - 1`` factor rows (:meth:`_Linear.add_step`)."""
+    factors = support_rows - 1 if normed and support_rows > 1 else support_rows
+    return not masked or max(query_rows * factors * steps, support_rows * factors * (steps - 1)) <= MASKED_FACTOR_MAX
 
 
 # elementwise functions a traced forward may call on the running tensor, with constant further arguments
@@ -91,6 +92,15 @@ class Chain:
         (p = 0, or eval mode), and flat inputs unless the chain flattens them itself."""
         off = all(not (isinstance(m, nn.Dropout) and m.p > 0 and m.training) for _, m in self.layers)
         return off and (self.flattens or inputs.dim() == 3)
+
+    def normed(self, name: str) -> bool:
+        """Whether layer ``name``'s output goes straight into a task BatchNorm (Dropout that is off and Identity in
+        between do not count), which makes its support gradients sum to zero over each task's rows."""
+        names = [n for n, _ in self.layers]
+        if name not in names:
+            return False
+        after = [m for _, m in self.layers[names.index(name) + 1:] if not isinstance(m, (nn.Dropout, nn.Identity))]
+        return bool(after) and isinstance(after[0], TaskBatchNorm1d)
 
 
 def _flattens_all(node: torch.fx.Node, module: nn.Module | None) -> bool:
@@ -346,9 +356,10 @@ class FactoredInner:
                     self.ops.append((name, _Norm(m.eps, start(f"{name}.weight", True), start(f"{name}.bias", True))))
                 elif not isinstance(m, (nn.Dropout, nn.Identity)):  # Dropout runs only when off: Chain.runs
                     self.ops.append((name, m))
-        for (_, op), (_, after) in zip(self.ops, self.ops[1:]):
+        chain = Chain(list(layers), flattens=False)
+        for name, op in self.ops:
             if isinstance(op, _Linear):
-                op.normed = isinstance(after, _Norm)  # its output's support gradients sum to zero per task
+                op.normed = chain.normed(name)  # its output's support gradients sum to zero per task
 
         # what each support step differentiates by: (kind, layer name, op), kind "out" for a linear layer's output
         # (its weight's factors and its bias come from that gradient), "weight"/"bias" for a norm's parameters

@@ -191,6 +191,8 @@ class MetaLoss:
         for n, p in model.named_parameters():  # only the outer parameters take part in outer autograd
             p.requires_grad_(n in self.outer_names)
         self.chain = chain_of(self.twin)
+        # every masked layer under a task BatchNorm: one factor row fewer per step, which factors' cost counts
+        self.normed = self.chain is not None and all(self.chain.normed(n) for n, _ in supermask_layers(model))
         self.vectorize = _choose(vectorize, self.chain is not None, self.twin)
         # what runs the batches factors would not suit (and every batch of a model that is no chain)
         self.per_task = "vmap" if vmap_wins(self.twin) else "loop"
@@ -290,7 +292,7 @@ class MetaLoss:
         ``auto`` would."""
         if self.vectorize != "factored":
             return self.vectorize
-        fit = fits(self.masked, tasks.support_x.shape[1], tasks.query_x.shape[1], steps)
+        fit = fits(self.masked, tasks.support_x.shape[1], tasks.query_x.shape[1], steps, self.normed)
         return "factored" if fit and self.chain.runs(tasks.support_x) else self.per_task
 
     def losses(self, tasks: Tasks, steps: int | None = None, first_order: bool | None = None,
