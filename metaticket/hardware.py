@@ -39,7 +39,9 @@ def keep_freed_memory() -> bool:
 
     A meta-step allocates and frees weight-sized tensors (8 MB at MLP width 8) dozens of times; with glibc's
     defaults the freed memory went back to the OS and every step faulted it in again: a width-8 Meta-ticket step
-    (meta-batch 4, one thread) took about 10,900 page faults, kept 79 (tests/test_hardware.py), and 178-202 ms
+    (meta-batch 4, one thread) took about 10,900 page faults, kept 79 (glibc's adaptive mmap threshold stops this
+    for some orders of frees and not others: 2 to 13,200 per step for the same code; tests/test_hardware.py fixes
+    the threshold to test it), and 178-202 ms
     against 110-168 ms with two training runs on the machine (MAML: 82-108 against 61-81; benchmarks/README.md).
     The price: the process keeps its peak heap instead of shrinking after it.
     Process-wide, so only the run commands call it (``run.malloc: keep``, the default); returns whether it took

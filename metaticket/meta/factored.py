@@ -158,13 +158,34 @@ def chain_of(model: nn.Module) -> Chain | None:
 
 
 # ----------------------------------------------------------------------------------------------- shared weights
+@dataclass
+class _Low:
+    """Where the factored path's matrix products may run in ``dtype`` (bfloat16 for ``precision: bfloat16``): the
+    query pass and the outer backward, never the support steps. Rounding the support pass's forward products took
+    the Omniglot meta-gradient's cosine to float32's to 0.05-0.58; the query pass's and the outer backward's kept
+    it at 0.997+ (benchmarks/README.md, "bfloat16 on the factored path"). ``on`` turns true when the support steps
+    are done (:meth:`FactoredInner.logits`)."""
+
+    dtype: torch.dtype | None = None
+    on: bool = False
+
+    def active(self) -> bool:
+        return self.dtype is not None and self.on
+
+
+def _low_mm(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
+    """``a @ b`` with both rounded to ``dtype`` (float32 accumulation), returned in ``a``'s dtype."""
+    return (a.to(dtype) @ b.to(dtype)).to(a.dtype)
+
+
 class _Bank:
     """The row factors of one shared weight's gradient, collected per backward pass: pairs (left [n, out],
     right [n, in]) whose products ``left^T right`` sum to the gradient. Each backward pass (autograd graph task)
     keeps its own list, so the pairs an inner-loop ``autograd.grad`` leaves behind never reach the outer one."""
 
-    def __init__(self, collect: bool = True) -> None:
+    def __init__(self, collect: bool = True, low: _Low | None = None) -> None:
         self.collect = collect  # False: a weight whose gradient nobody asks for (no entry collects it)
+        self.low = low or _Low()
         self.pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}
 
     def add(self, left: Tensor, right: Tensor) -> None:
@@ -181,7 +202,7 @@ class _Bank:
             return None
         left = torch.cat([a for a, _ in pairs]) if len(pairs) > 1 else pairs[0][0]
         right = torch.cat([b for _, b in pairs]) if len(pairs) > 1 else pairs[0][1]
-        return left.T @ right
+        return _low_mm(left.T, right, self.low.dtype) if self.low.active() else left.T @ right
 
 
 class _Entry(torch.autograd.Function):
@@ -205,37 +226,87 @@ class _Entry(torch.autograd.Function):
         return ctx.bank.gradient(), None
 
 
+@dataclass
+class _Shared:
+    """What the products with one shared weight take besides their rows: the detached ``weight`` [out, in], its
+    ``bank``, and the ``low`` switch with the weight's rounded copy (made once, when first needed)."""
+
+    weight: Tensor
+    bank: _Bank
+    low: _Low
+    _rounded: Tensor | None = None
+
+    def product(self, h: Tensor, transposed: bool) -> Tensor:
+        """``h @ weight^T``, or ``h @ weight`` when ``transposed``; rounded operands while ``low`` is active."""
+        if not self.low.active():
+            return h @ self.weight if transposed else F.linear(h, self.weight)
+        if self._rounded is None:
+            self._rounded = self.weight.to(self.low.dtype)
+        x = h.to(self.low.dtype)
+        return (x @ self._rounded if transposed else F.linear(x, self._rounded)).to(h.dtype)
+
+
 class _Product(torch.autograd.Function):
     """``h @ weight^T`` (h [..., in] -> [..., out]), or with ``transposed`` ``h @ weight`` ([..., out] -> [..., in],
     the input gradient of the first, kept differentiable for the second-order meta-gradient). The weight comes in
-    detached, with its token (:class:`_Entry`); its gradient goes to the bank as the pair of rows whose product it
-    is, never as a weight-sized tensor."""
+    detached (in ``shared``), with its token (:class:`_Entry`); its gradient goes to the bank as the pair of rows
+    whose product it is, never as a weight-sized tensor."""
 
     @staticmethod
-    def forward(h: Tensor, weight: Tensor, token: Tensor, bank: _Bank, transposed: bool) -> Tensor:
-        return h @ weight if transposed else F.linear(h, weight)
+    def forward(h: Tensor, token: Tensor, shared: _Shared, transposed: bool) -> Tensor:
+        return shared.product(h, transposed)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (autograd's signature)
-        h, weight, token, bank, transposed = inputs
-        ctx.save_for_backward(h, weight, token)
-        ctx.bank, ctx.transposed = bank, transposed
+        h, token, shared, transposed = inputs
+        ctx.save_for_backward(h, token)
+        ctx.shared, ctx.transposed = shared, transposed
         ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, grad: Tensor | None) -> tuple:  # noqa: ANN001
-        h, weight, token = ctx.saved_tensors
+        h, token = ctx.saved_tensors
         if grad is None:
-            return None, None, None, None, None
+            return None, None, None, None
         # the weight's gradient: grad^T h for h @ weight^T, h^T grad for h @ weight
-        ctx.bank.add(h, grad) if ctx.transposed else ctx.bank.add(grad, h)
+        ctx.shared.bank.add(h, grad) if ctx.transposed else ctx.shared.bank.add(grad, h)
         dh = None
         if ctx.needs_input_grad[0]:  # under create_graph, a product of the same kind so it stays differentiable
             if torch.is_grad_enabled():
-                dh = _Product.apply(grad, weight, token, ctx.bank, not ctx.transposed)
+                dh = _Product.apply(grad, token, ctx.shared, not ctx.transposed)
             else:
-                dh = F.linear(grad, weight) if ctx.transposed else grad @ weight
-        return dh, None, token.new_zeros(()), None, None
+                dh = ctx.shared.product(grad, not ctx.transposed)
+        return dh, token.new_zeros(()), None, None
+
+
+class _MaskProduct(torch.autograd.Function):
+    """``rows @ mask^T`` for the masked correction (rows [N, in], mask [out, in] -> [N, out]), in full precision:
+    its terms cancel over the support rows. Its backward (``grad @ mask`` and the mask's ``grad^T @ rows``) rounds
+    to the ``low`` dtype in the outer backward only."""
+
+    @staticmethod
+    def forward(rows: Tensor, mask: Tensor, low: _Low) -> Tensor:
+        return F.linear(rows, mask)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (autograd's signature)
+        rows, mask, low = inputs
+        ctx.save_for_backward(rows, mask)
+        ctx.low = low
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None) -> tuple:  # noqa: ANN001
+        rows, mask = ctx.saved_tensors
+        if grad is None:
+            return None, None, None
+        low = ctx.low.active() and not torch.is_grad_enabled()
+        d_rows = d_mask = None
+        if ctx.needs_input_grad[0]:
+            d_rows = _low_mm(grad, mask, ctx.low.dtype) if low else grad @ mask
+        if ctx.needs_input_grad[1]:
+            d_mask = _low_mm(grad.T, rows, ctx.low.dtype) if low else grad.T @ rows
+        return d_rows, d_mask, None
 
 
 @dataclass
@@ -249,24 +320,29 @@ class _Linear:
     xs: list[Tensor] = field(default_factory=list)
     gs: list[Tensor] = field(default_factory=list)
     learned: bool = False  # whether the outer loop wants the weight's gradient
-    shared: tuple[Tensor, Tensor, _Bank] | None = None  # (detached weight, token, bank) of the products
     normed: bool = False  # a task BatchNorm normalizes the output: each step's support gradients sum to zero
+    low: _Low = field(default_factory=_Low)  # where products may round (precision: bfloat16)
+    token: Tensor | None = None  # the weight's entry into the factored graph (None: no gradient flows)
+    shared: _Shared | None = None  # what every product with the weight takes
 
     def __post_init__(self) -> None:
         if not (self.weight.requires_grad and torch.is_grad_enabled()):
+            self.shared = _Shared(self.weight, _Bank(collect=False, low=self.low), self.low)
             return
         if self.learned:
-            bank = _Bank()
-            self.shared = (self.weight.detach(), _Entry.apply(self.weight, bank), bank)
+            bank = _Bank(low=self.low)
+            self.token = _Entry.apply(self.weight, bank)
         else:  # a start made differentiable for the support steps only: its own gradient is never computed
-            self.shared = (self.weight.detach(), self.weight.new_zeros(()).requires_grad_(), _Bank(collect=False))
+            bank = _Bank(collect=False, low=self.low)
+            self.token = self.weight.new_zeros(()).requires_grad_()
+        self.shared = _Shared(self.weight.detach(), bank, self.low)
 
     def product(self, h: Tensor) -> Tensor:
         """h [..., in] @ weight^T; a learned weight's gradient from every such product comes out as one product
-        (:class:`_Entry`); under autocast (bfloat16) the plain ``F.linear``, cast as autocast casts it."""
-        if self.shared is None or torch.is_autocast_enabled(h.device.type):
-            return F.linear(h, self.weight)
-        return _Product.apply(h, *self.shared, False)
+        (:class:`_Entry`). Without a gradient to carry (evaluation), the plain product."""
+        if self.token is None:
+            return self.shared.product(h, False)
+        return _Product.apply(h, self.token, self.shared, False)
 
     def add_step(self, x: Tensor, g: Tensor) -> None:
         """Keep one support step's factors: x [B, n, in], the layer's input, and g [B, n, out], the support loss's
@@ -281,10 +357,10 @@ class _Linear:
         self.gs.append(g)
 
     def __call__(self, h: Tensor, lr: float) -> Tensor:
-        """h [B, m, in] -> [B, m, out] in the weight's dtype. Under bfloat16 autocast only the product with the
-        shared weight runs in bfloat16: the correction is a sum over support rows whose gradients cancel (a
-        BatchNorm after the layer makes them sum to zero), and rounding its terms to bfloat16 first took the
-        meta-gradient's cosine to float32's from 0.997 to 0.90 (tests/test_meta.py)."""
+        """h [B, m, in] -> [B, m, out] in the weight's dtype. With ``low`` active only the product with the shared
+        weight rounds its operands: the correction is a sum over support rows whose gradients cancel (a BatchNorm
+        after the layer makes them sum to zero), and rounding its terms to bfloat16 first took the meta-gradient's
+        cosine to float32's from 0.997 to 0.90 (tests/test_meta.py); its backward rounds in the outer pass."""
         full = self.weight.dtype
         out = self.product(h).to(full)
         if self.bias is not None:
@@ -298,7 +374,8 @@ class _Linear:
                 return torch.baddbmm(out, torch.bmm(h, x.transpose(1, 2)), g, alpha=-lr)
             # sum_s g[s, o] * sum_i h[r, i] x[s, i] mask[o, i]: the rows h * x_s through the mask, [B, m, K, out]
             b, m, k = h.shape[0], h.shape[1], x.shape[1]
-            p = F.linear((h.unsqueeze(2) * x.unsqueeze(1)).reshape(-1, x.shape[2]), self.mask).view(b, m, k, -1)
+            rows = (h.unsqueeze(2) * x.unsqueeze(1)).reshape(-1, x.shape[2])
+            p = _MaskProduct.apply(rows, self.mask, self.low).view(b, m, k, -1)
             return torch.sub(out, (p * g.unsqueeze(1)).sum(2), alpha=lr)
 
 
@@ -326,13 +403,16 @@ class FactoredInner:
 
     ``adapt(x, y, steps)`` runs the support steps (x [B, n, ...], y [B, n]); ``logits(x)`` then gives the adapted
     networks' logits [B, m, ways] on x [B, m, ...]. Second-order gradients flow through both unless
-    ``first_order``.
+    ``first_order``. ``low`` (e.g. ``torch.bfloat16``): the products with the shared weights in the query pass and
+    in the outer backward (input gradients, the weights' one product, the masked correction's backward) round
+    their operands to it; the support steps stay in the parameters' dtype (:class:`_Low`).
     """
 
     def __init__(self, layers: Sequence[tuple[str, object]], params: dict[str, Tensor],
                  inner_names: Sequence[str], grad_masks: dict[str, Tensor], n_tasks: int, *, lr: float,
-                 first_order: bool, objective: Objective = CROSS_ENTROPY) -> None:
+                 first_order: bool, objective: Objective = CROSS_ENTROPY, low: torch.dtype | None = None) -> None:
         self.lr, self.first_order, self.objective = lr, first_order, objective
+        self.low = _Low(low)
         self.adapted = set(inner_names)
         self.ops: list[tuple[str, object]] = []
 
@@ -351,7 +431,7 @@ class FactoredInner:
                 if isinstance(m, nn.Linear):
                     learned = params[f"{name}.weight"].requires_grad  # before start() makes a leaf of it
                     self.ops.append((name, _Linear(start(f"{name}.weight", False), start(f"{name}.bias", True),
-                                                   grad_masks.get(f"{name}.weight"), learned=learned)))
+                                                   grad_masks.get(f"{name}.weight"), learned=learned, low=self.low)))
                 elif isinstance(m, TaskBatchNorm1d):
                     self.ops.append((name, _Norm(m.eps, start(f"{name}.weight", True), start(f"{name}.bias", True))))
                 elif not isinstance(m, (nn.Dropout, nn.Identity)):  # Dropout runs only when off: Chain.runs
@@ -385,7 +465,9 @@ class FactoredInner:
         return h
 
     def logits(self, x: Tensor) -> Tensor:
-        """The adapted networks on x [B, m, ...] -> logits [B, m, ways]."""
+        """The adapted networks on x [B, m, ...] -> logits [B, m, ways]. The support steps are done: from here on
+        (this pass and the outer backward) products may round to ``low``."""
+        self.low.on = True
         return self._forward(x)
 
     def adapt(self, x: Tensor, y: Tensor, steps: int) -> None:

@@ -135,7 +135,8 @@ class MetaLoss:
     :class:`~metaticket.meta.modules.ModelChanged` warning), what the functional inner loop cannot run is refused
     with a ``ValueError`` naming the module. ``head`` names the classifier for ANIL/BOIL (a module name or a
     predicate over parameter names; default: the module called ``head``, else the last ``Linear``).
-    ``precision="bfloat16"`` runs the query pass's matrix products in bfloat16 (:meth:`autocast`); ``loss`` is
+    ``precision="bfloat16"`` runs the query pass's matrix products in bfloat16 (:meth:`autocast`), and on the
+    factored path the outer backward's too (:class:`~metaticket.meta.factored.FactoredInner`); ``loss`` is
     the task's loss (``"cross_entropy"``, ``"mse"``, an :class:`~metaticket.meta.objective.Objective` or a function
     of (predictions, targets) returning per-row losses); ``learn_dense`` (Meta-ticket) adds every parameter no mask
     covers to what the outer loop learns.
@@ -253,7 +254,8 @@ class MetaLoss:
         """``precision: bfloat16``: the query pass's matrix products (linear, conv; forward and backward) in
         bfloat16 with float32 accumulation. The inner loop stays float32, as do parameters, losses and optimizer
         state: with the inner loop in bfloat16 too, the meta-gradient's cosine to float32's fell to 0.19-0.49 at
-        1 query per class (0.99 with the query pass only; benchmarks/README.md, precision)."""
+        1 query per class (0.99 with the query pass only; benchmarks/README.md, precision). The factored path does
+        not use autocast: it rounds the operands of its own products (the query pass's and the outer backward's)."""
         device = next(self.model.parameters()).device.type
         return torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
 
@@ -313,10 +315,10 @@ class MetaLoss:
         mode = self.path(tasks, steps)
         if mode == "factored":
             inner = FactoredInner(self.chain.layers, params, self.inner_names, hard, len(tasks), lr=self.inner_lr,
-                                  first_order=first_order, objective=self.objective)
+                                  first_order=first_order, objective=self.objective,
+                                  low=torch.bfloat16 if self.precision == "bfloat16" else None)
             inner.adapt(tasks.support_x, tasks.support_y, steps)
-            with self.autocast():
-                logits = full_precision(inner.logits(tasks.query_x))  # [B, m, ways]
+            logits = inner.logits(tasks.query_x)  # [B, m, ways]; bfloat16: the products round, not the logits
             yq = tasks.query_y
             return self.objective.task_losses(logits, yq), self.objective.score(logits.detach(), yq)
         args = (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
