@@ -4,10 +4,11 @@
     python benchmarks/precision.py accuracy RUN_DIR [RUN_DIR ...] [--tasks 600]   # meta-tests each run's best
 
 ``gradients``: on real Omniglot 5-way 1-shot training tasks (``$METATICKET_DATA``), the meta-gradient of the same
-freshly initialized learner on the same task batch in float32 and in bfloat16 (as built: the query pass; and,
-to show why, with the inner loop under autocast too), for MAML and Meta-ticket, second and first order: cosine
-and relative error ``||g_bf16 - g_fp32|| / ||g_fp32||``. For scale, the same two numbers
-between the float32 meta-gradients of two different task batches (the noise every SGD step already has).
+freshly initialized learner on the same task batch in float32 and in bfloat16 (as built: the query pass, and on
+the factored path the outer backward too; and, to show why not more, with the inner loop under autocast too),
+for MAML and Meta-ticket, second and first order: cosine and relative error ``||g_bf16 - g_fp32|| / ||g_fp32||``.
+For scale, the same two numbers between the float32 meta-gradients of two different task batches (the noise every
+SGD step already has).
 Rows name the ``path`` that ran (``--vectorize``; rows without one ran before the factored path existed).
 ``accuracy``: the meta-test lines (best checkpoint, the same test tasks) of runs that differ only in
 ``meta.precision`` (added to the rows of earlier runs; a run measured again replaces its row). Both write into
@@ -124,7 +125,7 @@ def accuracy(dirs: list[str], tasks: int) -> list[dict]:
 
 
 def markdown(out: dict) -> str:
-    lines = ["| model, width | path | method | order | queries | bf16 (query pass) vs fp32: cosine, rel. error | bf16 "
+    lines = ["| model, width | path | method | order | queries | bf16 as built vs fp32: cosine, rel. error | bf16 "
              "with the inner loop too (loop path): cosine, rel. error | another batch (fp32): cosine, rel. error |",
              "|---|---|---|---|---|---|---|---|"]
     for r in out.get("gradients", []):

@@ -252,3 +252,54 @@ def test_a_layer_without_a_norm_after_it_keeps_all_its_support_factors(monkeypat
     lrn.meta_gradient(batch, steps=1, first_order=False)
     assert any(not torch.allclose(p.grad, grads["loop"][n], rtol=1e-6) for n, p in lrn.model.named_parameters()
                if p.grad is not None)
+
+
+@pytest.mark.parametrize("method", ["maml", "metaticket"])
+def test_bfloat16_rounds_the_query_pass_and_the_outer_backward_never_the_support_steps(method, monkeypatch):
+    """precision bfloat16 on the factored path: every product of the support steps stays float32 (rounding their
+    forward products took the Omniglot meta-gradient's cosine to 0.05-0.58); the query pass and the outer
+    backward run bfloat16 products, among them each learned weight's one gradient product (and Meta-ticket's mask
+    gradient from the correction); parameters and gradients stay float32. float32 runs no bfloat16 at all."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    phase = ["other"]
+    seen: list[tuple[str, torch.dtype, tuple[int, ...], bool]] = []  # (phase, dtype, output shape, batched)
+    for name in ("adapt", "logits"):
+        real = getattr(factored.FactoredInner, name)
+
+        def marked(inner, *args, _real=real, _name=name, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            phase[0] = "support" if _name == "adapt" else "query"
+            try:
+                return _real(inner, *args, **kwargs)
+            finally:
+                phase[0] = "backward" if _name == "logits" else "other"
+
+        monkeypatch.setattr(factored.FactoredInner, name, marked)
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
+                seen.append((phase[0], args[-1].dtype, tuple(out.shape), func.overloadpacket is torch.ops.aten.bmm))
+            return out
+
+    for precision in ("float32", "bfloat16"):
+        seen.clear()
+        lrn = learner(method, vectorize="factored", precision=precision)
+        with Record():
+            lrn.meta_step(tasks(batch=3, queries=1))
+        assert {p for p, _, _, _ in seen} == {"support", "query", "backward"}
+        low = {(p, shape) for p, dtype, shape, _ in seen if dtype == torch.bfloat16}
+        if precision == "float32":
+            assert not low
+            continue
+        assert not {p for p, _ in low} & {"support", "other"}
+        assert ("query", (15, 32)) in low  # the second layer's query product (width 0.25: 64-32-16-16)
+        learned = [tuple(m.weight.shape) for m in lrn.model.modules() if isinstance(m, nn.Linear)]
+        if method == "metaticket":
+            learned = learned[:-1]  # the head is not learned; the masks' gradients come from the correction
+        assert all(("backward", shape) in low for shape in learned), (learned, low)
+        # every matrix product of the outer backward (the support pass's second-order ones too), all but the
+        # factors' small per-task products
+        assert all(dtype == torch.bfloat16 for p, dtype, _, batched in seen if p == "backward" and not batched)
+        assert all(p.grad is None or p.grad.dtype == torch.float32 for p in lrn.parameters())

@@ -234,11 +234,12 @@ class _Shared:
     weight: Tensor
     bank: _Bank
     low: _Low
+    rounds: bool = True  # False: a layer whose input is the data has one low product, not worth the weight's cast
     _rounded: Tensor | None = None
 
     def product(self, h: Tensor, transposed: bool) -> Tensor:
         """``h @ weight^T``, or ``h @ weight`` when ``transposed``; rounded operands while ``low`` is active."""
-        if not self.low.active():
+        if not (self.rounds and self.low.active()):
             return h @ self.weight if transposed else F.linear(h, self.weight)
         if self._rounded is None:
             self._rounded = self.weight.to(self.low.dtype)
@@ -437,9 +438,12 @@ class FactoredInner:
                 elif not isinstance(m, (nn.Dropout, nn.Identity)):  # Dropout runs only when off: Chain.runs
                     self.ops.append((name, m))
         chain = Chain(list(layers), flattens=False)
+        linears = [op for _, op in self.ops if isinstance(op, _Linear)]
         for name, op in self.ops:
             if isinstance(op, _Linear):
                 op.normed = chain.normed(name)  # its output's support gradients sum to zero per task
+        if linears:  # the first layer's input is the data: no input gradient, so its query product alone would
+            linears[0].shared.rounds = False  # round (0.3 ms saved at width 8 against a 0.8 ms cast of its weight)
 
         # what each support step differentiates by: (kind, layer name, op), kind "out" for a linear layer's output
         # (its weight's factors and its bias come from that gradient), "weight"/"bias" for a norm's parameters
