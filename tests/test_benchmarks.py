@@ -53,6 +53,18 @@ def test_e2e_speed_and_precision_benchmarks_smoke(tmp_path, data_root):
                                                                                          "bf16_inner_too_vs_fp32"))
 
 
+def test_precision_phases_rounds_one_phase_at_a_time(tmp_path, data_root):
+    """Each variant rounds only its own products: the outer backward's barely move the meta-gradient, the support
+    steps' forward products do (the reason ``precision: bfloat16`` leaves them in float32)."""
+    bench("precision_phases.py", "--widths", "0.25", "--meta-batch", "2", "--results", str(tmp_path), cwd=tmp_path)
+    rows = json.loads((tmp_path / "precision_phases.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["maml", "metaticket"]
+    for r in rows:
+        assert all(r[v]["relative_error"] > 0 for v in ("support:forward", "query:forward", "outer:forward"))
+        assert r["outer:forward"]["relative_error"] < r["support:forward"]["relative_error"]
+    assert "bf16 outer:input-gradient" in (tmp_path / "precision_phases.md").read_text()
+
+
 def test_e2e_speed_budget_at_the_roofline(tmp_path, data_root):
     """``--roofline``: a paper case's budget with the meta-step at its op-by-op roofline (validations and test as
     measured), at the cache and the memory rate of a peak file; refused for the quickstart and without a peak."""
