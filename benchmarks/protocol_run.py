@@ -58,14 +58,15 @@ def metric_of(line: dict) -> str:
 
 def protocol(folder: Path, line: dict, minutes: float) -> dict:
     """The fields every result line carries, read from the run's own config and summary: split, score gradient,
-    queries, checkpoint, budget, inner loop, sparsity, speed, threads, CPU, torch, commit and date."""
+    precision, queries, checkpoint, budget, inner loop, sparsity, speed, threads, CPU, torch, commit and date."""
     c = load_run_config(folder / "config.yaml")
     summary = json.loads((folder / "train_summary.json").read_text())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     masked = c.meta.method.startswith("metaticket")
     return {"split": c.data.split if c.data.dataset == "omniglot" else None,
-            "score_grad": c.meta.score_grad if masked else None, "first_order": c.meta.first_order,
+            "score_grad": c.meta.score_grad if masked else None, "precision": c.meta.precision,
+            "first_order": c.meta.first_order,
             "queries": c.data.queries, "checkpoint": line["checkpoint"], "meta_steps": c.meta.steps,
             "meta_batch": c.meta.meta_batch, "inner_lr": c.meta.inner_lr, "inner_steps": c.meta.inner_steps,
             "inner_steps_test": c.meta.inner_steps_test, "ci95": line["ci95"], "tasks": line["tasks"],
