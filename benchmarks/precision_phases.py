@@ -137,14 +137,17 @@ def main() -> None:
     rows = measure(args.widths, args.meta_batch)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    from metaticket.hardware import cpu_info
+
+    machine = cpu_info()
+    (out / f"{args.name}.json").write_text(json.dumps({"cpu": machine, "rows": rows}, indent=1) + "\n")
     head = "| MLP width | method | " + " | ".join(f"bf16 {v}" for v in VARIANTS) + " | another batch (fp32) |"
     lines = [head, "|---" * (3 + len(VARIANTS)) + "|"]
     for r in rows:
         cells = [f"{r[v]['cosine']:.3f}, {r[v]['relative_error']:.3f}" for v in (*VARIANTS, "other_batch_fp32")]
         lines.append(f"| {r['width']:g} | {r['method']} | " + " | ".join(cells) + " |")
     lines.append(f"\ncosine, relative error of the meta-gradient against float32 (second order, 1 query per class, "
-                 f"meta-batch {args.meta_batch}, factored path)")
+                 f"meta-batch {args.meta_batch}, factored path); {machine['model']} ({', '.join(machine['flags'])})")
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
