@@ -5,7 +5,8 @@
 Meta-ticket, second order, 5-way 1-shot, one inner step: the per-task path (what ``auto`` runs without factors:
 the loop for wide MLPs) against the factored inner loop forced for every batch size (``MASKED_FACTOR_MAX`` raised),
 on the same synthetic tasks, median of ``--reps`` meta-steps after 2 warm-up steps, in this process. Each row
-names the (query rows x support rows) count that :func:`metaticket.meta.factored.fits` compares with the limit.
+names the (query rows x factor rows) count that :func:`metaticket.meta.factored.fits` compares with the limit
+(4 factor rows per 5 support rows: the MLP's masked layers feed task BatchNorms) and whether ``auto`` runs factors.
 Every row names the CPU it ran on and the score gradient (the learner's default, ``reference``). Writes
 ``benchmarks/results/factored_masks_w<width>.json`` (or ``--out``).
 """
@@ -67,8 +68,8 @@ def main() -> None:
         forced = step_ms(args.width, q, args.meta_batch, args.reps, "factored")
         factored.MASKED_FACTOR_MAX = limit
         rows.append({"width": args.width, "queries": q, "meta_batch": args.meta_batch,
-                     "pairs": WAYS * q * WAYS, "limit": limit,
-                     "auto_uses_factors": factored.fits(True, WAYS, WAYS * q, 1),
+                     "pairs": WAYS * q * (WAYS - 1), "limit": limit,
+                     "auto_uses_factors": factored.fits(True, WAYS, WAYS * q, 1, normed=True),
                      "per_task_ms": round(per_task, 1), "factored_ms": round(forced, 1),
                      "factored_speedup": round(per_task / forced, 2), "threads": torch.get_num_threads(),
                      "score_grad": "reference", "cpu": cpu_info()})
