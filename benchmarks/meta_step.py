@@ -403,7 +403,7 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     out = {"machine": f"{os.cpu_count()} CPU cores", "cpu": cpu(), "peak_gflops": peak, "settings": {
         "ways": WAYS, "shots": SHOTS, "queries": args.queries, "inner_lr": INNER_LR, "inner_steps": 1,
-        "meta_batch": args.meta_batch, "cells": [":".join(map(str, c)) for c in cells(args)],
+        "meta_batch": args.meta_batch, "cells": [":".join(map(str, c)) for c in grid],
         "reps": args.reps, "rounds": args.rounds, "malloc": args.malloc,
         "torch": str(torch.__version__),
         "threads": torch.get_num_threads()}, "rows": rows}

@@ -65,15 +65,20 @@ def test_precision_phases_rounds_one_phase_at_a_time(tmp_path, data_root):
     assert "bf16 outer:input-gradient" in (tmp_path / "precision_phases.md").read_text()
 
 
+def made_up_peaks(path: Path) -> None:
+    """A benchmarks/peak.py result with known rates: matmul fp32 100 / bf16 400 GFLOP/s, elementwise 100 GB/s in
+    cache and 25 GB/s from memory (measured ones move with the machine's load)."""
+    rows = [{"op": "matmul", "dtype": "float32", "gflops": 100.0},
+            {"op": "matmul", "dtype": "bfloat16", "gflops": 400.0},
+            {"op": "triad 8 MB", "dtype": "float32", "gbytes_per_s": 100.0},
+            {"op": "triad 256 MB", "dtype": "float32", "gbytes_per_s": 25.0}]
+    path.write_text(json.dumps({"cpu": {"model": "test"}, "rows": [{"threads": 2, **r} for r in rows]}))
+
+
 def test_e2e_speed_budget_at_the_roofline(tmp_path, data_root):
     """``--roofline``: a paper case's budget with the meta-step at its op-by-op roofline (validations and test as
     measured), at the cache and the memory rate of a peak file; refused for the quickstart and without a peak."""
-    peak = {"cpu": {"model": "test"}, "rows": [
-        {"threads": 2, "op": "matmul", "dtype": "float32", "gflops": 100.0},
-        {"threads": 2, "op": "matmul", "dtype": "bfloat16", "gflops": 400.0},
-        {"threads": 2, "op": "triad 8 MB", "dtype": "float32", "gbytes_per_s": 100.0},
-        {"threads": 2, "op": "triad 256 MB", "dtype": "float32", "gbytes_per_s": 25.0}]}
-    (tmp_path / "peak.json").write_text(json.dumps(peak))
+    made_up_peaks(tmp_path / "peak.json")
     bench("e2e_speed.py", "--cases", "paper-w1-metaticket", "--steps", "4", "--roofline", "--peak",
           str(tmp_path / "peak.json"), "--results", str(tmp_path), cwd=tmp_path)
     (row,) = json.loads((tmp_path / "e2e_speed.json").read_text())["rows"]
@@ -269,12 +274,7 @@ def test_roofline_counts_each_op_and_sets_it_against_learn2learn(tmp_path):
     ratio to half of learn2learn's time, here computed on rows made up so the expected numbers are known. The
     peaks are made up too (peak.py has its own test): measured on a busy machine, the cache rate of a tiny run
     came out below the memory rate, and the cache roofline above the memory one."""
-    peak = {"cpu": {"model": "test"}, "rows": [
-        {"threads": 1, "op": "matmul", "dtype": "float32", "gflops": 100.0},
-        {"threads": 1, "op": "matmul", "dtype": "bfloat16", "gflops": 400.0},
-        {"threads": 1, "op": "triad 8 MB", "dtype": "float32", "gbytes_per_s": 100.0},
-        {"threads": 1, "op": "triad 256 MB", "dtype": "float32", "gbytes_per_s": 25.0}]}
-    (tmp_path / "peak.json").write_text(json.dumps(peak))
+    made_up_peaks(tmp_path / "peak.json")
     bench("roofline.py", "--cells", "mlp:first:2:1", "--impls", "ours-metaticket-threshold", "ours-maml",
           "--peak", str(tmp_path / "peak.json"), "--times", str(tmp_path / "none.json"), "--results", str(tmp_path),
           "--name", "roof", cwd=tmp_path)

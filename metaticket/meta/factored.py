@@ -228,22 +228,22 @@ class _Entry(torch.autograd.Function):
 
 @dataclass
 class _Shared:
-    """What the products with one shared weight take besides their rows: the detached ``weight`` [out, in], its
-    ``bank``, and the ``low`` switch with the weight's rounded copy (made once, when first needed)."""
+    """What the products with one shared weight take besides their rows: the detached ``weight`` [out, in] and its
+    ``bank`` (whose ``low`` switch the products follow), with the weight's rounded copy (made once, when needed)."""
 
     weight: Tensor
     bank: _Bank
-    low: _Low
     rounds: bool = True  # False: a layer whose input is the data has one low product, not worth the weight's cast
     _rounded: Tensor | None = None
 
     def product(self, h: Tensor, transposed: bool) -> Tensor:
         """``h @ weight^T``, or ``h @ weight`` when ``transposed``; rounded operands while ``low`` is active."""
-        if not (self.rounds and self.low.active()):
+        low = self.bank.low
+        if not (self.rounds and low.active()):
             return h @ self.weight if transposed else F.linear(h, self.weight)
         if self._rounded is None:
-            self._rounded = self.weight.to(self.low.dtype)
-        x = h.to(self.low.dtype)
+            self._rounded = self.weight.to(low.dtype)
+        x = h.to(low.dtype)
         return (x @ self._rounded if transposed else F.linear(x, self._rounded)).to(h.dtype)
 
 
@@ -328,7 +328,7 @@ class _Linear:
 
     def __post_init__(self) -> None:
         if not (self.weight.requires_grad and torch.is_grad_enabled()):
-            self.shared = _Shared(self.weight, _Bank(collect=False, low=self.low), self.low)
+            self.shared = _Shared(self.weight, _Bank(collect=False, low=self.low))
             return
         if self.learned:
             bank = _Bank(low=self.low)
@@ -336,7 +336,7 @@ class _Linear:
         else:  # a start made differentiable for the support steps only: its own gradient is never computed
             bank = _Bank(collect=False, low=self.low)
             self.token = self.weight.new_zeros(()).requires_grad_()
-        self.shared = _Shared(self.weight.detach(), bank, self.low)
+        self.shared = _Shared(self.weight.detach(), bank)
 
     def product(self, h: Tensor) -> Tensor:
         """h [..., in] @ weight^T; a learned weight's gradient from every such product comes out as one product
@@ -427,21 +427,20 @@ class FactoredInner:
                 t = t.detach().requires_grad_()
             return t.unsqueeze(0).expand(n_tasks, *t.shape) if per_task else t
 
+        chain = Chain(list(layers), flattens=False)
         with torch.enable_grad():  # evaluation runs under no_grad; the support steps need their graph
             for name, m in layers:
                 if isinstance(m, nn.Linear):
                     learned = params[f"{name}.weight"].requires_grad  # before start() makes a leaf of it
+                    # normed: its output's support gradients sum to zero per task
                     self.ops.append((name, _Linear(start(f"{name}.weight", False), start(f"{name}.bias", True),
-                                                   grad_masks.get(f"{name}.weight"), learned=learned, low=self.low)))
+                                                   grad_masks.get(f"{name}.weight"), learned=learned,
+                                                   normed=chain.normed(name), low=self.low)))
                 elif isinstance(m, TaskBatchNorm1d):
                     self.ops.append((name, _Norm(m.eps, start(f"{name}.weight", True), start(f"{name}.bias", True))))
                 elif not isinstance(m, (nn.Dropout, nn.Identity)):  # Dropout runs only when off: Chain.runs
                     self.ops.append((name, m))
-        chain = Chain(list(layers), flattens=False)
         linears = [op for _, op in self.ops if isinstance(op, _Linear)]
-        for name, op in self.ops:
-            if isinstance(op, _Linear):
-                op.normed = chain.normed(name)  # its output's support gradients sum to zero per task
         if linears:  # the first layer's input is the data: no input gradient, so its query product alone would
             linears[0].shared.rounds = False  # round (0.3 ms saved at width 8 against a 0.8 ms cast of its weight)
 
