@@ -7,11 +7,13 @@ sampler), the float32 meta-gradient of a fresh learner (MAML and Meta-ticket, se
 compared with the same learner's when the products with the shared weights of one phase and kind round their
 operands to bfloat16 (float32 accumulation and results): the support steps' forward products (``h W^T``) or their
 input-gradient products (``g W``), the query pass's, or the outer backward's (input gradients and the
-second-order products; the weight's own gradient product is not among them). Cosine and relative error
-``||g_low - g_fp32|| / ||g_fp32||``; for scale, the same between the float32 meta-gradients of two different task
-batches. This is how ``precision: bfloat16`` on the factored path was chosen (benchmarks/README.md, "bfloat16 on
-the factored path"). It swaps the module's product function for one that rounds where asked, so it measures the
-code it runs against; writes ``benchmarks/results/<name>.{json,md}``.
+second-order products; the weight's own gradient product is not among them), or, for Meta-ticket, the forward
+product of the query pass's masked correction (``query:correction``). The last columns compare what
+``precision: bfloat16`` rounds, all together, and, for scale, the float32 meta-gradients of two different task
+batches. Cosine and relative error ``||g_low - g_fp32|| / ||g_fp32||``. This is how ``precision: bfloat16`` on
+the factored path was chosen (benchmarks/README.md, "bfloat16 on the factored path", "The masked correction in
+bfloat16"). It swaps the module's product functions for ones that round where asked, so it measures the code it
+runs against; writes ``benchmarks/results/<name>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-VARIANTS = ("support:forward", "support:input-gradient", "query:forward", "outer:forward", "outer:input-gradient")
+VARIANTS = ("support:forward", "support:input-gradient", "query:forward", "query:correction", "outer:forward",
+            "outer:input-gradient")
 
 
 def rounding_product(which: set[str], phase: list[str]):  # noqa: ANN201 (an autograd.Function class)
@@ -72,6 +75,26 @@ def rounding_product(which: set[str], phase: list[str]):  # noqa: ANN201 (an aut
     return Rounding
 
 
+def rounding_correction(phase: list[str]):  # noqa: ANN201 (an autograd.Function class)
+    """A stand-in for ``factored._MaskProduct`` whose forward rounds in the query pass; its backward stays float32."""
+    import torch
+
+    from metaticket.meta import factored
+
+    real = factored._MaskProduct
+
+    class RoundingCorrection(real):
+        @staticmethod
+        def forward(ctx, rows, mask, low):  # noqa: ANN001, ANN205
+            if phase[0] != "query":
+                return real.forward(ctx, rows, mask, low)
+            out = real.forward(ctx, rows, mask, factored._Low(torch.bfloat16, on=True))
+            ctx.low = low  # the backward as float32 runs it
+            return out
+
+    return RoundingCorrection
+
+
 def measure(widths: list[float], meta_batch: int) -> list[dict]:
     import precision
 
@@ -83,8 +106,8 @@ def measure(widths: list[float], meta_batch: int) -> list[dict]:
     train = samplers(config, Context.from_environment(os.environ))["train"]
     first, second = train.sample(meta_batch), train.sample(meta_batch)
     phase = ["other"]
-    real = {"_Product": factored._Product, "adapt": factored.FactoredInner.adapt,
-            "logits": factored.FactoredInner.logits}
+    real = {"_Product": factored._Product, "_MaskProduct": factored._MaskProduct,
+            "adapt": factored.FactoredInner.adapt, "logits": factored.FactoredInner.logits}
 
     def adapt(inner, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         phase[0] = "support"
@@ -107,17 +130,24 @@ def measure(widths: list[float], meta_batch: int) -> list[dict]:
             for method in ("maml", "metaticket"):
                 def grad(batch, which=frozenset(), method=method, width=width):  # noqa: ANN001, ANN202
                     factored._Product = rounding_product(set(which), phase) if which else real["_Product"]
+                    if "query:correction" in which:
+                        factored._MaskProduct = rounding_correction(phase)
                     try:
                         return precision.meta_gradient(method, width, False, "float32", batch,
                                                        vectorize="factored")[0]
                     finally:
-                        factored._Product = real["_Product"]
+                        factored._Product, factored._MaskProduct = real["_Product"], real["_MaskProduct"]
 
                 base = grad(first)
                 row = {"width": width, "method": method, "order": "second", "queries": 1, "meta_batch": meta_batch,
                        "other_batch_fp32": precision.compare(base, grad(second))}
                 for variant in VARIANTS:
+                    if variant == "query:correction" and method == "maml":
+                        continue  # MAML has no masked correction
                     row[variant] = precision.compare(base, grad(first, {variant}))
+                # what precision: bfloat16 rounds, all together
+                row["as_built"] = precision.compare(base, precision.meta_gradient(
+                    method, width, False, "bfloat16", first, vectorize="factored")[0])
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
@@ -141,10 +171,12 @@ def main() -> None:
 
     machine = cpu_info()
     (out / f"{args.name}.json").write_text(json.dumps({"cpu": machine, "rows": rows}, indent=1) + "\n")
-    head = "| MLP width | method | " + " | ".join(f"bf16 {v}" for v in VARIANTS) + " | another batch (fp32) |"
-    lines = [head, "|---" * (3 + len(VARIANTS)) + "|"]
+    head = "| MLP width | method | " + " | ".join(f"bf16 {v}" for v in VARIANTS) + \
+        " | precision: bfloat16 (all it rounds) | another batch (fp32) |"
+    lines = [head, "|---" * (4 + len(VARIANTS)) + "|"]
     for r in rows:
-        cells = [f"{r[v]['cosine']:.3f}, {r[v]['relative_error']:.3f}" for v in (*VARIANTS, "other_batch_fp32")]
+        cells = [f"{r[v]['cosine']:.3f}, {r[v]['relative_error']:.3f}" if v in r else "-"
+                 for v in (*VARIANTS, "as_built", "other_batch_fp32")]
         lines.append(f"| {r['width']:g} | {r['method']} | " + " | ".join(cells) + " |")
     lines.append(f"\ncosine, relative error of the meta-gradient against float32 (second order, 1 query per class, "
                  f"meta-batch {args.meta_batch}, factored path); {machine['model']} ({', '.join(machine['flags'])})")

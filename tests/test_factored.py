@@ -257,9 +257,10 @@ def test_a_layer_without_a_norm_after_it_keeps_all_its_support_factors(monkeypat
 @pytest.mark.parametrize("method", ["maml", "metaticket"])
 def test_bfloat16_rounds_the_query_pass_and_the_outer_backward_never_the_support_steps(method, monkeypatch):
     """precision bfloat16 on the factored path: every product of the support steps stays float32 (rounding their
-    forward products took the Omniglot meta-gradient's cosine to 0.05-0.58); the query pass and the outer
-    backward run bfloat16 products, among them each learned weight's one gradient product (and Meta-ticket's mask
-    gradient from the correction); parameters and gradients stay float32. float32 runs no bfloat16 at all."""
+    forward products took the Omniglot meta-gradient's cosine to 0.05-0.58); the query pass (Meta-ticket's masked
+    correction too) and the outer backward run bfloat16 products, among them each learned weight's one gradient
+    product (and Meta-ticket's mask gradient from the correction); parameters and gradients stay float32. float32
+    runs no bfloat16 at all."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     phase = ["other"]
@@ -295,6 +296,8 @@ def test_bfloat16_rounds_the_query_pass_and_the_outer_backward_never_the_support
             continue
         assert not {p for p, _ in low} & {"support", "other"}
         assert ("query", (15, 32)) in low  # the second layer's query product (width 0.25: 64-32-16-16)
+        if method == "metaticket":  # the masked correction's product: 3 tasks x 5 queries x 4 differenced rows
+            assert {("query", (60, 64)), ("query", (60, 32))} <= low
         learned = [tuple(m.weight.shape) for m in lrn.model.modules() if isinstance(m, nn.Linear)]
         if method == "metaticket":
             learned = learned[:-1]  # the head is not learned; the masks' gradients come from the correction

@@ -281,32 +281,43 @@ class _Product(torch.autograd.Function):
 
 
 class _MaskProduct(torch.autograd.Function):
-    """``rows @ mask^T`` for the masked correction (rows [N, in], mask [out, in] -> [N, out]), in full precision:
-    its terms cancel over the support rows. Its backward (``grad @ mask`` and the mask's ``grad^T @ rows``) rounds
-    to the ``low`` dtype in the outer backward only."""
+    """``rows @ mask^T`` for the masked correction (rows [N, in], mask [out, in] -> [N, out]). While ``low`` is
+    active (the query pass, and the outer backward when it does not build a graph) its products round both operands
+    to ``low.dtype``; the mask is cast once and its rounded copy serves the backward's ``grad @ mask`` too. The rows
+    carry the differenced support factors (:meth:`_Linear.add_step`), which keeps what cancels over the support rows
+    out of the rounding: rounding this forward moved the Omniglot meta-gradient's cosine to float32's by less than
+    rounding the query pass's shared products did (benchmarks/README.md, "The masked correction in bfloat16")."""
 
     @staticmethod
-    def forward(rows: Tensor, mask: Tensor, low: _Low) -> Tensor:
-        return F.linear(rows, mask)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (autograd's signature)
-        rows, mask, low = inputs
-        ctx.save_for_backward(rows, mask)
+    def forward(ctx, rows: Tensor, mask: Tensor, low: _Low) -> Tensor:  # noqa: ANN001 (autograd's signature)
         ctx.low = low
         ctx.set_materialize_grads(False)
+        if not low.active():
+            ctx.save_for_backward(rows, mask, None, None)
+            return F.linear(rows, mask)
+        low_rows, low_mask = rows.to(low.dtype), mask.to(low.dtype)
+        ctx.save_for_backward(rows, mask, low_rows, low_mask)
+        return F.linear(low_rows, low_mask).to(rows.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor | None) -> tuple:  # noqa: ANN001
-        rows, mask = ctx.saved_tensors
+        rows, mask, low_rows, low_mask = ctx.saved_tensors
         if grad is None:
             return None, None, None
         low = ctx.low.active() and not torch.is_grad_enabled()
         d_rows = d_mask = None
+        dtype = ctx.low.dtype
         if ctx.needs_input_grad[0]:
-            d_rows = _low_mm(grad, mask, ctx.low.dtype) if low else grad @ mask
+            if low:
+                d_rows = (grad.to(dtype) @ (low_mask if low_mask is not None else mask.to(dtype))).to(grad.dtype)
+            else:
+                d_rows = grad @ mask
         if ctx.needs_input_grad[1]:
-            d_mask = _low_mm(grad.T, rows, ctx.low.dtype) if low else grad.T @ rows
+            if low:
+                right = low_rows if low_rows is not None else rows.to(dtype)
+                d_mask = (grad.T.to(dtype) @ right).to(grad.dtype)
+            else:
+                d_mask = grad.T @ rows
         return d_rows, d_mask, None
 
 
@@ -358,10 +369,9 @@ class _Linear:
         self.gs.append(g)
 
     def __call__(self, h: Tensor, lr: float) -> Tensor:
-        """h [B, m, in] -> [B, m, out] in the weight's dtype. With ``low`` active only the product with the shared
-        weight rounds its operands: the correction is a sum over support rows whose gradients cancel (a BatchNorm
-        after the layer makes them sum to zero), and rounding its terms to bfloat16 first took the meta-gradient's
-        cosine to float32's from 0.997 to 0.90 (tests/test_meta.py); its backward rounds in the outer pass."""
+        """h [B, m, in] -> [B, m, out] in the weight's dtype. With ``low`` active the product with the shared
+        weight and the masked correction's product round their operands; the rest of the correction (the rows
+        ``h * x_s``, the sum over the support rows) stays in the weight's dtype."""
         full = self.weight.dtype
         out = self.product(h).to(full)
         if self.bias is not None:
