@@ -303,18 +303,10 @@ class _MaskProduct(torch.autograd.Function):
             return None, None, None
         low = ctx.low.active() and not torch.is_grad_enabled()
         d_rows = d_mask = None
-        dtype = ctx.low.dtype
-        if ctx.needs_input_grad[0]:
-            if low:
-                d_rows = (grad.to(dtype) @ (low_mask if low_mask is not None else mask.to(dtype))).to(grad.dtype)
-            else:
-                d_rows = grad @ mask
+        if ctx.needs_input_grad[0]:  # the forward's rounded copies where it made them (casting them again is free)
+            d_rows = _low_mm(grad, mask if low_mask is None else low_mask, ctx.low.dtype) if low else grad @ mask
         if ctx.needs_input_grad[1]:
-            if low:
-                right = low_rows if low_rows is not None else rows.to(dtype)
-                d_mask = (grad.T.to(dtype) @ right).to(grad.dtype)
-            else:
-                d_mask = grad.T @ rows
+            d_mask = _low_mm(grad.T, rows if low_rows is None else low_rows, ctx.low.dtype) if low else grad.T @ rows
         return d_rows, d_mask, None
 
 
