@@ -81,13 +81,14 @@ def rounding_correction(phase: list[str]):  # noqa: ANN201 (an autograd.Function
 
     class RoundingCorrection(real):
         @staticmethod
-        def forward(ctx, rows, mask, low):  # noqa: ANN001, ANN205
+        def forward(ctx, rows, mask, rounded, low):  # noqa: ANN001, ANN205
             if phase[0] != "query":
-                return real.forward(ctx, rows, mask, low)
-            out = real.forward(ctx, rows, mask, factored._Low(torch.bfloat16, on=True))
+                return real.forward(ctx, rows, mask, rounded, low)
+            out = real.forward(ctx, rows, mask, rounded, factored._Low(torch.bfloat16, on=True))
             ctx.low = low  # the backward as float32 runs it
             return out
 
+    assert real.forward.__code__.co_argcount == 5, "factored._MaskProduct changed: update this benchmark"
     return RoundingCorrection
 
 

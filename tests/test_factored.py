@@ -306,3 +306,51 @@ def test_bfloat16_rounds_the_query_pass_and_the_outer_backward_never_the_support
         # factors' small per-task products
         assert all(dtype == torch.bfloat16 for p, dtype, _, batched in seen if p == "backward" and not batched)
         assert all(p.grad is None or p.grad.dtype == torch.float32 for p in lrn.parameters())
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_bfloat16_forms_the_scores_gradient_in_bfloat16_and_casts_it_once(steps):
+    """precision bfloat16, Meta-ticket, factored: each masked layer's weight and mask gradients arrive from their
+    bfloat16 products as bfloat16, the scores' gradient is formed there (``w * g + 2 * m * g``) and cast once: per
+    masked layer one weight-sized bfloat16 -> float32 cast in the outer backward and no float32 weight-sized
+    multiply (before: two casts and two float32 passes). With two inner steps the second support step's masked
+    correction runs in float32 and its mask gradient arrives as float32: both kinds are summed. The scores'
+    gradient stays the float32 learner's up to bfloat16 rounding."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        """(op, first tensor input's dtype, output dtype) of the ops writing a tensor of one of ``sizes``."""
+
+        def __init__(self, sizes: set[int]) -> None:
+            super().__init__()
+            self.sizes, self.seen = sizes, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() in self.sizes and torch.is_floating_point(out):
+                first = next(a for a in args if isinstance(a, torch.Tensor))
+                self.seen.append((str(func.overloadpacket), first.dtype, out.dtype))
+            return out
+
+    batch = tasks(batch=3, queries=1)
+    grads = {}
+    for precision in ("float32", "bfloat16"):
+        lrn = learner("metaticket", vectorize="factored", precision=precision)
+        lrn.inner_steps = steps
+        sizes = {m.weight.numel() for m in lrn.model.modules() if hasattr(m, "scores")}
+        losses, _ = lrn.losses(batch)
+        with Record(sizes) as record:
+            losses.mean().backward()
+        seen = record.seen
+        grads[precision] = torch.cat([m.scores.grad.flatten() for m in lrn.model.modules() if hasattr(m, "scores")])
+        casts = [s for s in seen if s == ("aten._to_copy", torch.bfloat16, torch.float32)]
+        fp32_products = [s for s in seen if s[0] in ("aten.mul", "aten.addcmul") and s[2] == torch.float32]
+        if precision == "float32":
+            assert not casts and fp32_products
+            continue
+        if steps == 1:
+            assert len(casts) == len(sizes) and not fp32_products, seen
+        else:  # the second support step's correction ran in float32: its mask gradient arrives as float32
+            assert fp32_products and ("aten.addcmul", torch.bfloat16, torch.bfloat16) in seen, seen
+    cos = F.cosine_similarity(grads["float32"], grads["bfloat16"], dim=0)
+    assert cos > 0.99, float(cos)

@@ -92,6 +92,43 @@ def test_masked_start_has_the_composed_values_and_gradients(k, learn_weight, kin
         masked_start(layer, 3)
 
 
+@pytest.mark.parametrize("k", [0, 1, 2])
+@pytest.mark.parametrize("learn_weight", [False, True])
+@pytest.mark.parametrize("kind", ["threshold", "topk"])
+@pytest.mark.parametrize("into", ["low", "both"])
+def test_masked_start_rounded_copies_carry_the_same_gradients(k, learn_weight, kind, into):
+    """``masked_start(layer, k, low)`` also returns the masked weight and the mask rounded to ``low``. Gradients
+    that reach the rounded copies (``into="low"``), or some the copies and some the full ones (``"both"``), give
+    the scores and the weight the composed estimator's gradients, formed in ``low`` on the fused path: float64
+    layers with float32 copies agree to float32 rounding."""
+    g = torch.Generator().manual_seed(3 + k)
+    layer = SupermaskLinear(9, 6, mask="topk" if kind == "topk" else "threshold", init_sparsity=0.4,
+                            generator=g).double()
+    layer.weight.requires_grad_(learn_weight)
+    up1, up2 = (torch.randn(layer.weight.shape, generator=g, dtype=torch.float64) for _ in range(2))
+    wrt = [layer.scores, layer.weight] if learn_weight else [layer.scores]
+    masked, grad_mask, low_masked, low_mask = masked_start(layer, k, torch.float32)
+    assert low_masked.dtype == low_mask.dtype == torch.float32
+    assert torch.equal(low_masked, masked.float()) and torch.equal(low_mask, grad_mask.float())
+    assert low_mask.requires_grad == (k > 0)
+    if into == "low":
+        loss = (low_masked.double() * up1 + low_mask.double() * up2).sum()
+    else:
+        loss = (masked * up1 + low_mask.double() * up2).sum()
+    grads = torch.autograd.grad(loss, wrt)
+    m2, g2 = _composed_start(layer, k)
+    for a, b in zip(grads, torch.autograd.grad((m2 * up1 + g2 * up2).sum(), wrt)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    if kind == "threshold":
+        kept = layer.__dict__["_rounded"][1]
+        assert masked_start(layer, k, torch.float32) and layer.__dict__["_rounded"][1] is kept
+        with torch.no_grad():
+            layer.weight.mul_(2.0)  # an in-place change (IteRand, a load) makes a new copy
+        assert layer.__dict__["_rounded"][1] is kept
+        masked_start(layer, k, torch.float32)
+        assert torch.equal(layer.__dict__["_rounded"][1], layer.weight.detach().float())
+
+
 def _weight_sized_ops(fn, n: int) -> list[str]:
     """The aten ops ``fn`` runs that write a tensor of ``n`` elements (allocations not counted)."""
     from torch.utils._python_dispatch import TorchDispatchMode

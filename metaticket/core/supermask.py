@@ -93,51 +93,95 @@ class _MaskedStart(torch.autograd.Function):
     two weight-sized passes, where the composed ops took seven forward and five backward. Gradients: ``w * g`` onto
     the scores from the masked weight (straight through), plus ``k * m * g`` from the mask: ``k = 2`` is ``m * m``'s,
     ``k = 1`` is ``stop_grad(m) * m``'s, ``k = 0`` leaves the mask without gradient. The weight gets ``m * g`` when
-    it is learned."""
+    it is learned.
+
+    With ``low_weight`` (the weight rounded to a low dtype) it also returns both rounded, ``round(w * m)`` and ``m``
+    in that dtype, for products that round their operands anyway. Their gradients then arrive in the low dtype and
+    the scores' gradient is formed there, ``w_low * g + k * m * g``, and cast once: three weight-sized passes at half
+    the width in place of two casts of the gradients and two float32 passes (benchmarks/README.md, "The scores'
+    gradient in bfloat16")."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(scores: Tensor, weight: Tensor, threshold: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    def forward(scores: Tensor, weight: Tensor, threshold: Tensor, k: int,
+                low_weight: Tensor | None) -> tuple[Tensor, ...]:
         hard = _ge(scores.detach(), threshold.detach())
-        return weight.detach() * hard, hard
+        masked = weight.detach() * hard
+        if low_weight is None:
+            return masked, hard
+        return masked, hard, masked.to(low_weight.dtype), hard.to(low_weight.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (autograd's signature)
-        _, weight, _, k = inputs
+        _, weight, _, k, low_weight = inputs
         ctx.k = k
-        ctx.save_for_backward(weight, output[1])
+        ctx.save_for_backward(weight, output[1], low_weight, output[3] if low_weight is not None else None)
+        ctx.set_materialize_grads(False)
         if k == 0:
-            ctx.mark_non_differentiable(output[1])
+            ctx.mark_non_differentiable(*output[1::2])
 
     @staticmethod
-    def backward(ctx, g_masked: Tensor | None, g_mask: Tensor | None) -> tuple:  # noqa: ANN001
-        weight, hard = ctx.saved_tensors
+    def backward(ctx, g_masked: Tensor | None, g_mask: Tensor | None, g_masked_low: Tensor | None = None,
+                 g_mask_low: Tensor | None = None) -> tuple:  # noqa: ANN001
+        weight, hard, low_weight, low_hard = ctx.saved_tensors
         g_scores = g_weight = None
         if ctx.needs_input_grad[0]:
-            g_scores = weight * g_masked if g_masked is not None else torch.zeros_like(hard)
-            if ctx.k and g_mask is not None:
-                g_scores = torch.addcmul(g_scores, hard, g_mask, value=ctx.k)
-        if ctx.needs_input_grad[1] and g_masked is not None:
-            g_weight = hard * g_masked
-        return g_scores, g_weight, None, None
+            g_scores = _score_grad(weight, hard, g_masked, g_mask, ctx.k)
+            if low_weight is not None:
+                low = _score_grad(low_weight, low_hard, g_masked_low, g_mask_low, ctx.k)
+                if low is not None:
+                    low = low.to(hard.dtype)  # then a float32 add: mixed-dtype elementwise ops are slower
+                    g_scores = low if g_scores is None else g_scores.add_(low)
+            if g_scores is None:
+                g_scores = torch.zeros_like(hard)
+        if ctx.needs_input_grad[1]:
+            parts = [hard * g for g in (g_masked, g_masked_low) if g is not None]
+            g_weight = sum(parts[1:], parts[0]) if parts else None
+        return g_scores, g_weight, None, None, None
 
 
-def masked_start(layer: SupermaskMixin, mask_grad: int) -> tuple[Tensor, Tensor]:
+def _score_grad(weight: Tensor, hard: Tensor, g_masked: Tensor | None, g_mask: Tensor | None,
+                k: int) -> Tensor | None:
+    """``weight * g_masked + k * hard * g_mask`` with absent gradients left out (None when both are)."""
+    out = weight * g_masked if g_masked is not None else None
+    if k and g_mask is not None:
+        out = torch.addcmul(out, hard, g_mask, value=k) if out is not None else hard * g_mask * k
+    return out
+
+
+def _rounded_weight(layer: SupermaskMixin, dtype: torch.dtype) -> Tensor:
+    """``layer.weight`` rounded to ``dtype``, cast once and kept until the weight changes (IteRand or a load edit
+    it in place, which bumps its version; ``to()`` makes a new tensor)."""
+    w = layer.weight
+    key = (dtype, w.device, w.data_ptr(), w._version)
+    kept = layer.__dict__.get("_rounded")
+    if kept is None or kept[0] != key:
+        kept = (key, w.detach().to(dtype))
+        layer.__dict__["_rounded"] = kept
+    return kept[1]
+
+
+def masked_start(layer: SupermaskMixin, mask_grad: int, low: torch.dtype | None = None) -> tuple[Tensor, ...]:
     """``(weight * mask, gradient mask)`` of a supermask layer, both shaped like its weight: the masked weight with
     the mask's straight-through gradient, and a 0/1 tensor equal to the mask whose own gradient reaches the scores
     as ``m * m``'s (``mask_grad = 2``), ``stop_grad(m) * m``'s (1) or not at all (0, detached). Threshold layers
     without a source take the fused :class:`_MaskedStart` (same values and gradients); other rules, and a layer whose
     ``mask`` is not the built-in one (a subclass's or a patched mask, e.g. a non-binary one), compose ops on
-    ``layer.mask()``."""
+    ``layer.mask()``.
+
+    ``low`` (e.g. ``torch.bfloat16``): two more, both rounded to ``low``, with the same gradients (formed in
+    ``low`` on the fused path); the composed path casts them."""
     if mask_grad not in (0, 1, 2):
         raise ValueError(f"mask_grad = {mask_grad!r}: 0 (no gradient), 1 (stop_grad(m) * m) or 2 (m * m)")
     builtin = type(layer).mask is SupermaskMixin.mask and "mask" not in vars(layer)
     if builtin and layer.mask_rule == "threshold" and layer.source is None:
-        return _MaskedStart.apply(layer.scores, layer.weight, layer.threshold, mask_grad)
+        rounded = _rounded_weight(layer, low) if low is not None else None
+        return _MaskedStart.apply(layer.scores, layer.weight, layer.threshold, mask_grad, rounded)
     m = layer.mask()
     grad_mask = m.detach() if mask_grad == 0 else (m.detach() * m if mask_grad == 1 else m * m)
-    return layer.weight * m, grad_mask
+    masked = layer.weight * m
+    return (masked, grad_mask) if low is None else (masked, grad_mask, masked.to(low), grad_mask.to(low))
 
 
 def quantile_threshold(scores: Tensor, q: float) -> Tensor:

@@ -173,9 +173,11 @@ class _Low:
         return self.dtype is not None and self.on
 
 
-def _low_mm(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
-    """``a @ b`` with both rounded to ``dtype`` (float32 accumulation), returned in ``a``'s dtype."""
-    return (a.to(dtype) @ b.to(dtype)).to(a.dtype)
+def _low_mm(a: Tensor, b: Tensor, dtype: torch.dtype, keep: bool = False) -> Tensor:
+    """``a @ b`` with both rounded to ``dtype`` (float32 accumulation), returned in ``a``'s dtype (in ``dtype`` with
+    ``keep``)."""
+    out = a.to(dtype) @ b.to(dtype)
+    return out if keep else out.to(a.dtype)
 
 
 class _Bank:
@@ -186,6 +188,7 @@ class _Bank:
     def __init__(self, collect: bool = True, low: _Low | None = None) -> None:
         self.collect = collect  # False: a weight whose gradient nobody asks for (no entry collects it)
         self.low = low or _Low()
+        self.keep_low = False  # the entry is the weight's rounded copy: its gradient stays in the low dtype
         self.pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}
 
     def add(self, left: Tensor, right: Tensor) -> None:
@@ -202,7 +205,7 @@ class _Bank:
             return None
         left = torch.cat([a for a, _ in pairs]) if len(pairs) > 1 else pairs[0][0]
         right = torch.cat([b for _, b in pairs]) if len(pairs) > 1 else pairs[0][1]
-        return _low_mm(left.T, right, self.low.dtype) if self.low.active() else left.T @ right
+        return _low_mm(left.T, right, self.low.dtype, self.keep_low) if self.low.active() else left.T @ right
 
 
 class _Entry(torch.autograd.Function):
@@ -286,13 +289,16 @@ class _MaskProduct(torch.autograd.Function):
     rounding the query pass's shared products did (benchmarks/README.md, "The masked correction in bfloat16")."""
 
     @staticmethod
-    def forward(ctx, rows: Tensor, mask: Tensor, low: _Low) -> Tensor:  # noqa: ANN001 (autograd's signature)
+    def forward(ctx, rows: Tensor, mask: Tensor, rounded: Tensor | None,  # noqa: ANN001 (autograd's signature)
+                low: _Low) -> Tensor:
         ctx.low = low
         ctx.set_materialize_grads(False)
         if not low.active():
             ctx.save_for_backward(rows, mask, None, None)
+            ctx.rounded_used = False
             return F.linear(rows, mask)
-        low_rows, low_mask = rows.to(low.dtype), mask.to(low.dtype)
+        ctx.rounded_used = rounded is not None  # the mask's gradient then goes to its rounded copy, in its dtype
+        low_rows, low_mask = rows.to(low.dtype), (mask.to(low.dtype) if rounded is None else rounded)
         ctx.save_for_backward(rows, mask, low_rows, low_mask)
         return F.linear(low_rows, low_mask).to(rows.dtype)
 
@@ -300,14 +306,16 @@ class _MaskProduct(torch.autograd.Function):
     def backward(ctx, grad: Tensor | None) -> tuple:  # noqa: ANN001
         rows, mask, low_rows, low_mask = ctx.saved_tensors
         if grad is None:
-            return None, None, None
+            return None, None, None, None
         low = ctx.low.active() and not torch.is_grad_enabled()
         d_rows = d_mask = None
         if ctx.needs_input_grad[0]:  # the forward's rounded copies where it made them (casting them again is free)
             d_rows = _low_mm(grad, mask if low_mask is None else low_mask, ctx.low.dtype) if low else grad @ mask
-        if ctx.needs_input_grad[1]:
-            d_mask = _low_mm(grad.T, rows if low_rows is None else low_rows, ctx.low.dtype) if low else grad.T @ rows
-        return d_rows, d_mask, None
+        slot = 2 if ctx.rounded_used else 1
+        if ctx.needs_input_grad[slot]:
+            d_mask = _low_mm(grad.T, rows if low_rows is None else low_rows, ctx.low.dtype, ctx.rounded_used) \
+                if low else grad.T @ rows
+        return (d_rows, None, d_mask, None) if ctx.rounded_used else (d_rows, d_mask, None, None)
 
 
 @dataclass
@@ -318,6 +326,7 @@ class _Linear:
     weight: Tensor
     bias: Tensor | None
     mask: Tensor | None
+    rounded: tuple[Tensor, Tensor] | None = None  # weight and mask rounded to low.dtype (masked_start's copies)
     xs: list[Tensor] = field(default_factory=list)
     gs: list[Tensor] = field(default_factory=list)
     learned: bool = False  # whether the outer loop wants the weight's gradient
@@ -327,16 +336,20 @@ class _Linear:
     shared: _Shared | None = None  # what every product with the weight takes
 
     def __post_init__(self) -> None:
+        rounded = self.rounded[0] if self.rounded is not None else None
         if not (self.weight.requires_grad and torch.is_grad_enabled()):
-            self.shared = _Shared(self.weight, _Bank(collect=False, low=self.low))
+            self.shared = _Shared(self.weight, _Bank(collect=False, low=self.low), _rounded=rounded)
             return
         if self.learned:
             bank = _Bank(low=self.low)
-            self.token = _Entry.apply(self.weight, bank)
+            # with a rounded copy the gradient enters through it, in its dtype (masked_start forms the scores'
+            # gradient there and casts once)
+            bank.keep_low = rounded is not None and rounded.requires_grad
+            self.token = _Entry.apply(rounded if bank.keep_low else self.weight, bank)
         else:  # a start made differentiable for the support steps only: its own gradient is never computed
             bank = _Bank(collect=False, low=self.low)
             self.token = self.weight.new_zeros(()).requires_grad_()
-        self.shared = _Shared(self.weight.detach(), bank)
+        self.shared = _Shared(self.weight.detach(), bank, _rounded=None if rounded is None else rounded.detach())
 
     def product(self, h: Tensor) -> Tensor:
         """h [..., in] @ weight^T; a learned weight's gradient from every such product comes out as one product
@@ -375,7 +388,8 @@ class _Linear:
             # sum_s g[s, o] * sum_i h[r, i] x[s, i] mask[o, i]: the rows h * x_s through the mask, [B, m, K, out]
             b, m, k = h.shape[0], h.shape[1], x.shape[1]
             rows = (h.unsqueeze(2) * x.unsqueeze(1)).reshape(-1, x.shape[2])
-            p = _MaskProduct.apply(rows, self.mask, self.low).view(b, m, k, -1)
+            p = _MaskProduct.apply(rows, self.mask, None if self.rounded is None else self.rounded[1],
+                                   self.low).view(b, m, k, -1)
             return torch.sub(out, (p * g.unsqueeze(1)).sum(2), alpha=lr)
 
 
@@ -410,7 +424,8 @@ class FactoredInner:
 
     def __init__(self, layers: Sequence[tuple[str, object]], params: dict[str, Tensor],
                  inner_names: Sequence[str], grad_masks: dict[str, Tensor], n_tasks: int, *, lr: float,
-                 first_order: bool, objective: Objective = CROSS_ENTROPY, low: torch.dtype | None = None) -> None:
+                 first_order: bool, objective: Objective = CROSS_ENTROPY, low: torch.dtype | None = None,
+                 rounded: dict[str, tuple[Tensor, Tensor]] | None = None) -> None:
         self.lr, self.first_order, self.objective = lr, first_order, objective
         self.low = _Low(low)
         self.adapted = set(inner_names)
@@ -433,7 +448,8 @@ class FactoredInner:
                     learned = params[f"{name}.weight"].requires_grad  # before start() makes a leaf of it
                     # normed: its output's support gradients sum to zero per task
                     self.ops.append((name, _Linear(start(f"{name}.weight", False), start(f"{name}.bias", True),
-                                                   grad_masks.get(f"{name}.weight"), learned=learned,
+                                                   grad_masks.get(f"{name}.weight"),
+                                                   (rounded or {}).get(f"{name}.weight"), learned=learned,
                                                    normed=chain.normed(name), low=self.low)))
                 elif isinstance(m, TaskBatchNorm1d):
                     self.ops.append((name, _Norm(m.eps, start(f"{name}.weight", True), start(f"{name}.bias", True))))

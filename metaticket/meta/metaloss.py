@@ -270,17 +270,26 @@ class MetaLoss:
         gradient masks are 0/1 in value; under ``score_grad="reference"`` they carry the mask's gradient too
         (``m * m``, or ``stop_grad(m) * m`` with ``first_order``: module docstring), else they are detached.
         """
+        params, grad_masks, _ = self._start(first_order)
+        return params, grad_masks
+
+    def _start(self, first_order: bool, low: torch.dtype | None = None,
+               ) -> tuple[Params, dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
+        """:meth:`initial_params`, and with ``low`` each masked weight's and gradient mask's copies rounded to it
+        (:func:`~metaticket.core.supermask.masked_start`), by the same names."""
         own = dict(self.model.named_parameters())
         params = {n: own[n] for n, _ in self.twin.named_parameters()}
         # the gradient masks: m * m (reference), stop_grad(m) * m (reference, first order) or detached (start)
         mask_grad = (1 if first_order else 2) if self.score_grad == "reference" else 0
-        grad_masks = {}
+        grad_masks, rounded = {}, {}
         for name, layer in supermask_layers(self.model):
             key = f"{name}.weight" if name else "weight"
-            params[key], grad_masks[key] = masked_start(layer, mask_grad)
+            params[key], grad_masks[key], *low_pair = masked_start(layer, mask_grad, low)
+            if low_pair:
+                rounded[key] = tuple(low_pair)
         if self.channels_last:
             params = {k: self.layout(v) for k, v in params.items()}
-        return params, grad_masks
+        return params, grad_masks, rounded
 
     def layout(self, x: Tensor) -> Tensor:
         """``x`` in the memory order the convolutions run in: channels-last (NHWC) for a conv model in the loop
@@ -304,7 +313,9 @@ class MetaLoss:
         parameters."""
         steps = self.inner_steps if steps is None else steps
         first_order = self.first_order if first_order is None else first_order
-        params, hard = self.initial_params(first_order)
+        mode = self.path(tasks, steps)
+        low = torch.bfloat16 if self.precision == "bfloat16" and mode == "factored" else None
+        params, hard, rounded = self._start(first_order, low)
 
         def one_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor]:
             adapted = adapt(self._forward, params, self.inner_names, xs, ys, lr=self.inner_lr, steps=steps,
@@ -312,11 +323,9 @@ class MetaLoss:
             logits = self.logits(adapted, xq)
             return self.objective.loss(logits, yq), self.objective.score(logits.detach(), yq)
 
-        mode = self.path(tasks, steps)
         if mode == "factored":
             inner = FactoredInner(self.chain.layers, params, self.inner_names, hard, len(tasks), lr=self.inner_lr,
-                                  first_order=first_order, objective=self.objective,
-                                  low=torch.bfloat16 if self.precision == "bfloat16" else None)
+                                  first_order=first_order, objective=self.objective, low=low, rounded=rounded)
             inner.adapt(tasks.support_x, tasks.support_y, steps)
             logits = inner.logits(tasks.query_x)  # [B, m, ways]; bfloat16: the products round, not the logits
             yq = tasks.query_y
