@@ -130,9 +130,9 @@ class MetaConfig:
     # auto: factored for MLP-like chains (task weight changes kept as low-rank factors), else vmap over tasks for
     # small linear models and a per-task loop for the rest (convs); all give the same meta-gradient
     vectorize: Literal["auto", "factored", "vmap", "loop"] = "auto"
-    # bfloat16: the query pass's matrix products in bfloat16, on the factored path (MLPs) the outer backward's and
-    # the masked correction's too (support steps, parameters, losses float32); faster for wide MLPs on CPUs with
-    # AVX512-BF16/AMX and on GPUs; the meta-gradient differs a little (benchmarks/README.md)
+    # bfloat16: the query pass's matrix products in bfloat16, on the factored path (MLPs) the outer backward's, the
+    # masked correction's and the scores' gradient too (support steps, parameters, losses float32); faster for wide
+    # MLPs on CPUs with AVX512-BF16/AMX and on GPUs; the meta-gradient differs a little (benchmarks/README.md)
     precision: Literal["float32", "bfloat16"] = "float32"
     # Meta-ticket: which function of the mask the outer loop differentiates (the adapted networks are the same).
     # reference: the mask applied in every inner forward, as the Meta-ticket code; start: the mask's gradient
