@@ -18,6 +18,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,21 @@ from paper_protocol import cpu  # noqa: E402
 CELLS = [f"mlp-w{w}:{o}:{b}:1" for w in (4, 8) for o in ("second", "first") for b in (4, 16)]
 
 
+def alternate(steps: dict[str, Callable[[], object]], n: int) -> dict[str, float]:
+    """Median ms per call of each step function, called in turn (one call each, ``n`` times) after 3 warm-up calls
+    each: load on a shared machine then hits them alike."""
+    for step in steps.values():
+        for _ in range(3):
+            step()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(n):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(1000 * (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def measure(model: str, order: str, meta_batch: int, queries: int, steps: int, rounds: int) -> dict:
     """Median ms per meta-step of the reference and the start formulation, steps interleaved, and the ratio."""
     import torch
@@ -38,31 +54,30 @@ def measure(model: str, order: str, meta_batch: int, queries: int, steps: int, r
     first = order == "first"
     runs = {"reference": ours("ours-metaticket-threshold", model, first, meta_batch, queries),
             "start": ours("ours-metaticket-threshold-start", model, first, meta_batch, queries)}
-    for step, _, _ in runs.values():
-        for _ in range(3):
-            step()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds * steps):
-        for name, (step, _, _) in runs.items():
-            t0 = time.perf_counter()
-            step()
-            times[name].append(1000 * (time.perf_counter() - t0))
-    ms = {k: statistics.median(v) for k, v in times.items()}
+    ms = alternate({k: r[0] for k, r in runs.items()}, rounds * steps)
     path = runs["reference"][1].path(runs["reference"][2], 1)
     return {"model": model, "order": order, "meta_batch": meta_batch, "queries": queries, "path": path,
             "reference_ms": round(ms["reference"], 2), "start_ms": round(ms["start"], 2),
-            "ratio": round(ms["reference"] / ms["start"], 3), "steps": len(times["start"]),
+            "ratio": round(ms["reference"] / ms["start"], 3), "steps": rounds * steps,
             "threads": torch.get_num_threads()}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cells", nargs="+", default=CELLS, metavar="MODEL:ORDER:B:Q")
+def parser(doc: str, cells_default: list[str], name: str) -> argparse.ArgumentParser:
+    """The options of an interleaved comparison: cells, steps per round, rounds, where to write."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", nargs="+", default=cells_default, metavar="MODEL:ORDER:B:Q")
     p.add_argument("--steps", type=int, default=15, help="steps of each learner per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--results", default=str(RESULTS))
-    p.add_argument("--name", default="score_grad_cost_interleaved")
-    args = p.parse_args()
+    p.add_argument("--name", default=name)
+    return p
+
+
+def run(args: argparse.Namespace, measure: Callable[..., dict], header: str, line: Callable[[dict], str],
+        what: str) -> None:
+    """Measure every cell of ``args`` (allocator set as run commands set it), print the rows and write them as
+    ``<name>.json`` and a table ``<name>.md`` (``header``, one ``line(row)`` per row, a note naming the CPU and
+    ``what`` was compared)."""
     from metaticket.hardware import keep_freed_memory
 
     keep_freed_memory()  # as run commands do (run.malloc: keep)
@@ -74,14 +89,19 @@ def main() -> None:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{args.name}.json").write_text(json.dumps({"cpu": machine, "rows": rows}, indent=1) + "\n")
-    lines = ["| model | order | meta-batch | queries | path | reference ms | start ms | reference / start |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['order']} | {r['meta_batch']} | {r['queries']} | {r['path']} | "
-              f"{r['reference_ms']:.1f} | {r['start_ms']:.1f} | {r['ratio']:.2f}x |" for r in rows]
+    columns = header.count("|") - 1
+    lines = [header, "|---" * columns + "|", *(line(r) for r in rows)]
     lines.append(f"\n{machine['model']} ({', '.join(machine['flags'])}), {rows[0]['threads'] if rows else '?'} "
-                 f"threads, {args.rounds} rounds x {args.steps} steps per learner, interleaved")
+                 f"threads, {what}, {args.rounds} rounds x {args.steps} steps per learner, interleaved")
     (results / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def main() -> None:
+    args = parser(__doc__, CELLS, "score_grad_cost_interleaved").parse_args()
+    run(args, measure, "| model | order | meta-batch | queries | path | reference ms | start ms | reference / start |",
+        lambda r: f"| {r['model']} | {r['order']} | {r['meta_batch']} | {r['queries']} | {r['path']} | "
+                  f"{r['reference_ms']:.1f} | {r['start_ms']:.1f} | {r['ratio']:.2f}x |", "Meta-ticket")
 
 
 if __name__ == "__main__":
