@@ -345,22 +345,19 @@ def test_auto_rules_benchmark_names_the_choice_and_the_cpu(tmp_path):
     assert "| vmap_wins |" in (tmp_path / "a.md").read_text()
 
 
-def test_rounded_start_interleaves_both_bfloat16_starts(tmp_path):
-    bench("rounded_start.py", "--cells", "mlp:second:2:1", "--steps", "1", "--rounds", "2", "--results",
-          str(tmp_path), "--name", "rs", cwd=tmp_path)
-    out = json.loads((tmp_path / "rs.json").read_text())
+@pytest.mark.parametrize("script, cell, slow, fast, header", [
+    ("score_grad_cost.py", "mlp:first:2:1", "reference_ms", "start_ms", "reference / start"),
+    ("rounded_start.py", "mlp:second:2:1", "casts_ms", "rounded_ms", "rounded start ms"),
+])
+def test_interleaved_comparisons_time_both_learners(tmp_path, script, cell, slow, fast, header):
+    """score_grad_cost (reference vs start formulation) and rounded_start (the bfloat16 start vs the casts
+    before it) time two learners in turn and report both medians and their ratio."""
+    bench(script, "--cells", cell, "--steps", "1", "--rounds", "2", "--results", str(tmp_path), "--name", "cmp",
+          cwd=tmp_path)
+    out = json.loads((tmp_path / "cmp.json").read_text())
     (row,) = out["rows"]
-    assert row["path"] == "factored" and row["steps"] == 2 and row["rounded_ms"] > 0 and row["casts_ms"] > 0
-    assert row["rounded_layers"] == 4 and row["casts_rounded_layers"] == 0  # the MLP's four masked layers
-    assert row["ratio"] == pytest.approx(row["casts_ms"] / row["rounded_ms"], rel=1e-2)
-    assert "rounded start ms" in (tmp_path / "rs.md").read_text() and "flags" in out["cpu"]
-
-
-def test_score_grad_cost_interleaves_both_formulations(tmp_path):
-    bench("score_grad_cost.py", "--cells", "mlp:first:2:1", "--steps", "1", "--rounds", "2", "--results",
-          str(tmp_path), "--name", "sg", cwd=tmp_path)
-    out = json.loads((tmp_path / "sg.json").read_text())
-    (row,) = out["rows"]
-    assert row["path"] == "factored" and row["steps"] == 2 and row["reference_ms"] > 0 and row["start_ms"] > 0
-    assert row["ratio"] == pytest.approx(row["reference_ms"] / row["start_ms"], rel=1e-2)
-    assert "reference / start" in (tmp_path / "sg.md").read_text() and "flags" in out["cpu"]
+    assert row["path"] == "factored" and row["steps"] == 2 and row[slow] > 0 and row[fast] > 0
+    assert row["ratio"] == pytest.approx(row[slow] / row[fast], rel=1e-2)
+    assert header in (tmp_path / "cmp.md").read_text() and "flags" in out["cpu"]
+    if script == "rounded_start.py":  # the learners differ: only one start hands over rounded copies
+        assert row["rounded_layers"] == 4 and row["casts_rounded_layers"] == 0  # the MLP's four masked layers
