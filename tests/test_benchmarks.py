@@ -361,3 +361,40 @@ def test_interleaved_comparisons_time_both_learners(tmp_path, script, cell, slow
     assert header in (tmp_path / "cmp.md").read_text() and "flags" in out["cpu"]
     if script == "rounded_start.py":  # the learners differ: only one start hands over rounded copies
         assert row["rounded_layers"] == 4 and row["casts_rounded_layers"] == 0  # the MLP's four masked layers
+
+
+def test_step_levers_times_every_variant_and_restores_the_start(tmp_path):
+    """step_levers times the built step against MAML, the free-start ceiling, the compiled start (or says why it
+    could not compile) and half the meta-batch on one thread, in turn, and leaves the fused start as it was."""
+    bench("step_levers.py", "--cell", "mlp:second:2:1", "--steps", "1", "--rounds", "2", "--results", str(tmp_path),
+          "--name", "levers", cwd=tmp_path)
+    out = json.loads((tmp_path / "levers.json").read_text())
+    rows = {r["variant"]: r for r in out["rows"]}
+    assert set(rows) | set(out["skipped"]) == {"built", "maml", "free-start", "compiled-start", "half-batch-1-thread"}
+    assert set(out["skipped"]) <= {"compiled-start"} and all(r["ms"] > 0 for r in rows.values())
+    assert rows["half-batch-1-thread"]["meta_batch"] == 1 and rows["half-batch-1-thread"]["threads"] == 1
+    assert rows["built"]["saved_ms"] == 0 and "flags" in out["cpu"] and out["steps"] == 2
+    assert "free-start" in (tmp_path / "levers.md").read_text()
+
+
+def test_step_levers_free_start_is_a_ceiling_not_a_step():
+    """The free-start stand-in hands back its first outputs again and a zero scores' gradient; the real start
+    computes a new mask from new scores, so the stand-in must not be mistaken for the step."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    from step_levers import _starts
+
+    from metaticket.core.supermask import _MaskedStart
+
+    starts = _starts()
+    assert starts["real"] is _MaskedStart
+    scores, weight = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4)
+    free = starts["free-start"].apply(scores, weight, torch.tensor(0.0), 2, None)
+    with torch.no_grad():
+        scores.neg_()  # new scores: the real start's mask changes, the stand-in's does not
+    again = starts["free-start"].apply(scores, weight, torch.tensor(0.0), 2, None)
+    real = _MaskedStart.apply(scores, weight, torch.tensor(0.0), 2, None)
+    assert torch.equal(again[1], free[1]) and not torch.equal(real[1], free[1])
+    again[0].sum().backward()
+    assert torch.count_nonzero(scores.grad) == 0
