@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from metaticket.core.supermask import (
+    _ROUNDED,
     SupermaskConv2d,
     SupermaskLinear,
     convert,
@@ -120,13 +121,74 @@ def test_masked_start_rounded_copies_carry_the_same_gradients(k, learn_weight, k
     for a, b in zip(grads, torch.autograd.grad((m2 * up1 + g2 * up2).sum(), wrt)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     if kind == "threshold":
-        kept = layer.__dict__["_rounded"][1]
-        assert masked_start(layer, k, torch.float32) and layer.__dict__["_rounded"][1] is kept
+        kept = _ROUNDED[layer][1]
+        assert masked_start(layer, k, torch.float32) and _ROUNDED[layer][1] is kept
         with torch.no_grad():
             layer.weight.mul_(2.0)  # an in-place change (IteRand, a load) makes a new copy
-        assert layer.__dict__["_rounded"][1] is kept
+        assert _ROUNDED[layer][1] is kept
         masked_start(layer, k, torch.float32)
-        assert torch.equal(layer.__dict__["_rounded"][1], layer.weight.detach().float())
+        assert torch.equal(_ROUNDED[layer][1], layer.weight.detach().float())
+
+
+def test_the_kept_rounded_weight_stays_off_the_layer():
+    """The bfloat16 copy of a layer's weight is kept beside the layer: a deepcopy, a pickle and the state_dict
+    of the layer do not carry it, and it goes when the layer goes."""
+    import copy
+    import gc
+    import io
+    import pickle
+
+    def saved(module: nn.Module) -> int:
+        buf = io.BytesIO()
+        torch.save(module, buf)
+        return len(buf.getvalue())
+
+    make = lambda: SupermaskLinear(128, 64, mask="threshold", init_sparsity=0.3,  # noqa: E731
+                                   generator=torch.Generator().manual_seed(0))
+    layer, never_started = make(), make()
+    masked_start(layer, 2, torch.bfloat16)
+    assert _ROUNDED[layer][1].dtype == torch.bfloat16
+    twin = copy.deepcopy(layer)
+    assert twin not in _ROUNDED and not any(isinstance(v, tuple) for v in vars(twin).values())
+    # the 16 KB bfloat16 copy is in neither the pickle nor torch.save's file
+    assert abs(saved(layer) - saved(never_started)) < 1024
+    assert abs(len(pickle.dumps(layer)) - len(pickle.dumps(never_started))) < 1024
+    assert set(layer.state_dict()) == set(twin.state_dict())
+    n = len(_ROUNDED)
+    del layer
+    gc.collect()
+    assert len(_ROUNDED) == n - 1
+
+
+def test_masked_start_outside_and_inside_torch_func_transforms():
+    """Outside every transform the start takes the class whose forward takes ctx (no per-call argument binding);
+    under torch.func.grad and vmap it takes the one with setup_context, and both give the same values and scores'
+    gradients."""
+    from torch.func import grad, vmap
+
+    from metaticket.core.supermask import _MaskedStart, _MaskedStartEager
+
+    layer = SupermaskLinear(7, 5, mask="threshold", init_sparsity=0.4,
+                            generator=torch.Generator().manual_seed(1)).double()
+    up = torch.randn(5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    masked, mask = masked_start(layer, 2)
+    assert type(masked.grad_fn).__name__ == "_MaskedStartEagerBackward" and issubclass(_MaskedStartEager, _MaskedStart)
+    (eager,) = torch.autograd.grad((masked * up + mask * up).sum(), [layer.scores])
+
+    def loss(scores):  # the layer's scores swapped for the transform's (as functional_call does for forward)
+        original = layer.scores
+        layer._parameters["scores"] = scores
+        try:
+            m, k = masked_start(layer, 2)
+        finally:
+            layer._parameters["scores"] = original
+        return (m * up + k * up).sum()
+
+    torch.testing.assert_close(grad(loss)(layer.scores.detach()), eager, rtol=0, atol=0)
+    stacked = torch.stack([layer.scores.detach(), -layer.scores.detach()])
+    per = vmap(grad(loss))(stacked)
+    torch.testing.assert_close(per[0], eager, rtol=0, atol=0)
+    assert not torch.equal(per[1], eager)
 
 
 def _weight_sized_ops(fn, n: int) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
@@ -141,6 +142,27 @@ class _MaskedStart(torch.autograd.Function):
         return g_scores, g_weight, None, None, None
 
 
+class _MaskedStartEager(_MaskedStart):
+    """:class:`_MaskedStart` with ``ctx`` taken in ``forward``, for calls outside every ``torch.func`` transform:
+    with a separate ``setup_context`` torch binds each call's arguments through ``inspect`` (about 40 us a call
+    here), and a transform needs that form."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor, weight: Tensor, threshold: Tensor, k: int,  # noqa: ANN001
+                low_weight: Tensor | None) -> tuple[Tensor, ...]:
+        out = _MaskedStart.forward(scores, weight, threshold, k, low_weight)
+        _MaskedStart.setup_context(ctx, (scores, weight, threshold, k, low_weight), out)
+        return out
+
+    setup_context = torch.autograd.Function.setup_context  # the base's: forward takes ctx
+
+
+def _transformed() -> bool:
+    """Whether a ``torch.func`` transform (grad, vmap, ...) is active; True when torch cannot say."""
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    return peek is None or peek() is not None
+
+
 def _score_grad(weight: Tensor, hard: Tensor, g_masked: Tensor | None, g_mask: Tensor | None,
                 k: int) -> Tensor | None:
     """``weight * g_masked + k * hard * g_mask`` with absent gradients left out (None when both are)."""
@@ -150,15 +172,20 @@ def _score_grad(weight: Tensor, hard: Tensor, g_masked: Tensor | None, g_mask: T
     return out
 
 
+# each layer's weight rounded to a low dtype, kept beside the layer rather than on it, so that deepcopy, pickling
+# and state_dict never carry it; an entry goes with its layer
+_ROUNDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _rounded_weight(layer: SupermaskMixin, dtype: torch.dtype) -> Tensor:
     """``layer.weight`` rounded to ``dtype``, cast once and kept until the weight changes (IteRand or a load edit
     it in place, which bumps its version; ``to()`` makes a new tensor)."""
     w = layer.weight
     key = (dtype, w.device, w.data_ptr(), w._version)
-    kept = layer.__dict__.get("_rounded")
+    kept = _ROUNDED.get(layer)
     if kept is None or kept[0] != key:
         kept = (key, w.detach().to(dtype))
-        layer.__dict__["_rounded"] = kept
+        _ROUNDED[layer] = kept
     return kept[1]
 
 
@@ -177,7 +204,8 @@ def masked_start(layer: SupermaskMixin, mask_grad: int, low: torch.dtype | None 
     builtin = type(layer).mask is SupermaskMixin.mask and "mask" not in vars(layer)
     if builtin and layer.mask_rule == "threshold" and layer.source is None:
         rounded = _rounded_weight(layer, low) if low is not None else None
-        return _MaskedStart.apply(layer.scores, layer.weight, layer.threshold, mask_grad, rounded)
+        start = _MaskedStart if _transformed() else _MaskedStartEager
+        return start.apply(layer.scores, layer.weight, layer.threshold, mask_grad, rounded)
     m = layer.mask()
     grad_mask = m.detach() if mask_grad == 0 else (m.detach() * m if mask_grad == 1 else m * m)
     masked = layer.weight * m
