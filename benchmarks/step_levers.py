@@ -57,9 +57,11 @@ def _starts() -> dict[str, type]:
 
         generate_vmap_rule = True
         kept: dict = {}
+        calls = 0
 
         @staticmethod
         def forward(scores, weight, threshold, k, low_weight):  # noqa: ANN001, ANN205
+            Free.calls += 1
             key = (weight.data_ptr(), low_weight is not None)
             if key not in Free.kept:
                 Free.kept[key] = real.forward(scores, weight, threshold, k, low_weight)
@@ -88,9 +90,11 @@ def _starts() -> dict[str, type]:
         """``_MaskedStart``'s bfloat16 case (k = 2) with each direction one inductor kernel."""
 
         generate_vmap_rule = True
+        calls = 0
 
         @staticmethod
         def forward(scores, weight, threshold, k, low_weight):  # noqa: ANN001, ANN205
+            Compiled.calls += 1
             if low_weight is None or k != 2:
                 return real.forward(scores, weight, threshold, k, low_weight)
             return fused_forward(scores.detach(), weight.detach(), threshold.detach())
@@ -123,9 +127,9 @@ def interleaved(steps: dict[str, Callable[[], object]], n: int) -> dict[str, flo
 
 
 def variants(model: str, first: bool, meta_batch: int, queries: int, names: list[str],
-             threads: int) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:
-    """One step function per variant (each on its own learner, same model shape and tasks), and the variants that
-    could not be built, with the reason."""
+             threads: int) -> tuple[dict[str, Callable[[], object]], dict[str, str], dict[str, type]]:
+    """One step function per variant (each on its own learner, same model shape and tasks), the variants that
+    could not be built, with the reason, and the start classes (stand-ins count their calls)."""
     import torch
 
     from metaticket.core import supermask
@@ -134,14 +138,18 @@ def variants(model: str, first: bool, meta_batch: int, queries: int, names: list
     steps: dict[str, Callable[[], object]] = {}
     skipped: dict[str, str] = {}
 
-    def with_start(start: type, step: Callable[[], object], n_threads: int) -> Callable[[], object]:
+    def with_start(start: type | None, step: Callable[[], object], n_threads: int) -> Callable[[], object]:
+        """``step`` on ``n_threads`` threads, with ``start`` (a stand-in) in place of the fused start if given."""
+        transformed = supermask._transformed
+
         def call() -> object:
-            supermask._MaskedStart = start
+            if start is not None:  # masked_start takes _MaskedStart when it believes a transform is active
+                supermask._MaskedStart, supermask._transformed = start, lambda: True
             torch.set_num_threads(n_threads)
             try:
                 return step()
             finally:
-                supermask._MaskedStart = starts["real"]
+                supermask._MaskedStart, supermask._transformed = starts["real"], transformed
                 torch.set_num_threads(threads)
         return call
 
@@ -149,7 +157,7 @@ def variants(model: str, first: bool, meta_batch: int, queries: int, names: list
         impl = "ours-maml-bf16" if name == "maml" else "ours-metaticket-threshold-bf16"
         b = max(1, meta_batch // 2) if name == "half-batch-1-thread" else meta_batch
         step = ours(impl, model, first, b, queries)[0]
-        call = with_start(starts.get(name, starts["real"]), step, 1 if name == "half-batch-1-thread" else threads)
+        call = with_start(starts.get(name), step, 1 if name == "half-batch-1-thread" else threads)
         if name == "compiled-start":
             try:
                 call()  # compiles (a C++ compiler is needed on CPU)
@@ -157,7 +165,7 @@ def variants(model: str, first: bool, meta_batch: int, queries: int, names: list
                 skipped[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
                 continue
         steps[name] = call
-    return steps, skipped
+    return steps, skipped, starts
 
 
 def whole_step(width: float, meta_batch: int, reps: int) -> dict:
@@ -236,12 +244,13 @@ def main() -> None:
 
     keep_freed_memory()  # as run commands do (run.malloc: keep)
     torch.set_num_threads(args.threads)
-    steps, skipped = variants(model, order == "first", meta_batch, queries, args.variants, args.threads)
+    steps, skipped, starts = variants(model, order == "first", meta_batch, queries, args.variants, args.threads)
     ms = interleaved(steps, args.rounds * args.steps)
     base = ms.get("built")
     rows = [{"variant": k, "ms": round(v, 2), "saved_ms": round(base - v, 2) if base else None,
              "meta_batch": max(1, meta_batch // 2) if k == "half-batch-1-thread" else meta_batch,
-             "threads": 1 if k == "half-batch-1-thread" else args.threads} for k, v in ms.items()]
+             "threads": 1 if k == "half-batch-1-thread" else args.threads,
+             "stand_in_calls": starts[k].calls if k in starts else None} for k, v in ms.items()]
     out = {"cpu": cpu(), "cell": args.cell, "steps": args.rounds * args.steps, "rows": rows, "skipped": skipped}
     if args.whole_step:
         out["whole_step"] = whole_step(MODELS[model][1], meta_batch, max(5, args.steps))

@@ -374,6 +374,9 @@ def test_step_levers_times_every_variant_and_restores_the_start(tmp_path):
     assert set(out["skipped"]) <= {"compiled-start"} and all(r["ms"] > 0 for r in rows.values())
     assert rows["half-batch-1-thread"]["meta_batch"] == 1 and rows["half-batch-1-thread"]["threads"] == 1
     assert rows["built"]["saved_ms"] == 0 and "flags" in out["cpu"] and out["steps"] == 2
+    # the stand-ins really ran (4 masked layers, 3 warm-up + 2 timed steps; the compiled one once more to build)
+    assert rows["free-start"]["stand_in_calls"] == 4 * 5 and rows["built"]["stand_in_calls"] is None
+    assert rows.get("compiled-start", {"stand_in_calls": 24})["stand_in_calls"] == 4 * 6
     assert "free-start" in (tmp_path / "levers.md").read_text()
 
 
