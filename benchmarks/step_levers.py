@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from meta_step import MODELS, ours  # noqa: E402
 from paper_protocol import cpu  # noqa: E402
+from score_grad_cost import alternate  # noqa: E402
 
 VARIANTS = ("built", "maml", "free-start", "compiled-start", "half-batch-1-thread")
 
@@ -110,20 +111,6 @@ def _starts() -> dict[str, type]:
             return real.backward(ctx, g_masked, g_mask, g_masked_low, g_mask_low)
 
     return {"real": real, "free-start": Free, "compiled-start": Compiled}
-
-
-def interleaved(steps: dict[str, Callable[[], object]], n: int) -> dict[str, float]:
-    """Median ms of each step function over ``n`` turns (one call each per turn) after 3 warm-up turns."""
-    for _ in range(3):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(n):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[name].append(1000 * (time.perf_counter() - t0))
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def variants(model: str, first: bool, meta_batch: int, queries: int, names: list[str],
@@ -245,7 +232,7 @@ def main() -> None:
     keep_freed_memory()  # as run commands do (run.malloc: keep)
     torch.set_num_threads(args.threads)
     steps, skipped, starts = variants(model, order == "first", meta_batch, queries, args.variants, args.threads)
-    ms = interleaved(steps, args.rounds * args.steps)
+    ms = alternate(steps, args.rounds * args.steps)
     base = ms.get("built")
     rows = [{"variant": k, "ms": round(v, 2), "saved_ms": round(base - v, 2) if base else None,
              "meta_batch": max(1, meta_batch // 2) if k == "half-batch-1-thread" else meta_batch,
