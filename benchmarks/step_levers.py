@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -186,14 +185,7 @@ def whole_step(width: float, meta_batch: int, reps: int) -> dict:
     args = (weights, head, sx, sy, qx, sy.clone())
 
     def ms(f: Callable) -> float:
-        for _ in range(2):
-            f(*args)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            f(*args)
-            times.append(1000 * (time.perf_counter() - t0))
-        return statistics.median(times)
+        return alternate({"step": lambda: f(*args)}, reps)["step"]
 
     eager = ms(outer)
     compiled = torch.compile(outer)

@@ -83,6 +83,31 @@ class Spy:
         monkeypatch.setattr(factored.FactoredInner, "adapt", adapt)
 
 
+def ops_writing(fn, sizes: set[int]) -> list[tuple[str, torch.dtype | None, torch.dtype]]:
+    """``(op, first tensor input's dtype, output dtype)`` of every aten op ``fn`` runs that writes a tensor of one
+    of ``sizes`` elements, in order; allocations, views and detaches are not counted."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[tuple[str, torch.dtype | None, torch.dtype]] = []
+    skip = ("aten.empty", "aten.detach", "aten.view", "aten.alias", "aten.expand")
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            name = str(func.overloadpacket)
+            if not name.startswith(skip):
+                for o in out if isinstance(out, (tuple, list)) else [out]:
+                    if isinstance(o, torch.Tensor) and o.numel() in sizes:
+                        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+                        seen.append((name, None if first is None else first.dtype, o.dtype))
+                        break
+            return out
+
+    with Log():
+        fn()
+    return seen
+
+
 def double(batch: Tasks) -> Tasks:
     return Tasks(batch.support_x.double(), batch.support_y, batch.query_x.double(), batch.query_y)
 

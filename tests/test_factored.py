@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Spy, double, learner, tasks
+from conftest import Spy, double, learner, ops_writing, tasks
 from torch import nn
 
 from metaticket.meta import factored
@@ -316,22 +316,6 @@ def test_bfloat16_forms_the_scores_gradient_in_bfloat16_and_casts_it_once(steps)
     multiply (before: two casts and two float32 passes). With two inner steps the second support step's masked
     correction runs in float32 and its mask gradient arrives as float32: both kinds are summed. The scores'
     gradient stays the float32 learner's up to bfloat16 rounding."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Record(TorchDispatchMode):
-        """(op, first tensor input's dtype, output dtype) of the ops writing a tensor of one of ``sizes``."""
-
-        def __init__(self, sizes: set[int]) -> None:
-            super().__init__()
-            self.sizes, self.seen = sizes, []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-            out = func(*args, **(kwargs or {}))
-            if isinstance(out, torch.Tensor) and out.numel() in self.sizes and torch.is_floating_point(out):
-                first = next(a for a in args if isinstance(a, torch.Tensor))
-                self.seen.append((str(func.overloadpacket), first.dtype, out.dtype))
-            return out
-
     batch = tasks(batch=3, queries=1)
     grads = {}
     for precision in ("float32", "bfloat16"):
@@ -339,9 +323,7 @@ def test_bfloat16_forms_the_scores_gradient_in_bfloat16_and_casts_it_once(steps)
         lrn.inner_steps = steps
         sizes = {m.weight.numel() for m in lrn.model.modules() if hasattr(m, "scores")}
         losses, _ = lrn.losses(batch)
-        with Record(sizes) as record:
-            losses.mean().backward()
-        seen = record.seen
+        seen = ops_writing(losses.mean().backward, sizes)
         grads[precision] = torch.cat([m.scores.grad.flatten() for m in lrn.model.modules() if hasattr(m, "scores")])
         casts = [s for s in seen if s == ("aten._to_copy", torch.bfloat16, torch.float32)]
         fp32_products = [s for s in seen if s[0] in ("aten.mul", "aten.addcmul") and s[2] == torch.float32]

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import ops_writing
 from torch import nn
 
 from metaticket.core.supermask import (
@@ -194,24 +195,7 @@ def test_masked_start_outside_and_inside_torch_func_transforms():
 
 def _weight_sized_ops(fn, n: int) -> list[str]:
     """The aten ops ``fn`` runs that write a tensor of ``n`` elements (allocations not counted)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    seen: list[str] = []
-
-    class Log(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            outs = out if isinstance(out, (tuple, list)) else [out]
-            name = str(func.overloadpacket)
-            if not name.startswith(("aten.empty", "aten.detach", "aten.view", "aten.alias",
-                                                 "aten.expand")) and any(
-                    isinstance(o, torch.Tensor) and o.numel() == n for o in outs):
-                seen.append(name)
-            return out
-
-    with Log():
-        fn()
-    return seen
+    return [name for name, _, _ in ops_writing(fn, {n})]
 
 
 def test_threshold_masks_and_the_start_make_few_weight_sized_passes():
