@@ -126,16 +126,14 @@ def variants(model: str, first: bool, meta_batch: int, queries: int, names: list
 
     def with_start(start: type | None, step: Callable[[], object], n_threads: int) -> Callable[[], object]:
         """``step`` on ``n_threads`` threads, with ``start`` (a stand-in) in place of the fused start if given."""
-        transformed = supermask._transformed
-
         def call() -> object:
-            if start is not None:  # masked_start takes _MaskedStart when it believes a transform is active
-                supermask._MaskedStart, supermask._transformed = start, lambda: True
+            if start is not None:
+                supermask._MaskedStart = start
             torch.set_num_threads(n_threads)
             try:
                 return step()
             finally:
-                supermask._MaskedStart, supermask._transformed = starts["real"], transformed
+                supermask._MaskedStart = starts["real"]
                 torch.set_num_threads(threads)
         return call
 

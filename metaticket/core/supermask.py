@@ -142,30 +142,6 @@ class _MaskedStart(torch.autograd.Function):
         return g_scores, g_weight, None, None, None
 
 
-class _MaskedStartEager(torch.autograd.Function):
-    """:class:`_MaskedStart`'s computation with ``ctx`` taken in ``forward``, for calls outside every
-    ``torch.func`` transform: with a separate ``setup_context`` torch binds each call's arguments through
-    ``inspect`` (about 40 us a call here), and a transform needs that form. It holds ``_MaskedStart``'s functions
-    as they were defined, so replacing the name ``_MaskedStart`` (a benchmark's stand-in) does not reach it."""
-
-    _compute = staticmethod(_MaskedStart.forward)
-    _save = staticmethod(_MaskedStart.setup_context)
-    backward = staticmethod(_MaskedStart.backward)
-
-    @staticmethod
-    def forward(ctx, scores: Tensor, weight: Tensor, threshold: Tensor, k: int,  # noqa: ANN001
-                low_weight: Tensor | None) -> tuple[Tensor, ...]:
-        out = _MaskedStartEager._compute(scores, weight, threshold, k, low_weight)
-        _MaskedStartEager._save(ctx, (scores, weight, threshold, k, low_weight), out)
-        return out
-
-
-def _transformed() -> bool:
-    """Whether a ``torch.func`` transform (grad, vmap, ...) is active; True when torch cannot say."""
-    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    return peek is None or peek() is not None
-
-
 def _score_grad(weight: Tensor, hard: Tensor, g_masked: Tensor | None, g_mask: Tensor | None,
                 k: int) -> Tensor | None:
     """``weight * g_masked + k * hard * g_mask`` with absent gradients left out (None when both are)."""
@@ -207,8 +183,7 @@ def masked_start(layer: SupermaskMixin, mask_grad: int, low: torch.dtype | None 
     builtin = type(layer).mask is SupermaskMixin.mask and "mask" not in vars(layer)
     if builtin and layer.mask_rule == "threshold" and layer.source is None:
         rounded = _rounded_weight(layer, low) if low is not None else None
-        start = _MaskedStart if _transformed() else _MaskedStartEager
-        return start.apply(layer.scores, layer.weight, layer.threshold, mask_grad, rounded)
+        return _MaskedStart.apply(layer.scores, layer.weight, layer.threshold, mask_grad, rounded)
     m = layer.mask()
     grad_mask = m.detach() if mask_grad == 0 else (m.detach() * m if mask_grad == 1 else m * m)
     masked = layer.weight * m
